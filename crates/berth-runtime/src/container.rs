@@ -1,0 +1,839 @@
+//! The container lifecycle: create, start, run, exec, kill, delete, and friends.
+//!
+//! `create` clones the container's init into its new namespaces. Parent and init talk over a
+//! socket pair: the parent writes the user namespace maps and places the init in its cgroup,
+//! the init builds the rootfs, the parent runs the createRuntime hooks, and the init reports
+//! "ready". The init then blocks opening `exec.fifo` until `start` opens the other end (the
+//! same rendezvous runc uses), and only then runs the user's program.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+use crate::cgroups;
+use crate::error::{Context, Error, Result};
+use crate::hooks;
+use crate::process;
+use crate::rootfs::{self, RootfsContext};
+use crate::seccomp;
+use crate::state::{self, Container, Status, EXEC_FIFO};
+use crate::sys::{self, LinuxSyscall, Syscall};
+
+pub struct Runtime {
+    /// Where container state lives (runc's --root).
+    pub root: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+pub struct CreateOptions<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    pub pid_file: Option<&'a Path>,
+    pub no_pivot: bool,
+    pub preserve_fds: u32,
+}
+
+pub struct ExecOptions<'a> {
+    pub console_socket: Option<&'a Path>,
+    pub pid_file: Option<&'a Path>,
+    pub detach: bool,
+    pub preserve_fds: u32,
+    pub ignore_paused: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Stop before the user's program and wait for `start`.
+    Create,
+    /// Go straight on (`run`).
+    Run,
+}
+
+/// Namespace kind -> (clone flag, /proc/<pid>/ns name).
+fn ns_info(t: LinuxNamespaceType) -> (i32, &'static str) {
+    match t {
+        LinuxNamespaceType::Mount => (libc::CLONE_NEWNS, "mnt"),
+        LinuxNamespaceType::Cgroup => (libc::CLONE_NEWCGROUP, "cgroup"),
+        LinuxNamespaceType::Uts => (libc::CLONE_NEWUTS, "uts"),
+        LinuxNamespaceType::Ipc => (libc::CLONE_NEWIPC, "ipc"),
+        LinuxNamespaceType::User => (libc::CLONE_NEWUSER, "user"),
+        LinuxNamespaceType::Pid => (libc::CLONE_NEWPID, "pid"),
+        LinuxNamespaceType::Network => (libc::CLONE_NEWNET, "net"),
+        LinuxNamespaceType::Time => (libc::CLONE_NEWTIME, "time"),
+    }
+}
+
+/// What the init needs to know, computed before the clone.
+struct InitPlan {
+    spec: Spec,
+    rootfs: PathBuf,
+    no_pivot: bool,
+    preserve_fds: u32,
+    /// Namespaces to join by path, user first: (fd, clone flag).
+    join: Vec<(OwnedFd, i32)>,
+    new_userns: bool,
+    new_cgroupns: bool,
+    new_mountns: bool,
+    console: Option<UnixStream>,
+    fifo: Option<OwnedFd>,
+}
+
+/// Line protocol between parent and init over the socket pair.
+struct Channel {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Channel {
+    fn new(s: UnixStream) -> std::io::Result<Self> {
+        Ok(Channel {
+            writer: s.try_clone()?,
+            reader: BufReader::new(s),
+        })
+    }
+    fn send(&mut self, msg: &str) -> std::io::Result<()> {
+        let line = format!("{}\n", msg.replace('\n', " "));
+        self.writer.write_all(line.as_bytes())
+    }
+    /// Next message; None on EOF (the other side exited or exec'd).
+    fn recv(&mut self) -> std::io::Result<Option<String>> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(line.trim_end().to_string()))
+    }
+    /// Waits for `want` (optionally followed by a space and a payload, which is returned);
+    /// an "error ..." message or EOF becomes an init error.
+    fn expect(&mut self, want: &str) -> Result<String> {
+        match self.recv().ctx(|| "talking to the container init".into())? {
+            Some(m) if m == want => Ok(String::new()),
+            Some(m) if m.starts_with(want) && m.as_bytes().get(want.len()) == Some(&b' ') => {
+                Ok(m[want.len() + 1..].to_string())
+            }
+            Some(m) => Err(Error::Init(
+                m.strip_prefix("error ").unwrap_or(&m).to_string(),
+            )),
+            None => Err(Error::Init("the container init exited during setup".into())),
+        }
+    }
+}
+
+/// Removes what a failed create left behind.
+struct CreateGuard<'a> {
+    dir: &'a Path,
+    cgroup: Option<PathBuf>,
+    pid: i32,
+    armed: bool,
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if self.pid > 0 {
+            let _ = sys::kill(self.pid, libc::SIGKILL);
+            let _ = sys::waitpid(self.pid, false);
+        }
+        if let Some(cg) = &self.cgroup {
+            let _ = cgroups::remove(cg);
+        }
+        let _ = std::fs::remove_dir_all(self.dir);
+    }
+}
+
+impl Runtime {
+    pub fn create(&self, opts: &CreateOptions) -> Result<()> {
+        self.spawn(opts, Mode::Create).map(|_| ())
+    }
+
+    /// `run`: create and start in one go. Detached, returns once the program runs;
+    /// otherwise waits for it and returns its exit status, and deletes the container.
+    pub fn run(&self, opts: &CreateOptions, detach: bool, keep: bool) -> Result<i32> {
+        let c = self.spawn(opts, Mode::Run)?;
+        if let Some(h) = c.spec.hooks().as_ref().and_then(|h| h.poststart().as_ref()) {
+            if let Err(e) = hooks::run(h, &c.hook_state(Status::Running)) {
+                let _ = self.delete(opts.id, true);
+                return Err(e);
+            }
+        }
+        if detach {
+            return Ok(0);
+        }
+        let code = forward_signals_and_wait(c.pid)?;
+        if !keep {
+            self.delete(opts.id, true)?;
+        }
+        Ok(code)
+    }
+
+    fn spawn(&self, opts: &CreateOptions, mode: Mode) -> Result<Container> {
+        crate::spec::validate_id(opts.id)?;
+        let bundle = std::fs::canonicalize(opts.bundle)
+            .ctx(|| format!("bundle {}", opts.bundle.display()))?;
+        let (spec, rootfs) = crate::spec::load(&bundle)?;
+        std::fs::create_dir_all(&self.root).ctx(|| format!("creating {}", self.root.display()))?;
+        let dir = Container::dir(&self.root, opts.id);
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::Exists(opts.id.to_string()))
+            }
+            other => other.ctx(|| format!("creating {}", dir.display()))?,
+        }
+        let mut guard = CreateGuard {
+            dir: &dir,
+            cgroup: None,
+            pid: 0,
+            armed: true,
+        };
+
+        let linux = spec.linux().clone().unwrap_or_default();
+        let namespaces = linux.namespaces().clone().unwrap_or_default();
+        let mut flags = 0;
+        let mut join = Vec::new();
+        let mut new_userns = false;
+        let mut new_cgroupns = false;
+        let mut new_mountns = false;
+        for ns in &namespaces {
+            let (flag, _) = ns_info(ns.typ());
+            match ns.path() {
+                Some(p) => {
+                    let fd: OwnedFd = File::open(p)
+                        .ctx(|| format!("opening {} namespace {}", ns.typ(), p.display()))?
+                        .into();
+                    if ns.typ() == LinuxNamespaceType::Pid {
+                        // Joining a pid namespace applies to children: do it here, before the clone.
+                        LinuxSyscall
+                            .setns(fd.as_fd(), flag)
+                            .ctx(|| format!("joining pid namespace {}", p.display()))?;
+                    } else if ns.typ() == LinuxNamespaceType::User {
+                        join.insert(0, (fd, flag));
+                    } else {
+                        join.push((fd, flag));
+                    }
+                }
+                None => match ns.typ() {
+                    // Unshared by the init once it sits in its cgroup, so that the namespace
+                    // is rooted at the container's cgroup rather than the runtime's.
+                    LinuxNamespaceType::Cgroup => new_cgroupns = true,
+                    t => {
+                        new_userns |= t == LinuxNamespaceType::User;
+                        new_mountns |= t == LinuxNamespaceType::Mount;
+                        flags |= flag;
+                    }
+                },
+            }
+        }
+
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let console = match (terminal, opts.console_socket) {
+            (true, Some(path)) => Some(
+                UnixStream::connect(path)
+                    .ctx(|| format!("connecting to console socket {}", path.display()))?,
+            ),
+            (true, None) if mode == Mode::Create => {
+                return Err(Error::InvalidSpec(
+                    "process.terminal is true but no --console-socket was given".into(),
+                ))
+            }
+            _ => None,
+        };
+        let fifo = if mode == Mode::Create {
+            let path = dir.join(EXEC_FIFO);
+            sys::mkfifo(&path, 0o622).ctx(|| format!("creating {}", path.display()))?;
+            Some(
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+                    .open(&path)
+                    .ctx(|| format!("opening {}", path.display()))?
+                    .into(),
+            )
+        } else {
+            None
+        };
+
+        let cgroup_path = cgroups::resolve_path(
+            linux.cgroups_path().as_deref(),
+            self.systemd_cgroup,
+            opts.id,
+        )?;
+        let (parent_sock, child_sock) = UnixStream::pair().ctx(|| "socketpair".into())?;
+        let plan = InitPlan {
+            spec: spec.clone(),
+            rootfs: rootfs.clone(),
+            no_pivot: opts.no_pivot,
+            preserve_fds: opts.preserve_fds,
+            join,
+            new_userns,
+            new_cgroupns,
+            new_mountns,
+            console,
+            fifo,
+        };
+
+        let pid = sys::clone_process(flags).ctx(|| "cloning the container init".into())?;
+        if pid == 0 {
+            drop(parent_sock);
+            init_main(plan, child_sock);
+        }
+        drop(child_sock);
+        drop(plan);
+        guard.pid = pid;
+        let mut chan = Channel::new(parent_sock).ctx(|| "socketpair".into())?;
+
+        if new_userns {
+            write_id_maps(pid, &linux)?;
+        }
+        guard.cgroup = Some(cgroup_path.clone());
+        cgroups::apply(&cgroup_path, linux.resources().as_ref(), pid)?;
+        if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
+            std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
+                .ctx(|| format!("setting oom_score_adj {adj}"))?;
+        }
+        chan.send("go")
+            .ctx(|| "talking to the container init".into())?;
+
+        let (_, pid_start) = state::proc_stat(pid)
+            .ok_or_else(|| Error::Init("the container init exited during setup".into()))?;
+        let container = Container {
+            id: opts.id.to_string(),
+            pid,
+            pid_start,
+            bundle: bundle.clone(),
+            rootfs,
+            created: state::now_rfc3339(),
+            annotations: spec.annotations().clone().unwrap_or_default(),
+            cgroup_path,
+            systemd_cgroup: self.systemd_cgroup,
+            owner: String::new(),
+            spec: spec.clone(),
+        };
+
+        chan.expect("hooks")?;
+        if let Some(h) = spec.hooks() {
+            let st = container.hook_state(Status::Creating);
+            #[allow(deprecated)]
+            if let Some(prestart) = h.prestart() {
+                hooks::run(prestart, &st)?;
+            }
+            if let Some(cr) = h.create_runtime() {
+                hooks::run(cr, &st)?;
+            }
+        }
+        let st = String::from_utf8(container.hook_state(Status::Created)).expect("json is utf-8");
+        chan.send(&format!("go {st}"))
+            .ctx(|| "talking to the container init".into())?;
+        chan.expect("ready")?;
+
+        container.save(&self.root)?;
+        if mode == Mode::Run {
+            // EOF: the program was exec'd (the socket is close-on-exec); a line: it was not.
+            if let Some(m) = chan.recv().ctx(|| "talking to the container init".into())? {
+                return Err(Error::Init(
+                    m.strip_prefix("error ").unwrap_or(&m).to_string(),
+                ));
+            }
+        }
+        if let Some(p) = opts.pid_file {
+            write_pid_file(p, pid)?;
+        }
+        guard.armed = false;
+        Ok(container)
+    }
+
+    pub fn start(&self, id: &str) -> Result<()> {
+        let c = Container::load(&self.root, id)?;
+        let status = c.status(&self.root);
+        if status != Status::Created {
+            return Err(Error::BadState {
+                id: id.into(),
+                action: "start",
+                status: status.to_string(),
+            });
+        }
+        let fifo = Container::dir(&self.root, id).join(EXEC_FIFO);
+        let mut f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&fifo)
+            .ctx(|| format!("opening {}", fifo.display()))?;
+        let mut buf = [0u8; 1];
+        let mut nap = Duration::from_micros(50);
+        loop {
+            match f.read(&mut buf) {
+                Ok(1) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e).ctx(|| format!("reading {}", fifo.display())),
+            }
+            if !state::process_alive(c.pid, c.pid_start) {
+                return Err(Error::Init("the container init died before start".into()));
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(&fifo);
+        if let Some(h) = c.spec.hooks().as_ref().and_then(|h| h.poststart().as_ref()) {
+            hooks::run(h, &c.hook_state(Status::Running))?;
+        }
+        Ok(())
+    }
+
+    pub fn state(&self, id: &str) -> Result<String> {
+        let c = Container::load(&self.root, id)?;
+        let status = c.status(&self.root);
+        Ok(serde_json::to_string_pretty(&c.output(status)).expect("state serialises"))
+    }
+
+    pub fn list(&self) -> Result<Vec<(Container, Status)>> {
+        let mut out = Vec::new();
+        let rd = match std::fs::read_dir(&self.root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).ctx(|| format!("reading {}", self.root.display())),
+        };
+        for e in rd.flatten() {
+            let Some(id) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if let Ok(c) = Container::load(&self.root, &id) {
+                let s = c.status(&self.root);
+                out.push((c, s));
+            }
+        }
+        out.sort_by(|a, b| a.0.created.cmp(&b.0.created));
+        Ok(out)
+    }
+
+    pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+        let c = Container::load(&self.root, id)?;
+        let status = c.status(&self.root);
+        if status == Status::Stopped {
+            return Err(Error::BadState {
+                id: id.into(),
+                action: "kill",
+                status: "stopped (container not running)".into(),
+            });
+        }
+        if all {
+            for pid in cgroups::pids(&c.cgroup_path)? {
+                let _ = sys::kill(pid, signal);
+            }
+            if status == Status::Paused && (signal == libc::SIGKILL || signal == libc::SIGTERM) {
+                let _ = cgroups::freeze(&c.cgroup_path, false);
+            }
+            return Ok(());
+        }
+        sys::kill(c.pid, signal).ctx(|| format!("sending signal {signal} to {}", c.pid))
+    }
+
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let c = match Container::load(&self.root, id) {
+            Err(Error::NotFound(_)) if force => return Ok(()),
+            other => other?,
+        };
+        let status = c.status(&self.root);
+        if status != Status::Stopped {
+            if !force {
+                return Err(Error::BadState {
+                    id: id.into(),
+                    action: "delete",
+                    status: format!("{status} (stop it first or use --force)"),
+                });
+            }
+            if status == Status::Paused {
+                let _ = cgroups::freeze(&c.cgroup_path, false);
+            }
+            let _ = sys::kill(c.pid, libc::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while state::process_alive(c.pid, c.pid_start) && Instant::now() < deadline {
+                // Our own child (run without --detach) must be reaped to stop existing.
+                let _ = sys::waitpid(c.pid, true);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // Processes left in the cgroup (the init's children when it had no pid namespace)
+        // are killed by the removal.
+        cgroups::remove(&c.cgroup_path)?;
+        let dir = Container::dir(&self.root, id);
+        std::fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))?;
+        if let Some(h) = c.spec.hooks().as_ref().and_then(|h| h.poststop().as_ref()) {
+            // poststop failures are logged, not fatal: the container is already gone.
+            if let Err(e) = hooks::run(h, &c.hook_state(Status::Stopped)) {
+                eprintln!("warning: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pause(&self, id: &str, pause: bool) -> Result<()> {
+        let c = Container::load(&self.root, id)?;
+        let status = c.status(&self.root);
+        let ok = if pause {
+            status == Status::Running || status == Status::Created
+        } else {
+            status == Status::Paused
+        };
+        if !ok {
+            return Err(Error::BadState {
+                id: id.into(),
+                action: if pause { "pause" } else { "resume" },
+                status: status.to_string(),
+            });
+        }
+        cgroups::freeze(&c.cgroup_path, pause)
+    }
+
+    pub fn ps(&self, id: &str) -> Result<Vec<i32>> {
+        let c = Container::load(&self.root, id)?;
+        cgroups::pids(&c.cgroup_path)
+    }
+
+    pub fn stats(&self, id: &str) -> Result<serde_json::Value> {
+        let c = Container::load(&self.root, id)?;
+        cgroups::stats(&c.cgroup_path)
+    }
+
+    pub fn container(&self, id: &str) -> Result<Container> {
+        Container::load(&self.root, id)
+    }
+
+    /// Runs `process` inside a running container. Returns the exit status when attached,
+    /// 0 when detached.
+    pub fn exec(&self, id: &str, process: Process, opts: &ExecOptions) -> Result<i32> {
+        let c = Container::load(&self.root, id)?;
+        let status = c.status(&self.root);
+        let allowed = status == Status::Running
+            || status == Status::Created
+            || (status == Status::Paused && opts.ignore_paused);
+        if !allowed {
+            return Err(Error::BadState {
+                id: id.into(),
+                action: "exec in",
+                status: status.to_string(),
+            });
+        }
+        let mut exec_spec = c.spec.clone();
+        exec_spec.set_process(Some(process));
+        crate::spec::validate(&exec_spec)?;
+        let namespaces = c
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default();
+        let mut join = Vec::new();
+        for ns in &namespaces {
+            let (flag, name) = ns_info(ns.typ());
+            let path = format!("/proc/{}/ns/{name}", c.pid);
+            let fd: OwnedFd = File::open(&path).ctx(|| format!("opening {path}"))?.into();
+            if ns.typ() == LinuxNamespaceType::Pid {
+                LinuxSyscall
+                    .setns(fd.as_fd(), flag)
+                    .ctx(|| format!("joining {path}"))?;
+            } else if ns.typ() == LinuxNamespaceType::User {
+                join.insert(0, (fd, flag));
+            } else {
+                join.push((fd, flag));
+            }
+        }
+        let terminal = exec_spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let console = match (terminal, opts.console_socket) {
+            (true, Some(path)) => Some(
+                UnixStream::connect(path)
+                    .ctx(|| format!("connecting to console socket {}", path.display()))?,
+            ),
+            _ => None,
+        };
+        let (parent_sock, child_sock) = UnixStream::pair().ctx(|| "socketpair".into())?;
+        let pid = sys::clone_process(0).ctx(|| "forking the exec process".into())?;
+        if pid == 0 {
+            drop(parent_sock);
+            exec_main(exec_spec, join, console, opts.preserve_fds, child_sock);
+        }
+        drop(child_sock);
+        let mut chan = Channel::new(parent_sock).ctx(|| "socketpair".into())?;
+        let fail = |e: Error| {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::waitpid(pid, false);
+            e
+        };
+        // The exec'd process joins the container's cgroup before it runs anything.
+        cgroups::add_task(&c.cgroup_path, pid).map_err(fail)?;
+        chan.send("go")
+            .ctx(|| "talking to the exec process".into())
+            .map_err(fail)?;
+        // EOF means execve succeeded (the socket is close-on-exec); a line is an error.
+        match chan.recv() {
+            Ok(Some(m)) => {
+                let _ = sys::waitpid(pid, false);
+                return Err(Error::Init(
+                    m.strip_prefix("error ").unwrap_or(&m).to_string(),
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(fail(Error::Io {
+                    context: "talking to the exec process".into(),
+                    source: e,
+                }))
+            }
+        }
+        if let Some(p) = opts.pid_file {
+            write_pid_file(p, pid)?;
+        }
+        if opts.detach {
+            return Ok(0);
+        }
+        forward_signals_and_wait(pid)
+    }
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    state::atomic_write(path, pid.to_string().as_bytes())
+        .ctx(|| format!("writing pid file {}", path.display()))
+}
+
+fn write_id_maps(pid: i32, linux: &oci_spec::runtime::Linux) -> Result<()> {
+    let fmt = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    let uid = fmt(linux.uid_mappings());
+    let gid = fmt(linux.gid_mappings());
+    if !uid.is_empty() {
+        std::fs::write(format!("/proc/{pid}/uid_map"), &uid)
+            .ctx(|| format!("writing uid_map {uid:?}"))?;
+    }
+    if !gid.is_empty() {
+        std::fs::write(format!("/proc/{pid}/gid_map"), &gid)
+            .ctx(|| format!("writing gid_map {gid:?}"))?;
+    }
+    Ok(())
+}
+
+/// Waits for our child, passing on the signals a foreground runtime is expected to forward.
+fn forward_signals_and_wait(pid: i32) -> Result<i32> {
+    sys::forward_signals(pid);
+    let code = sys::waitpid(pid, false).ctx(|| format!("waiting for {pid}"))?;
+    Ok(code.unwrap_or(0))
+}
+
+// ---------------------------------------------------------------------------------------
+// Inside the clone.
+
+fn init_main(plan: InitPlan, sock: UnixStream) -> ! {
+    let mut chan = match Channel::new(sock) {
+        Ok(c) => c,
+        Err(_) => std::process::exit(1),
+    };
+    let res = init(plan, &mut chan);
+    if let Err(e) = res {
+        // After "ready" of `create` nobody reads the channel: stderr is the only witness.
+        let _ = chan.send(&format!("error {e}"));
+        eprintln!("berth runtime: container init: {e}");
+    }
+    std::process::exit(127);
+}
+
+fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
+    let sys = LinuxSyscall;
+    sys::umask(0);
+    chan.expect("go")?;
+    if plan.new_userns {
+        // Become root of the new user namespace (the maps are written by now).
+        sys::setresgid(0).ctx(|| "becoming gid 0 in the user namespace".into())?;
+        sys::setresuid(0).ctx(|| "becoming uid 0 in the user namespace".into())?;
+    }
+    for (fd, flag) in &plan.join {
+        sys.setns(fd.as_fd(), *flag)
+            .ctx(|| format!("joining namespace (flag {flag:#x})"))?;
+    }
+    if plan.new_cgroupns {
+        sys.unshare(libc::CLONE_NEWCGROUP)
+            .ctx(|| "creating the cgroup namespace".into())?;
+    }
+    sys::setsid().ctx(|| "setsid".into())?;
+    let spec = &plan.spec;
+    if plan.new_mountns {
+        let ctx = RootfsContext {
+            rootfs: &plan.rootfs,
+            userns: plan.new_userns,
+            cgroupns: plan.new_cgroupns,
+        };
+        rootfs::prepare(&sys, spec, &ctx)?;
+    }
+    chan.send("hooks").ctx(|| "talking to the runtime".into())?;
+    let hook_state = chan.expect("go")?;
+    if let Some(h) = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.create_container().as_ref())
+    {
+        hooks::run(h, hook_state.as_bytes())?;
+    }
+    if plan.new_mountns {
+        rootfs::enter(&sys, &plan.rootfs, plan.no_pivot)?;
+        rootfs::finish(&sys, spec, plan.new_userns)?;
+    } else {
+        sys.chroot(&plan.rootfs).ctx(|| "chroot".into())?;
+        sys.chdir(Path::new("/")).ctx(|| "chdir /".into())?;
+    }
+    if let Some(h) = spec.hostname() {
+        sys.sethostname(h)
+            .ctx(|| format!("setting hostname {h:?}"))?;
+    }
+    if let Some(d) = spec.domainname() {
+        sys.setdomainname(d)
+            .ctx(|| format!("setting domainname {d:?}"))?;
+    }
+    let process = spec.process().as_ref().expect("validated");
+    if let Some(sock) = &plan.console {
+        let size = process
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
+        crate::console::setup(sock, size)?;
+    }
+    let path = prepare_process(&sys, process)?;
+    let keep = keep_fds(
+        plan.preserve_fds,
+        &[&chan.writer, chan.reader.get_ref()],
+        plan.fifo.as_ref(),
+    );
+    sys::close_fds_from(3, &keep);
+
+    chan.send("ready").ctx(|| "talking to the runtime".into())?;
+    if let Some(fifo) = &plan.fifo {
+        // Blocks until `start` opens the read end.
+        let mut w = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(format!("/proc/self/fd/{}", fifo.as_raw_fd()))
+            .ctx(|| "opening exec.fifo".into())?;
+        w.write_all(&[0]).ctx(|| "writing exec.fifo".into())?;
+    }
+    if let Some(h) = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.start_container().as_ref())
+    {
+        hooks::run(
+            h,
+            hook_state.replace("\"created\"", "\"running\"").as_bytes(),
+        )?;
+    }
+    finalize_and_exec(process, &path, spec)
+}
+
+/// Builds the exec'd process's environment inside the container: rlimits, cwd, and the
+/// executable's path (resolved before reporting ready, so `create` fails on a typo).
+fn prepare_process(sys: &dyn Syscall, process: &Process) -> Result<PathBuf> {
+    process::apply_rlimits(sys, process.rlimits().as_deref().unwrap_or_default())?;
+    let cwd = process.cwd();
+    if !cwd.exists() {
+        std::fs::create_dir_all(cwd).ctx(|| format!("creating cwd {}", cwd.display()))?;
+    }
+    sys.chdir(cwd)
+        .ctx(|| format!("chdir to cwd {}", cwd.display()))?;
+    let args = process.args().as_deref().unwrap_or_default();
+    let env = process.env().as_deref().unwrap_or_default();
+    process::find_executable(&args[0], env)
+}
+
+fn keep_fds(preserve: u32, socks: &[&UnixStream], fifo: Option<&OwnedFd>) -> Vec<RawFd> {
+    let mut keep: Vec<RawFd> = (3..3 + preserve as RawFd).collect();
+    keep.extend(socks.iter().map(|s| s.as_raw_fd()));
+    keep.extend(fifo.map(|f| f.as_raw_fd()));
+    keep
+}
+
+/// Drops privileges in the order the kernel requires and execs the program.
+fn finalize_and_exec(process: &Process, path: &Path, spec: &Spec) -> Result<()> {
+    let caps = process.capabilities().as_ref();
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    let filter = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .map(seccomp::build)
+        .transpose()?;
+    if let (Some(f), false) = (&filter, nnp) {
+        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it while we have it.
+        seccomp::load(f)?;
+    }
+    process::drop_bounding(caps)?;
+    process::set_user(process)?;
+    process::set_caps(caps)?;
+    if nnp {
+        sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).ctx(|| "setting no_new_privs".into())?;
+        if let Some(f) = &filter {
+            seccomp::load(f)?;
+        }
+    }
+    sys::umask(process.user().umask().unwrap_or(0o022));
+    let args = process.args().as_deref().unwrap_or_default();
+    let env = process.env().as_deref().unwrap_or_default();
+    let e = sys::execve(path, args, env);
+    Err(Error::Init(format!("exec {}: {e}", path.display())))
+}
+
+fn exec_main(
+    spec: Spec,
+    join: Vec<(OwnedFd, i32)>,
+    console: Option<UnixStream>,
+    preserve: u32,
+    sock: UnixStream,
+) -> ! {
+    let mut chan = match Channel::new(sock) {
+        Ok(c) => c,
+        Err(_) => std::process::exit(1),
+    };
+    let res = (|| -> Result<()> {
+        chan.expect("go")?;
+        // Non-dumpable until execve: a process in the container cannot open our
+        // /proc/<pid>/exe or memory while we still run the runtime's code.
+        sys::prctl(libc::PR_SET_DUMPABLE, 0).ctx(|| "PR_SET_DUMPABLE".into())?;
+        let sys = LinuxSyscall;
+        for (fd, flag) in &join {
+            sys.setns(fd.as_fd(), *flag)
+                .ctx(|| format!("joining namespace (flag {flag:#x})"))?;
+        }
+        drop(join);
+        sys::setsid().ctx(|| "setsid".into())?;
+        let process = spec.process().as_ref().expect("validated");
+        if let Some(sock) = &console {
+            let size = process
+                .console_size()
+                .map(|b| (b.height() as u16, b.width() as u16));
+            crate::console::setup(sock, size)?;
+        }
+        let path = prepare_process(&sys, process)?;
+        let keep = keep_fds(preserve, &[&chan.writer, chan.reader.get_ref()], None);
+        sys::close_fds_from(3, &keep);
+        finalize_and_exec(process, &path, &spec)
+    })();
+    if let Err(e) = res {
+        let _ = chan.send(&format!("error {e}"));
+    }
+    std::process::exit(1);
+}

@@ -1,0 +1,488 @@
+//! The syscall boundary. Everything that changes kernel state for a container goes through
+//! [`Syscall`], so the setup logic above it can be unit-tested with [`RecordingSyscall`]
+//! without root. This is the only module of the crate with `unsafe`.
+
+use std::cell::RefCell;
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+pub type Result<T> = std::result::Result<T, io::Error>;
+
+fn cstr(p: &OsStr) -> Result<CString> {
+    CString::new(p.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(rc: libc::c_int) -> Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Kernel operations used while building a container's world.
+pub trait Syscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: u64,
+        data: Option<&str>,
+    ) -> Result<()>;
+    fn umount2(&self, target: &Path, flags: i32) -> Result<()>;
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()>;
+    fn chroot(&self, path: &Path) -> Result<()>;
+    fn chdir(&self, path: &Path) -> Result<()>;
+    fn fchdir(&self, fd: BorrowedFd<'_>) -> Result<()>;
+    fn mknod(&self, path: &Path, mode: u32, dev: u64) -> Result<()>;
+    fn symlink(&self, original: &Path, link: &Path) -> Result<()>;
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> Result<()>;
+    fn sethostname(&self, name: &str) -> Result<()>;
+    fn setdomainname(&self, name: &str) -> Result<()>;
+    fn setns(&self, fd: BorrowedFd<'_>, nstype: i32) -> Result<()>;
+    fn unshare(&self, flags: i32) -> Result<()>;
+    fn setrlimit(&self, resource: u32, soft: u64, hard: u64) -> Result<()>;
+}
+
+/// The real kernel.
+pub struct LinuxSyscall;
+
+impl Syscall for LinuxSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: u64,
+        data: Option<&str>,
+    ) -> Result<()> {
+        let source = source.map(|s| cstr(s.as_os_str())).transpose()?;
+        let target = cstr(target.as_os_str())?;
+        let fstype = fstype.map(|s| cstr(OsStr::new(s))).transpose()?;
+        let data = data.map(|s| cstr(OsStr::new(s))).transpose()?;
+        let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        // SAFETY: every pointer is either null or a NUL-terminated string that outlives the call.
+        check(unsafe {
+            libc::mount(
+                ptr(&source),
+                target.as_ptr(),
+                ptr(&fstype),
+                flags as libc::c_ulong,
+                ptr(&data) as *const libc::c_void,
+            )
+        })
+    }
+
+    fn umount2(&self, target: &Path, flags: i32) -> Result<()> {
+        let target = cstr(target.as_os_str())?;
+        // SAFETY: target is a valid C string.
+        check(unsafe { libc::umount2(target.as_ptr(), flags) })
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()> {
+        let new_root = cstr(new_root.as_os_str())?;
+        let put_old = cstr(put_old.as_os_str())?;
+        // SAFETY: both arguments are valid C strings; pivot_root has no libc wrapper.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+        check(rc as libc::c_int)
+    }
+
+    fn chroot(&self, path: &Path) -> Result<()> {
+        let path = cstr(path.as_os_str())?;
+        // SAFETY: path is a valid C string.
+        check(unsafe { libc::chroot(path.as_ptr()) })
+    }
+
+    fn chdir(&self, path: &Path) -> Result<()> {
+        std::env::set_current_dir(path)
+    }
+
+    fn fchdir(&self, fd: BorrowedFd<'_>) -> Result<()> {
+        // SAFETY: fd is a live descriptor borrowed for the duration of the call.
+        check(unsafe { libc::fchdir(fd.as_raw_fd()) })
+    }
+
+    fn mknod(&self, path: &Path, mode: u32, dev: u64) -> Result<()> {
+        let path = cstr(path.as_os_str())?;
+        // SAFETY: path is a valid C string.
+        check(unsafe { libc::mknod(path.as_ptr(), mode, dev) })
+    }
+
+    fn symlink(&self, original: &Path, link: &Path) -> Result<()> {
+        std::os::unix::fs::symlink(original, link)
+    }
+
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> Result<()> {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+    }
+
+    fn sethostname(&self, name: &str) -> Result<()> {
+        // SAFETY: the pointer and length describe the bytes of `name`.
+        check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
+    }
+
+    fn setdomainname(&self, name: &str) -> Result<()> {
+        // SAFETY: the pointer and length describe the bytes of `name`.
+        check(unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) })
+    }
+
+    fn setns(&self, fd: BorrowedFd<'_>, nstype: i32) -> Result<()> {
+        // SAFETY: fd is a live namespace descriptor borrowed for the call.
+        check(unsafe { libc::setns(fd.as_raw_fd(), nstype) })
+    }
+
+    fn unshare(&self, flags: i32) -> Result<()> {
+        // SAFETY: unshare only takes flags.
+        check(unsafe { libc::unshare(flags) })
+    }
+
+    fn setrlimit(&self, resource: u32, soft: u64, hard: u64) -> Result<()> {
+        let lim = libc::rlimit64 {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: lim is a valid rlimit64 on the stack; the old-limit pointer may be null.
+        check(unsafe {
+            libc::prlimit64(
+                0,
+                resource as libc::__rlimit_resource_t,
+                &lim,
+                std::ptr::null_mut(),
+            )
+        })
+    }
+}
+
+/// One recorded call of [`RecordingSyscall`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Mount {
+        source: Option<PathBuf>,
+        target: PathBuf,
+        fstype: Option<String>,
+        flags: u64,
+        data: Option<String>,
+    },
+    Umount(PathBuf, i32),
+    PivotRoot(PathBuf, PathBuf),
+    Chroot(PathBuf),
+    Chdir(PathBuf),
+    Fchdir,
+    Mknod(PathBuf, u32, u64),
+    Symlink(PathBuf, PathBuf),
+    Chown(PathBuf, u32, u32),
+    Hostname(String),
+    Domainname(String),
+    Setns(i32),
+    Unshare(i32),
+    Rlimit(u32, u64, u64),
+}
+
+/// A fake kernel that records what it was asked to do and always succeeds.
+#[derive(Default)]
+pub struct RecordingSyscall {
+    pub calls: RefCell<Vec<Call>>,
+}
+
+impl RecordingSyscall {
+    fn push(&self, c: Call) -> Result<()> {
+        self.calls.borrow_mut().push(c);
+        Ok(())
+    }
+    pub fn mounts(&self) -> Vec<Call> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|c| matches!(c, Call::Mount { .. }))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Syscall for RecordingSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: u64,
+        data: Option<&str>,
+    ) -> Result<()> {
+        self.push(Call::Mount {
+            source: source.map(Path::to_path_buf),
+            target: target.to_path_buf(),
+            fstype: fstype.map(str::to_string),
+            flags,
+            data: data.map(str::to_string),
+        })
+    }
+    fn umount2(&self, target: &Path, flags: i32) -> Result<()> {
+        self.push(Call::Umount(target.into(), flags))
+    }
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()> {
+        self.push(Call::PivotRoot(new_root.into(), put_old.into()))
+    }
+    fn chroot(&self, path: &Path) -> Result<()> {
+        self.push(Call::Chroot(path.into()))
+    }
+    fn chdir(&self, path: &Path) -> Result<()> {
+        self.push(Call::Chdir(path.into()))
+    }
+    fn fchdir(&self, _fd: BorrowedFd<'_>) -> Result<()> {
+        self.push(Call::Fchdir)
+    }
+    fn mknod(&self, path: &Path, mode: u32, dev: u64) -> Result<()> {
+        self.push(Call::Mknod(path.into(), mode, dev))
+    }
+    fn symlink(&self, original: &Path, link: &Path) -> Result<()> {
+        self.push(Call::Symlink(original.into(), link.into()))
+    }
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> Result<()> {
+        self.push(Call::Chown(path.into(), uid, gid))
+    }
+    fn sethostname(&self, name: &str) -> Result<()> {
+        self.push(Call::Hostname(name.into()))
+    }
+    fn setdomainname(&self, name: &str) -> Result<()> {
+        self.push(Call::Domainname(name.into()))
+    }
+    fn setns(&self, _fd: BorrowedFd<'_>, nstype: i32) -> Result<()> {
+        self.push(Call::Setns(nstype))
+    }
+    fn unshare(&self, flags: i32) -> Result<()> {
+        self.push(Call::Unshare(flags))
+    }
+    fn setrlimit(&self, resource: u32, soft: u64, hard: u64) -> Result<()> {
+        self.push(Call::Rlimit(resource, soft, hard))
+    }
+}
+
+// ---- Process-level primitives that have no fake: they are the process model itself. ----
+
+/// Fork-like clone into new namespaces. Returns 0 in the child, the child's pid in the parent.
+///
+/// The caller must be single-threaded (the runtime role is), so the child may run ordinary
+/// Rust code after it returns.
+pub fn clone_process(flags: i32) -> Result<i32> {
+    // SAFETY: a raw clone with a null stack behaves like fork(2): the child gets a copy of
+    // the address space. The runtime process is single-threaded, so no lock can be held by
+    // another thread at the moment of the copy.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as i32)
+    }
+}
+
+/// Replaces the process image. Returns only on failure.
+pub fn execve(path: &Path, args: &[String], env: &[String]) -> io::Error {
+    let to_c = |v: &[String]| -> Result<Vec<CString>> {
+        v.iter()
+            .map(|s| {
+                CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+            })
+            .collect()
+    };
+    let (path, args, env) = match (cstr(path.as_os_str()), to_c(args), to_c(env)) {
+        (Ok(p), Ok(a), Ok(e)) => (p, a, e),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+    };
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: argv and envp are null-terminated arrays of valid C strings kept alive above.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Replaces the process image with the program behind an open descriptor.
+pub fn fexecve(fd: BorrowedFd<'_>, args: &[CString], env: &[CString]) -> io::Error {
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: argv/envp are null-terminated arrays of live C strings; fd is a live descriptor.
+    unsafe { libc::fexecve(fd.as_raw_fd(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+pub fn setresuid(uid: u32) -> Result<()> {
+    // SAFETY: plain integer arguments. Raw syscall on purpose: the process is single-threaded
+    // and glibc's cross-thread broadcast is not needed.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } as libc::c_int)
+}
+
+pub fn setresgid(gid: u32) -> Result<()> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } as libc::c_int)
+}
+
+pub fn setgroups(gids: &[u32]) -> Result<()> {
+    // SAFETY: the pointer and length describe `gids`.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, gids.len(), gids.as_ptr()) } as libc::c_int)
+}
+
+pub fn setsid() -> Result<()> {
+    // SAFETY: no arguments.
+    check(unsafe { libc::setsid() })
+}
+
+pub fn prctl(option: i32, arg: libc::c_ulong) -> Result<()> {
+    // SAFETY: the options used here take integer arguments only.
+    check(unsafe { libc::prctl(option, arg, 0, 0, 0) })
+}
+
+pub fn umask(mask: u32) {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask) };
+}
+
+pub fn kill(pid: i32, sig: i32) -> Result<()> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::kill(pid, sig) })
+}
+
+/// Waits for a child; returns its exit status in shell convention (128+signal when killed).
+pub fn waitpid(pid: i32, nohang: bool) -> Result<Option<i32>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, if nohang { libc::WNOHANG } else { 0 }) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if rc == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status)
+        } else {
+            status
+        }));
+    }
+}
+
+/// Duplicates `fd` onto `target` (clearing close-on-exec on the copy).
+pub fn dup2(fd: RawFd, target: RawFd) -> Result<()> {
+    // SAFETY: plain descriptor numbers; dup2 validates them.
+    check(unsafe { libc::dup2(fd, target) })
+}
+
+/// Clears close-on-exec so a descriptor survives execve (for --preserve-fds and LISTEN_FDS).
+pub fn clear_cloexec(fd: RawFd) -> Result<()> {
+    // SAFETY: F_SETFD takes an integer argument.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })
+}
+
+/// Closes every descriptor from `first` up, except those in `keep`, so no host descriptor
+/// leaks into the container (the CVE-2024-21626 class).
+pub fn close_fds_from(first: RawFd, keep: &[RawFd]) {
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds {
+        if fd >= first && !keep.contains(&fd) {
+            // SAFETY: fcntl(F_SETFD) on a number at worst fails with EBADF (the read_dir fd).
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+}
+
+/// A sealed in-memory copy of this executable, so that no container process can reach the
+/// host binary through /proc/<pid>/exe (the CVE-2019-5736 class).
+pub fn sealed_self_copy() -> Result<OwnedFd> {
+    let name = CString::new("berth").expect("static");
+    // SAFETY: name is a valid C string.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by memfd_create and is owned by nobody else.
+    let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut src = std::fs::File::open("/proc/self/exe")?;
+    let mut dst = std::fs::File::from(memfd.try_clone()?);
+    io::copy(&mut src, &mut dst)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS takes an integer argument.
+    check(unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
+    Ok(memfd)
+}
+
+/// Whether this process image runs from a sealed memfd.
+pub fn running_sealed() -> bool {
+    let Ok(f) = std::fs::File::open("/proc/self/exe") else {
+        return false;
+    };
+    // SAFETY: F_GET_SEALS takes no argument; a non-memfd answers EINVAL.
+    let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
+    seals > 0 && seals & libc::F_SEAL_WRITE != 0
+}
+
+pub fn mkfifo(path: &Path, mode: u32) -> Result<()> {
+    let p = cstr(path.as_os_str())?;
+    // SAFETY: p is a valid C string.
+    check(unsafe { libc::mkfifo(p.as_ptr(), mode) })
+}
+
+pub fn getpid() -> i32 {
+    std::process::id() as i32
+}
+
+static FORWARD_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_handler(sig: libc::c_int) {
+    let pid = FORWARD_PID.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Forwards the signals a foreground runtime receives (Ctrl-C, TERM, HUP, ...) to `pid`.
+pub fn forward_signals(pid: i32) {
+    FORWARD_PID.store(pid, std::sync::atomic::Ordering::Relaxed);
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGWINCH,
+    ] {
+        // SAFETY: the handler only reads an atomic and calls kill, both async-signal-safe;
+        // sa_mask is zeroed and SA_RESTART keeps waitpid going.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = forward_handler as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
