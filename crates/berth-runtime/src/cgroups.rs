@@ -105,6 +105,207 @@ fn cg_err(e: impl std::fmt::Display) -> Error {
     Error::Cgroup(e.to_string())
 }
 
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::Cgroup(format!("{what}: {e}"))
+}
+
+/// The v1 hierarchies mounted on this host: (controllers, mount point), read from one pass
+/// over /proc/self/mountinfo. Controllers that are not mounted as a v1 hierarchy (hugetlb on
+/// this kind of hybrid host) are simply absent: containers run without them unless their
+/// spec asks for those limits, and then the error says why.
+pub fn v1_mounts() -> Vec<(Vec<String>, PathBuf)> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    parse_v1_mounts(&info)
+}
+
+fn parse_v1_mounts(info: &str) -> Vec<(Vec<String>, PathBuf)> {
+    let mut out = Vec::new();
+    for line in info.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut r = right.split(' ');
+        if r.next() != Some("cgroup") {
+            continue;
+        }
+        let super_opts = r.nth(1).unwrap_or("");
+        let Some(mount_point) = left.split(' ').nth(4) else {
+            continue;
+        };
+        let controllers: Vec<String> = super_opts
+            .split(',')
+            .filter(|o| {
+                !matches!(*o, "rw" | "ro" | "noprefix" | "clone_children")
+                    && !o.starts_with("release_agent")
+                    && !o.starts_with("xattr")
+            })
+            .map(str::to_string)
+            .collect();
+        if !controllers.is_empty() {
+            out.push((controllers, PathBuf::from(mount_point)));
+        }
+    }
+    out
+}
+
+fn join(mount: &Path, path: &Path) -> PathBuf {
+    mount.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// The container's directory in every v1 hierarchy.
+fn v1_dirs(path: &Path) -> Vec<(Vec<String>, PathBuf)> {
+    v1_mounts()
+        .into_iter()
+        .map(|(c, m)| {
+            let d = join(&m, path);
+            (c, d)
+        })
+        .collect()
+}
+
+/// Creates `dir` and its missing parents; new cpuset levels inherit cpus and mems (the
+/// kernel refuses tasks in a cpuset cgroup whose sets are empty).
+fn create_cpuset_aware(dir: &Path, cpuset: bool) -> Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_cpuset_aware(parent, cpuset)?;
+    }
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(io_err(format!("creating {}", dir.display()))(e))
+        }
+        _ => {}
+    }
+    if cpuset {
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            let mine = dir.join(f);
+            if std::fs::read_to_string(&mine).is_ok_and(|s| s.trim().is_empty()) {
+                let parent = std::fs::read_to_string(dir.parent().unwrap_or(dir).join(f)).map_err(
+                    io_err(format!("reading {f} of the parent of {}", dir.display())),
+                )?;
+                std::fs::write(&mine, parent.trim())
+                    .map_err(io_err(format!("writing {}", mine.display())))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Devices every container may use (v1 device cgroup), after the spec's own rules.
+const DEFAULT_DEVICE_RULES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
+
+fn device_rules(resources: &LinuxResources) -> Vec<(bool, String)> {
+    let mut out: Vec<(bool, String)> = resources
+        .devices()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            let typ = d
+                .typ()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_else(|| "a".into());
+            let num = |n: Option<i64>| n.map_or("*".to_string(), |n| n.to_string());
+            let access = d.access().clone().unwrap_or_else(|| "rwm".into());
+            let rule = if typ == "a" {
+                "a".to_string()
+            } else {
+                format!("{typ} {}:{} {access}", num(d.major()), num(d.minor()))
+            };
+            (d.allow(), rule)
+        })
+        .collect();
+    if !out.is_empty() {
+        out.extend(DEFAULT_DEVICE_RULES.iter().map(|r| (true, r.to_string())));
+    }
+    out
+}
+
+/// Whether the spec sets limits beyond device rules (those go through libcgroups).
+fn has_limits(r: &LinuxResources) -> bool {
+    r.memory().is_some()
+        || r.cpu().is_some()
+        || r.pids().is_some()
+        || r.block_io().is_some()
+        || r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty())
+        || r.network().is_some()
+        || r.rdma().is_some()
+        || r.unified().as_ref().is_some_and(|u| !u.is_empty())
+}
+
+/// Creates the cgroup, moves `pid` into it and applies the limits.
+pub fn apply(path: &Path, resources: Option<&LinuxResources>, pid: i32) -> Result<()> {
+    if layout() == Layout::V2 {
+        let m = manager(path)?;
+        m.add_task(nix::unistd::Pid::from_raw(pid))
+            .map_err(cg_err)?;
+        if let Some(r) = resources {
+            apply_limits(&m, r)?;
+        }
+        return Ok(());
+    }
+    for (controllers, dir) in v1_dirs(path) {
+        let cpuset = controllers.iter().any(|c| c == "cpuset");
+        create_cpuset_aware(&dir, cpuset)?;
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .map_err(io_err(format!("writing {}", procs.display())))?;
+        if controllers.iter().any(|c| c == "devices") {
+            for (allow, rule) in resources.map(device_rules).unwrap_or_default() {
+                let f = dir.join(if allow {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                });
+                std::fs::write(&f, &rule).map_err(io_err(format!("device rule {rule:?}")))?;
+            }
+        }
+    }
+    if let Some(r) = resources.filter(|r| has_limits(r)) {
+        // libcgroups owns the semantics of every limit; device rules were written above.
+        let mut r = r.clone();
+        r.set_devices(None);
+        apply_limits(&manager(path)?, &r)?;
+    }
+    Ok(())
+}
+
+fn apply_limits(m: &AnyCgroupManager, r: &LinuxResources) -> Result<()> {
+    m.apply(&ControllerOpt {
+        resources: r,
+        disable_oom_killer: r.memory().as_ref().and_then(|m| m.disable_oom_killer()).unwrap_or(false),
+        oom_score_adj: None,
+        freezer_state: None,
+    })
+    .map_err(|e| {
+        let msg = e.to_string();
+        if msg.to_lowercase().contains("hugetlb") {
+            Error::Cgroup(format!(
+                "{msg} (hugepage limits need the hugetlb controller, which this host does not mount as a cgroup v1 hierarchy)"
+            ))
+        } else {
+            Error::Cgroup(msg)
+        }
+    })
+}
+
 pub fn manager(path: &Path) -> Result<AnyCgroupManager> {
     create_cgroup_manager(CgroupConfig {
         cgroup_path: path.to_path_buf(),
@@ -114,59 +315,58 @@ pub fn manager(path: &Path) -> Result<AnyCgroupManager> {
     .map_err(cg_err)
 }
 
-/// Creates the cgroup, applies the limits and moves `pid` into it.
-pub fn apply(
-    path: &Path,
-    resources: Option<&LinuxResources>,
-    pid: i32,
-) -> Result<AnyCgroupManager> {
-    let m = manager(path)?;
-    m.add_task(nix::unistd::Pid::from_raw(pid))
-        .map_err(cg_err)?;
-    if let Some(r) = resources {
-        m.apply(&ControllerOpt {
-            resources: r,
-            disable_oom_killer: r
-                .memory()
-                .as_ref()
-                .and_then(|m| m.disable_oom_killer())
-                .unwrap_or(false),
-            oom_score_adj: None,
-            freezer_state: None,
-        })
-        .map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("hugetlb") || msg.contains("HugeTlb") {
-                Error::Cgroup(format!(
-                    "{msg} (hugepage limits need the hugetlb controller, which this host does not mount as a cgroup v1 hierarchy)"
-                ))
-            } else {
-                Error::Cgroup(msg)
-            }
-        })?;
-    }
-    Ok(m)
-}
-
 /// Moves `pid` into an existing container cgroup (exec).
 pub fn add_task(path: &Path, pid: i32) -> Result<()> {
-    manager(path)?
-        .add_task(nix::unistd::Pid::from_raw(pid))
-        .map_err(cg_err)
+    if layout() == Layout::V2 {
+        return manager(path)?
+            .add_task(nix::unistd::Pid::from_raw(pid))
+            .map_err(cg_err);
+    }
+    for (_, dir) in v1_dirs(path) {
+        let procs = dir.join("cgroup.procs");
+        if procs.exists() {
+            std::fs::write(&procs, pid.to_string())
+                .map_err(io_err(format!("writing {}", procs.display())))?;
+        }
+    }
+    Ok(())
 }
 
 pub fn freeze(path: &Path, frozen: bool) -> Result<()> {
-    let state = if frozen {
-        FreezerState::Frozen
-    } else {
-        FreezerState::Thawed
-    };
-    manager(path)?.freeze(state).map_err(cg_err)
+    if layout() == Layout::V2 {
+        let state = if frozen {
+            FreezerState::Frozen
+        } else {
+            FreezerState::Thawed
+        };
+        return manager(path)?.freeze(state).map_err(cg_err);
+    }
+    let file = join(Path::new(ROOT), Path::new("freezer"))
+        .join(path.strip_prefix("/").unwrap_or(path))
+        .join("freezer.state");
+    let want = if frozen { "FROZEN" } else { "THAWED" };
+    // Freezing can stay in FREEZING while tasks are in uninterruptible sleep: retry.
+    for _ in 0..1000 {
+        std::fs::write(&file, want).map_err(io_err(format!("writing {}", file.display())))?;
+        if std::fs::read_to_string(&file).is_ok_and(|s| s.trim() == want) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Err(Error::Cgroup(format!("the freezer did not reach {want}")))
 }
 
 pub fn pids(path: &Path) -> Result<Vec<i32>> {
-    Ok(manager(path)?
-        .get_all_pids()
+    let dir = if layout() == Layout::V2 {
+        join(Path::new(ROOT), path)
+    } else {
+        v1_dirs(path)
+            .into_iter()
+            .map(|(_, d)| d)
+            .find(|d| d.exists())
+            .ok_or_else(|| Error::Cgroup(format!("no cgroup {} found", path.display())))?
+    };
+    Ok(libcgroups::common::get_all_pids(&dir)
         .map_err(cg_err)?
         .into_iter()
         .map(|p| p.as_raw())
@@ -178,9 +378,54 @@ pub fn stats(path: &Path) -> Result<serde_json::Value> {
     serde_json::to_value(s).map_err(cg_err)
 }
 
-/// Removes the cgroup in every hierarchy (killing stragglers first, as libcgroups does).
+/// Removes the cgroup in every hierarchy, killing what still runs in it first.
 pub fn remove(path: &Path) -> Result<()> {
-    manager(path)?.remove().map_err(cg_err)
+    if layout() == Layout::V2 {
+        return manager(path)?.remove().map_err(cg_err);
+    }
+    let dirs: Vec<PathBuf> = v1_dirs(path)
+        .into_iter()
+        .map(|(_, d)| d)
+        .filter(|d| d.exists())
+        .collect();
+    if is_frozen(path) {
+        let _ = freeze(path, false);
+    }
+    for dir in &dirs {
+        remove_tree(dir)?;
+    }
+    Ok(())
+}
+
+fn remove_tree(dir: &Path) -> Result<()> {
+    // Children first (a container may have made sub-cgroups).
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path())?;
+            }
+        }
+    }
+    let mut nap = std::time::Duration::from_micros(100);
+    for _ in 0..200 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(_) => {
+                if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                    for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                        let _ = crate::sys::kill(pid, libc::SIGKILL);
+                    }
+                }
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+    Err(Error::Cgroup(format!(
+        "cannot remove {}: processes are still in it",
+        dir.display()
+    )))
 }
 
 /// Whether the container's cgroup is frozen, read straight from the freezer files
@@ -245,5 +490,45 @@ mod tests {
         );
         assert!(resolve_path(Some(Path::new("/plain/path")), true, "x").is_err());
         assert!(resolve_path(Some(Path::new("bad:p:n")), true, "x").is_err());
+    }
+
+    #[test]
+    fn hybrid_mountinfo_lists_only_v1_hierarchies() {
+        let info = "\
+30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+34 30 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+        let m = parse_v1_mounts(info);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].0, vec!["name=systemd"]);
+        assert_eq!(
+            m[1],
+            (
+                vec!["cpu".to_string(), "cpuacct".to_string()],
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")
+            )
+        );
+        // hugetlb (only in the v2 hierarchy here) is simply not a v1 hierarchy.
+        assert!(!m.iter().any(|(c, _)| c.iter().any(|c| c == "hugetlb")));
+    }
+
+    #[test]
+    fn device_rules_deny_all_then_defaults() {
+        let r: LinuxResources = serde_json::from_value(serde_json::json!({
+            "devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rw"}]
+        })).unwrap();
+        let rules = device_rules(&r);
+        assert_eq!(rules[0], (false, "a".to_string()));
+        assert_eq!(rules[1], (true, "c 10:229 rw".to_string()));
+        assert!(rules.contains(&(true, "c 1:3 rwm".to_string())));
+        let none: LinuxResources = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert!(device_rules(&none).is_empty());
+        assert!(!has_limits(&r));
+        let mem: LinuxResources =
+            serde_json::from_value(serde_json::json!({"memory": {"limit": 1048576}})).unwrap();
+        assert!(has_limits(&mem));
     }
 }

@@ -70,20 +70,28 @@ fn ns_info(t: LinuxNamespaceType) -> (i32, &'static str) {
     }
 }
 
-/// What the init needs to know, computed before the clone.
+/// What the process entering the container must do. It is sent as JSON to the child after
+/// the child re-executed itself from the sealed view of the runtime binary, so descriptors
+/// travel as numbers (inherited across that exec).
+#[derive(serde::Serialize, serde::Deserialize)]
 struct InitPlan {
+    /// false: the container's init; true: a process exec'd into a running container.
+    exec: bool,
     spec: Spec,
     rootfs: PathBuf,
     no_pivot: bool,
     preserve_fds: u32,
-    /// Namespaces to join by path, user first: (fd, clone flag).
-    join: Vec<(OwnedFd, i32)>,
+    /// Namespaces to join by descriptor, user first: (fd, clone flag).
+    join: Vec<(RawFd, i32)>,
     new_userns: bool,
     new_cgroupns: bool,
     new_mountns: bool,
-    console: Option<UnixStream>,
-    fifo: Option<OwnedFd>,
+    console: Option<RawFd>,
+    fifo: Option<RawFd>,
 }
+
+/// Environment variable naming the socket descriptor of a re-executed init.
+const INIT_SOCK_ENV: &str = "_BERTH_INIT_SOCK";
 
 /// Line protocol between parent and init over the socket pair.
 struct Channel {
@@ -272,31 +280,43 @@ impl Runtime {
         )?;
         let (parent_sock, child_sock) = UnixStream::pair().ctx(|| "socketpair".into())?;
         let plan = InitPlan {
+            exec: false,
             spec: spec.clone(),
             rootfs: rootfs.clone(),
             no_pivot: opts.no_pivot,
             preserve_fds: opts.preserve_fds,
-            join,
+            join: join
+                .iter()
+                .map(|(fd, flag)| (fd.as_raw_fd(), *flag))
+                .collect(),
             new_userns,
             new_cgroupns,
             new_mountns,
-            console,
-            fifo,
+            console: console.as_ref().map(|c| c.as_raw_fd()),
+            fifo: fifo.as_ref().map(|f: &OwnedFd| f.as_raw_fd()),
         };
+        let view = sealed_view();
+        let mut inherit: Vec<RawFd> = plan.join.iter().map(|(fd, _)| *fd).collect();
+        inherit.extend(plan.console);
+        inherit.extend(plan.fifo);
 
         let pid = sys::clone_process(flags).ctx(|| "cloning the container init".into())?;
         if pid == 0 {
             drop(parent_sock);
-            init_main(plan, child_sock);
+            enter_sealed(child_sock, view.as_ref(), &inherit, new_userns);
         }
         drop(child_sock);
-        drop(plan);
+        drop((join, console, fifo, view));
         guard.pid = pid;
         let mut chan = Channel::new(parent_sock).ctx(|| "socketpair".into())?;
 
         if new_userns {
             write_id_maps(pid, &linux)?;
+            chan.send("mapped")
+                .ctx(|| "talking to the container init".into())?;
         }
+        // The child execs the sealed image while we set up its cgroup.
+        send_plan(&mut chan, &plan)?;
         guard.cgroup = Some(cgroup_path.clone());
         cgroups::apply(&cgroup_path, linux.resources().as_ref(), pid)?;
         if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
@@ -563,11 +583,31 @@ impl Runtime {
             _ => None,
         };
         let (parent_sock, child_sock) = UnixStream::pair().ctx(|| "socketpair".into())?;
+        let plan = InitPlan {
+            exec: true,
+            spec: exec_spec,
+            rootfs: c.rootfs.clone(),
+            no_pivot: false,
+            preserve_fds: opts.preserve_fds,
+            join: join
+                .iter()
+                .map(|(fd, flag)| (fd.as_raw_fd(), *flag))
+                .collect(),
+            new_userns: false,
+            new_cgroupns: false,
+            new_mountns: false,
+            console: console.as_ref().map(|c| c.as_raw_fd()),
+            fifo: None,
+        };
+        let view = sealed_view();
+        let mut inherit: Vec<RawFd> = plan.join.iter().map(|(fd, _)| *fd).collect();
+        inherit.extend(plan.console);
         let pid = sys::clone_process(0).ctx(|| "forking the exec process".into())?;
         if pid == 0 {
             drop(parent_sock);
-            exec_main(exec_spec, join, console, opts.preserve_fds, child_sock);
+            enter_sealed(child_sock, view.as_ref(), &inherit, false);
         }
+        drop((join, console, view));
         drop(child_sock);
         let mut chan = Channel::new(parent_sock).ctx(|| "socketpair".into())?;
         let fail = |e: Error| {
@@ -575,6 +615,7 @@ impl Runtime {
             let _ = sys::waitpid(pid, false);
             e
         };
+        send_plan(&mut chan, &plan).map_err(fail)?;
         // The exec'd process joins the container's cgroup before it runs anything.
         cgroups::add_task(&c.cgroup_path, pid).map_err(fail)?;
         chan.send("go")
@@ -642,16 +683,103 @@ fn forward_signals_and_wait(pid: i32) -> Result<i32> {
 // ---------------------------------------------------------------------------------------
 // Inside the clone.
 
-fn init_main(plan: InitPlan, sock: UnixStream) -> ! {
+fn send_plan(chan: &mut Channel, plan: &InitPlan) -> Result<()> {
+    let json = serde_json::to_string(plan).expect("plan serialises");
+    chan.send(&format!("plan {json}"))
+        .ctx(|| "talking to the container process".into())
+}
+
+/// A view of the runtime binary that cannot be written through: a detached read-only
+/// overlay, or failing that a sealed memfd copy. None if neither works (then the child runs
+/// on unsealed, which is what older kernels without either could do anyway).
+fn sealed_view() -> Option<OwnedFd> {
+    sys::overlay_self_view()
+        .or_else(|_| sys::sealed_self_copy())
+        .ok()
+}
+
+/// In the cloned child: re-execute the runtime from `view` as `runtime __init`, so that while
+/// it sets up the container it can never be reached through /proc/<pid>/exe (the
+/// CVE-2019-5736 class). In a new user namespace, wait for the id maps and become its root
+/// first, or the exec would drop every capability.
+fn enter_sealed(sock: UnixStream, view: Option<&OwnedFd>, inherit: &[RawFd], userns: bool) -> ! {
+    let fail = |sock: &UnixStream, msg: String| -> ! {
+        let mut s = sock;
+        let _ = s.write_all(format!("error {msg}\n").as_bytes());
+        std::process::exit(127);
+    };
+    if userns {
+        let mut line = [0u8; 7];
+        if (&sock).read_exact(&mut line).is_err() || &line != b"mapped\n" {
+            std::process::exit(127);
+        }
+        if let Err(e) = sys::setresgid(0).and_then(|_| sys::setresuid(0)) {
+            fail(&sock, format!("becoming root in the user namespace: {e}"));
+        }
+    }
+    let Some(view) = view else {
+        init_entry_with(sock);
+    };
+    for fd in inherit
+        .iter()
+        .copied()
+        .chain(std::iter::once(sock.as_raw_fd()))
+    {
+        if let Err(e) = sys::clear_cloexec(fd) {
+            fail(&sock, format!("passing descriptor {fd}: {e}"));
+        }
+    }
+    let args = [
+        c"berth".to_owned(),
+        c"runtime".to_owned(),
+        c"__init".to_owned(),
+    ];
+    let env = [
+        std::ffi::CString::new(format!("{INIT_SOCK_ENV}={}", sock.as_raw_fd())).expect("no NUL"),
+    ];
+    let e = sys::fexecve(view.as_fd(), &args, &env);
+    fail(&sock, format!("re-executing the sealed runtime: {e}"));
+}
+
+/// Entry point of `berth runtime __init`: the sealed child continues the setup here.
+pub fn init_entry() -> ! {
+    let fd: RawFd = match std::env::var(INIT_SOCK_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(fd) => fd,
+        None => {
+            eprintln!("berth runtime __init is internal to the runtime");
+            std::process::exit(1);
+        }
+    };
+    std::env::remove_var(INIT_SOCK_ENV);
+    init_entry_with(UnixStream::from(sys::adopt_fd(fd)))
+}
+
+fn init_entry_with(sock: UnixStream) -> ! {
+    let _ = sys::set_cloexec(sock.as_raw_fd());
     let mut chan = match Channel::new(sock) {
         Ok(c) => c,
-        Err(_) => std::process::exit(1),
+        Err(_) => std::process::exit(127),
     };
-    let res = init(plan, &mut chan);
+    let res = chan
+        .expect("plan")
+        .and_then(|json| {
+            serde_json::from_str::<InitPlan>(&json)
+                .map_err(|e| Error::Init(format!("bad plan: {e}")))
+        })
+        .and_then(|plan| {
+            if plan.exec {
+                exec_process(plan, &mut chan)
+            } else {
+                init(plan, &mut chan)
+            }
+        });
     if let Err(e) = res {
         // After "ready" of `create` nobody reads the channel: stderr is the only witness.
         let _ = chan.send(&format!("error {e}"));
-        eprintln!("berth runtime: container init: {e}");
+        eprintln!("berth runtime: container process: {e}");
     }
     std::process::exit(127);
 }
@@ -659,16 +787,19 @@ fn init_main(plan: InitPlan, sock: UnixStream) -> ! {
 fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
     let sys = LinuxSyscall;
     sys::umask(0);
+    let join: Vec<(OwnedFd, i32)> = plan
+        .join
+        .iter()
+        .map(|(fd, flag)| (sys::adopt_fd(*fd), *flag))
+        .collect();
+    let console = plan.console.map(|fd| UnixStream::from(sys::adopt_fd(fd)));
+    let fifo = plan.fifo.map(sys::adopt_fd);
     chan.expect("go")?;
-    if plan.new_userns {
-        // Become root of the new user namespace (the maps are written by now).
-        sys::setresgid(0).ctx(|| "becoming gid 0 in the user namespace".into())?;
-        sys::setresuid(0).ctx(|| "becoming uid 0 in the user namespace".into())?;
-    }
-    for (fd, flag) in &plan.join {
+    for (fd, flag) in &join {
         sys.setns(fd.as_fd(), *flag)
             .ctx(|| format!("joining namespace (flag {flag:#x})"))?;
     }
+    drop(join);
     if plan.new_cgroupns {
         sys.unshare(libc::CLONE_NEWCGROUP)
             .ctx(|| "creating the cgroup namespace".into())?;
@@ -708,22 +839,23 @@ fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
             .ctx(|| format!("setting domainname {d:?}"))?;
     }
     let process = spec.process().as_ref().expect("validated");
-    if let Some(sock) = &plan.console {
+    if let Some(sock) = &console {
         let size = process
             .console_size()
             .map(|b| (b.height() as u16, b.width() as u16));
         crate::console::setup(sock, size)?;
     }
+    drop(console);
     let path = prepare_process(&sys, process)?;
     let keep = keep_fds(
         plan.preserve_fds,
         &[&chan.writer, chan.reader.get_ref()],
-        plan.fifo.as_ref(),
+        fifo.as_ref(),
     );
     sys::close_fds_from(3, &keep);
 
     chan.send("ready").ctx(|| "talking to the runtime".into())?;
-    if let Some(fifo) = &plan.fifo {
+    if let Some(fifo) = &fifo {
         // Blocks until `start` opens the read end.
         let mut w = OpenOptions::new()
             .write(true)
@@ -797,43 +929,39 @@ fn finalize_and_exec(process: &Process, path: &Path, spec: &Spec) -> Result<()> 
     Err(Error::Init(format!("exec {}: {e}", path.display())))
 }
 
-fn exec_main(
-    spec: Spec,
-    join: Vec<(OwnedFd, i32)>,
-    console: Option<UnixStream>,
-    preserve: u32,
-    sock: UnixStream,
-) -> ! {
-    let mut chan = match Channel::new(sock) {
-        Ok(c) => c,
-        Err(_) => std::process::exit(1),
-    };
-    let res = (|| -> Result<()> {
-        chan.expect("go")?;
-        // Non-dumpable until execve: a process in the container cannot open our
-        // /proc/<pid>/exe or memory while we still run the runtime's code.
-        sys::prctl(libc::PR_SET_DUMPABLE, 0).ctx(|| "PR_SET_DUMPABLE".into())?;
-        let sys = LinuxSyscall;
-        for (fd, flag) in &join {
-            sys.setns(fd.as_fd(), *flag)
-                .ctx(|| format!("joining namespace (flag {flag:#x})"))?;
-        }
-        drop(join);
-        sys::setsid().ctx(|| "setsid".into())?;
-        let process = spec.process().as_ref().expect("validated");
-        if let Some(sock) = &console {
-            let size = process
-                .console_size()
-                .map(|b| (b.height() as u16, b.width() as u16));
-            crate::console::setup(sock, size)?;
-        }
-        let path = prepare_process(&sys, process)?;
-        let keep = keep_fds(preserve, &[&chan.writer, chan.reader.get_ref()], None);
-        sys::close_fds_from(3, &keep);
-        finalize_and_exec(process, &path, &spec)
-    })();
-    if let Err(e) = res {
-        let _ = chan.send(&format!("error {e}"));
+fn exec_process(plan: InitPlan, chan: &mut Channel) -> Result<()> {
+    let join: Vec<(OwnedFd, i32)> = plan
+        .join
+        .iter()
+        .map(|(fd, flag)| (sys::adopt_fd(*fd), *flag))
+        .collect();
+    let console = plan.console.map(|fd| UnixStream::from(sys::adopt_fd(fd)));
+    chan.expect("go")?;
+    // Non-dumpable until execve: a process in the container cannot open our /proc/<pid>/
+    // files or memory while we still run the runtime's code.
+    sys::prctl(libc::PR_SET_DUMPABLE, 0).ctx(|| "PR_SET_DUMPABLE".into())?;
+    let sys = LinuxSyscall;
+    for (fd, flag) in &join {
+        sys.setns(fd.as_fd(), *flag)
+            .ctx(|| format!("joining namespace (flag {flag:#x})"))?;
     }
-    std::process::exit(1);
+    drop(join);
+    sys::setsid().ctx(|| "setsid".into())?;
+    let spec = &plan.spec;
+    let process = spec.process().as_ref().expect("validated");
+    if let Some(sock) = &console {
+        let size = process
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
+        crate::console::setup(sock, size)?;
+    }
+    drop(console);
+    let path = prepare_process(&sys, process)?;
+    let keep = keep_fds(
+        plan.preserve_fds,
+        &[&chan.writer, chan.reader.get_ref()],
+        None,
+    );
+    sys::close_fds_from(3, &keep);
+    finalize_and_exec(process, &path, spec)
 }

@@ -96,10 +96,16 @@ impl Container {
         })
     }
 
+    /// Atomic against a crashing process (write + rename), not fsynced: runtime state lives
+    /// in /run by convention and describes processes that do not survive a power loss
+    /// anyway; a torn file after one reads as unreadable state, which `delete --force` clears.
     pub fn save(&self, root: &Path) -> Result<()> {
         let path = Self::dir(root, &self.id).join(STATE_FILE);
         let bytes = serde_json::to_vec(self).expect("state serialises");
-        atomic_write(&path, &bytes).ctx(|| format!("writing {}", path.display()))
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .ctx(|| format!("writing {}", path.display()))
     }
 
     pub fn status(&self, root: &Path) -> Status {

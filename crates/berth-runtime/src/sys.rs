@@ -390,6 +390,18 @@ pub fn dup2(fd: RawFd, target: RawFd) -> Result<()> {
     check(unsafe { libc::dup2(fd, target) })
 }
 
+/// Takes ownership of an inherited descriptor number.
+pub fn adopt_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: called only for descriptors this process inherited on purpose (their numbers
+    // came from the runtime that created it) and that nothing else in the process owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+pub fn set_cloexec(fd: RawFd) -> Result<()> {
+    // SAFETY: F_SETFD takes an integer argument.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })
+}
+
 /// Clears close-on-exec so a descriptor survives execve (for --preserve-fds and LISTEN_FDS).
 pub fn clear_cloexec(fd: RawFd) -> Result<()> {
     // SAFETY: F_SETFD takes an integer argument.
@@ -434,14 +446,75 @@ pub fn sealed_self_copy() -> Result<OwnedFd> {
     Ok(memfd)
 }
 
-/// Whether this process image runs from a sealed memfd.
+/// A read-only view of this executable that nothing can write through: the binary's
+/// directory as the lower layer of a detached overlay mount (no upper layer, so read-only;
+/// attached nowhere, so unreachable by path). Costs no copy, unlike [`sealed_self_copy`].
+pub fn overlay_self_view() -> Result<OwnedFd> {
+    use rustix::mount::{
+        fsconfig_create, fsconfig_set_string, fsmount, fsopen, FsMountFlags, FsOpenFlags,
+        MountAttrFlags,
+    };
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let (Some(dir), Some(name)) = (exe.parent(), exe.file_name()) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let dir = dir
+        .to_str()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    if dir.contains([':', ',', '\\']) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL)); // would need escaping
+    }
+    // Without an upper layer overlayfs needs two lower layers that do not overlap: the
+    // binary's directory on top of an empty, detached tmpfs.
+    let empty_fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_create(&empty_fs)?;
+    let empty = fsmount(
+        &empty_fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY,
+    )?;
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_set_string(
+        &fs,
+        "lowerdir",
+        format!("{dir}:/proc/self/fd/{}", empty.as_raw_fd()),
+    )?;
+    fsconfig_create(&fs)?;
+    let mnt = fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOSUID,
+    )?;
+    let fd = rustix::fs::openat(
+        &mnt,
+        name,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    Ok(fd)
+}
+
+/// Whether this process image cannot be modified through /proc/self/exe: a sealed memfd,
+/// or a file on a read-only overlay (see [`overlay_self_view`]).
 pub fn running_sealed() -> bool {
     let Ok(f) = std::fs::File::open("/proc/self/exe") else {
         return false;
     };
     // SAFETY: F_GET_SEALS takes no argument; a non-memfd answers EINVAL.
     let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
-    seals > 0 && seals & libc::F_SEAL_WRITE != 0
+    if seals > 0 && seals & libc::F_SEAL_WRITE != 0 {
+        return true;
+    }
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    match (rustix::fs::fstatfs(&f), rustix::fs::fstatvfs(&f)) {
+        (Ok(fs), Ok(vfs)) => {
+            fs.f_type as i64 == OVERLAYFS_SUPER_MAGIC
+                && vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY)
+        }
+        _ => false,
+    }
 }
 
 pub fn mkfifo(path: &Path, mode: u32) -> Result<()> {

@@ -232,6 +232,9 @@ fn normalise(args: &[String]) -> Vec<String> {
 }
 
 pub fn main(bin: &str, args: &[String]) -> i32 {
+    if args.first().map(String::as_str) == Some("__init") {
+        berth_runtime::container::init_entry();
+    }
     let mut argv = vec![bin.to_string()];
     argv.extend(normalise(args));
     let cli = match Cli::try_parse_from(&argv) {
@@ -246,9 +249,6 @@ pub fn main(bin: &str, args: &[String]) -> i32 {
         path: cli.log.clone(),
         json: cli.log_format == "json",
     };
-    if needs_sealed_binary(&cli.cmd) {
-        reexec_sealed();
-    }
     match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -258,34 +258,6 @@ pub fn main(bin: &str, args: &[String]) -> i32 {
             1
         }
     }
-}
-
-fn needs_sealed_binary(cmd: &Cmd) -> bool {
-    matches!(cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Exec(_))
-}
-
-/// Commands whose processes enter a container re-run themselves from a sealed in-memory
-/// copy, so nothing inside a container can reach the host binary through /proc/<pid>/exe.
-fn reexec_sealed() {
-    if berth_runtime::sys::running_sealed() {
-        return;
-    }
-    let Ok(fd) = berth_runtime::sys::sealed_self_copy() else {
-        return; // no memfd support: carry on unsealed rather than refuse to run
-    };
-    use std::os::unix::ffi::OsStrExt;
-    let to_c = |s: std::ffi::OsString| std::ffi::CString::new(s.as_bytes()).ok();
-    let args: Vec<_> = std::env::args_os().filter_map(to_c).collect();
-    let env: Vec<_> = std::env::vars_os()
-        .filter_map(|(k, v)| {
-            let mut kv = k;
-            kv.push("=");
-            kv.push(v);
-            to_c(kv)
-        })
-        .collect();
-    use std::os::fd::AsFd;
-    let _ = berth_runtime::sys::fexecve(fd.as_fd(), &args, &env);
 }
 
 struct Logger {

@@ -1,0 +1,223 @@
+//! Test harness: the real `berth` binary, a temporary state root, and busybox bundles built
+//! offline by scripts/mkrootfs.sh. Everything a test creates is removed when its values drop.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+pub fn berth() -> &'static str {
+    env!("CARGO_BIN_EXE_berth")
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Skips (returns early from) a test that needs root when not running as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// One busybox rootfs per test process, copied (hard links) into each bundle.
+fn template_rootfs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("berth-test-rootfs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let st = Command::new(workspace().join("scripts/mkrootfs.sh"))
+            .arg(&dir)
+            .status()
+            .expect("running scripts/mkrootfs.sh");
+        assert!(st.success(), "scripts/mkrootfs.sh failed (is busybox-static installed?)");
+        dir
+    })
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique container id (cgroups are global, so ids must not collide across test runs).
+pub fn unique_id(tag: &str) -> String {
+    format!("t{}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), tag)
+}
+
+pub struct Bundle {
+    pub dir: tempfile::TempDir,
+    pub config: serde_json::Value,
+}
+
+impl Bundle {
+    /// A bundle running `args` with the default spec (no terminal).
+    pub fn new(args: &[&str]) -> Bundle {
+        let dir = tempfile::Builder::new().prefix("berth-bundle-").tempdir().unwrap();
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(template_rootfs())
+            .arg(dir.path().join("rootfs"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = Command::new(berth())
+            .args(["runtime", "spec", "--bundle"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "spec: {}", String::from_utf8_lossy(&out.stderr));
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+        config["process"]["terminal"] = false.into();
+        config["process"]["args"] = serde_json::json!(args);
+        let b = Bundle { dir, config };
+        b.save();
+        b
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
+    }
+
+    pub fn save(&self) {
+        std::fs::write(
+            self.dir.path().join("config.json"),
+            serde_json::to_vec_pretty(&self.config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Adds capabilities to every set of the process.
+    pub fn add_caps(&mut self, caps: &[&str]) {
+        for set in ["bounding", "effective", "permitted"] {
+            let arr = self.config["process"]["capabilities"][set].as_array_mut().unwrap();
+            for c in caps {
+                arr.push((*c).into());
+            }
+        }
+        self.save();
+    }
+}
+
+/// A runtime state root; deleting it force-deletes every container left in it.
+pub struct Runtime {
+    pub root: tempfile::TempDir,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Runtime {
+    pub fn new() -> Runtime {
+        Runtime {
+            root: tempfile::Builder::new().prefix("berth-root-").tempdir().unwrap(),
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(berth());
+        c.arg("runtime").arg("--root").arg(self.root.path());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn run_args(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// `run` a bundle in the foreground; returns (exit code, stdout, stderr).
+    pub fn run(&self, id: &str, bundle: &Bundle) -> (i32, String, String) {
+        let out = self
+            .cmd()
+            .args(["run", "--bundle"])
+            .arg(bundle.path())
+            .arg(id)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run_args(args);
+        assert!(
+            out.status.success(),
+            "berth runtime {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn state(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["state", id])).unwrap()
+    }
+
+    /// create + start with the bundle's process detached from us.
+    pub fn create_start(&self, id: &str, bundle: &Bundle) {
+        self.ok(&["create", "--bundle", bundle.path().to_str().unwrap(), id]);
+        self.ok(&["start", id]);
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        std::fs::read_dir(self.root.path())
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for id in self.ids() {
+            let _ = self.run_args(&["delete", "--force", &id]);
+        }
+    }
+}
+
+/// The paths of a container's cgroup in every v1 hierarchy (or the v2 one) that exist now.
+pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            let p = e.path().join("berth").join(id);
+            if p.exists() {
+                out.push(p);
+            }
+        }
+    }
+    let v2 = Path::new("/sys/fs/cgroup/berth").join(id);
+    if v2.exists() {
+        out.push(v2);
+    }
+    out
+}
+
+/// Waits until `f` holds, up to `secs` seconds (for state that settles asynchronously).
+pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    f()
+}
