@@ -261,6 +261,14 @@ impl Runtime {
         let fifo = if mode == Mode::Create {
             let path = dir.join(EXEC_FIFO);
             sys::mkfifo(&path, 0o622).ctx(|| format!("creating {}", path.display()))?;
+            // The umask applied to mkfifo; and in a user namespace the init is the mapped
+            // root, which must own the fifo to open it.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o622))
+                .ctx(|| format!("chmod {}", path.display()))?;
+            let (uid, gid) = mapped_root(&linux);
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .ctx(|| format!("chown {}", path.display()))?;
             Some(
                 OpenOptions::new()
                     .read(true)
@@ -650,6 +658,18 @@ impl Runtime {
 fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     state::atomic_write(path, pid.to_string().as_bytes())
         .ctx(|| format!("writing pid file {}", path.display()))
+}
+
+/// The host uid and gid that are root inside the container (0 without a user namespace).
+fn mapped_root(linux: &oci_spec::runtime::Linux) -> (u32, u32) {
+    let host = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|m| m.container_id() == 0)
+            .map_or(0, |m| m.host_id())
+    };
+    (host(linux.uid_mappings()), host(linux.gid_mappings()))
 }
 
 fn write_id_maps(pid: i32, linux: &oci_spec::runtime::Linux) -> Result<()> {

@@ -510,7 +510,7 @@ pub fn running_sealed() -> bool {
     const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
     match (rustix::fs::fstatfs(&f), rustix::fs::fstatvfs(&f)) {
         (Ok(fs), Ok(vfs)) => {
-            fs.f_type as i64 == OVERLAYFS_SUPER_MAGIC
+            fs.f_type == OVERLAYFS_SUPER_MAGIC
                 && vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY)
         }
         _ => false,

@@ -94,7 +94,7 @@ enum Cmd {
         keep: bool,
     },
     /// Run a new process inside a running container.
-    Exec(ExecArgs),
+    Exec(Box<ExecArgs>),
     /// List the processes of a container.
     Ps {
         #[arg(short, long, default_value = "table")]
@@ -211,21 +211,75 @@ const LONG_FLAGS: &[&str] = &[
     "cgroup",
 ];
 
+/// Long flags that take a value (`--flag value` consumes the next argument).
+const VALUE_FLAGS: &[&str] = &[
+    "root",
+    "log",
+    "log-format",
+    "criu",
+    "rootless",
+    "bundle",
+    "console-socket",
+    "pid-file",
+    "preserve-fds",
+    "format",
+    "interval",
+    "cwd",
+    "env",
+    "user",
+    "additional-gids",
+    "process",
+    "process-label",
+    "apparmor",
+    "cap",
+    "cgroup",
+];
+
+/// Rewrites runc-style `-flag` into `--flag` (Go's flag package accepts both). Everything
+/// after the subcommand and the container id is left alone: for exec and ps it belongs to
+/// the command inside the container.
 fn normalise(args: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len());
-    let mut positional = 0;
+    let mut positional: Vec<&str> = Vec::new();
+    let mut value_next = false;
     for a in args {
-        let name = a.strip_prefix('-').filter(|r| !r.starts_with('-'));
-        let known = name.is_some_and(|n| LONG_FLAGS.contains(&n.split('=').next().unwrap_or("")));
-        // Only before the container id's trailing command (exec/ps): after the subcommand and
-        // the id, anything belongs to the container.
-        if known && positional < 2 {
-            out.push(format!("-{a}"));
-        } else {
-            if !a.starts_with('-') {
-                positional += 1;
+        if value_next {
+            value_next = false;
+            out.push(a.clone());
+            continue;
+        }
+        if positional.len() >= 2 || a == "-" || !a.starts_with('-') {
+            if positional.len() < 2 {
+                positional.push(a);
             }
             out.push(a.clone());
+            continue;
+        }
+        let long = match a.strip_prefix("--") {
+            Some(l) => Some(l.to_string()),
+            None => {
+                let name = &a[1..];
+                LONG_FLAGS
+                    .contains(&name.split('=').next().unwrap_or(""))
+                    .then(|| name.to_string())
+            }
+        };
+        match long {
+            Some(l) => {
+                value_next = !l.contains('=') && VALUE_FLAGS.contains(&l.as_str());
+                out.push(format!("--{l}"));
+            }
+            None => {
+                // Short flags: those that take a value depend on the subcommand for -f.
+                let sub = positional.first().copied().unwrap_or("");
+                value_next = a.len() == 2
+                    && match &a[1..] {
+                        "b" | "e" | "u" | "g" | "p" | "c" => true,
+                        "f" => matches!(sub, "ps" | "list"),
+                        _ => false,
+                    };
+                out.push(a.clone());
+            }
         }
     }
     out

@@ -31,17 +31,29 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// One busybox rootfs per test process, copied (hard links) into each bundle.
+/// One busybox rootfs, built once under Cargo's test scratch directory and copied into each
+/// bundle. Built aside and renamed into place, so concurrent test processes never see half.
 fn template_rootfs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("berth-test-rootfs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("busybox-rootfs");
+        if dir.join("bin/busybox").exists() {
+            return dir;
+        }
+        let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
         let st = Command::new(workspace().join("scripts/mkrootfs.sh"))
-            .arg(&dir)
+            .arg(&tmp)
             .status()
             .expect("running scripts/mkrootfs.sh");
-        assert!(st.success(), "scripts/mkrootfs.sh failed (is busybox-static installed?)");
+        assert!(
+            st.success(),
+            "scripts/mkrootfs.sh failed (is busybox-static installed?)"
+        );
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // Another test process won the race.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
         dir
     })
 }
@@ -50,7 +62,12 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique container id (cgroups are global, so ids must not collide across test runs).
 pub fn unique_id(tag: &str) -> String {
-    format!("t{}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), tag)
+    format!(
+        "t{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        tag
+    )
 }
 
 pub struct Bundle {
@@ -61,7 +78,10 @@ pub struct Bundle {
 impl Bundle {
     /// A bundle running `args` with the default spec (no terminal).
     pub fn new(args: &[&str]) -> Bundle {
-        let dir = tempfile::Builder::new().prefix("berth-bundle-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-bundle-")
+            .tempdir()
+            .unwrap();
         let st = Command::new("cp")
             .arg("-a")
             .arg(template_rootfs())
@@ -74,9 +94,14 @@ impl Bundle {
             .arg(dir.path())
             .output()
             .unwrap();
-        assert!(out.status.success(), "spec: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "spec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut config: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
+                .unwrap();
         config["process"]["terminal"] = false.into();
         config["process"]["args"] = serde_json::json!(args);
         let b = Bundle { dir, config };
@@ -103,7 +128,9 @@ impl Bundle {
     /// Adds capabilities to every set of the process.
     pub fn add_caps(&mut self, caps: &[&str]) {
         for set in ["bounding", "effective", "permitted"] {
-            let arr = self.config["process"]["capabilities"][set].as_array_mut().unwrap();
+            let arr = self.config["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap();
             for c in caps {
                 arr.push((*c).into());
             }
@@ -126,7 +153,10 @@ impl Default for Runtime {
 impl Runtime {
     pub fn new() -> Runtime {
         Runtime {
-            root: tempfile::Builder::new().prefix("berth-root-").tempdir().unwrap(),
+            root: tempfile::Builder::new()
+                .prefix("berth-root-")
+                .tempdir()
+                .unwrap(),
         }
     }
 
@@ -137,19 +167,20 @@ impl Runtime {
         c
     }
 
+    /// Runs a runtime command, capturing its output through files: a created container
+    /// inherits the runtime's stdio, so pipes would not see EOF while it lives.
     pub fn run_args(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
+        capture(self.cmd().args(args))
     }
 
     /// `run` a bundle in the foreground; returns (exit code, stdout, stderr).
     pub fn run(&self, id: &str, bundle: &Bundle) -> (i32, String, String) {
-        let out = self
-            .cmd()
-            .args(["run", "--bundle"])
-            .arg(bundle.path())
-            .arg(id)
-            .output()
-            .unwrap();
+        let out = capture(
+            self.cmd()
+                .args(["run", "--bundle"])
+                .arg(bundle.path())
+                .arg(id),
+        );
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -179,7 +210,11 @@ impl Runtime {
 
     pub fn ids(&self) -> Vec<String> {
         std::fs::read_dir(self.root.path())
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -189,6 +224,29 @@ impl Drop for Runtime {
         for id in self.ids() {
             let _ = self.run_args(&["delete", "--force", &id]);
         }
+    }
+}
+
+/// Runs `cmd` with stdout and stderr going to temporary files, and returns what they got.
+pub fn capture(cmd: &mut Command) -> Output {
+    let out = tempfile::tempfile().unwrap();
+    let err = tempfile::tempfile().unwrap();
+    let status = cmd
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .status()
+        .unwrap();
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut v = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut v).unwrap();
+        v
+    };
+    Output {
+        status,
+        stdout: read(out),
+        stderr: read(err),
     }
 }
 

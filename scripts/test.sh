@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need from Debian's packages (offline apart
+# from apt and crates.io), then runs every test. Runtime tests need root; as another user
+# they report themselves skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pkgs="busybox-static libseccomp-dev pkg-config"
+missing=""
+for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  else
+    echo "missing packages:$missing (run as root, or apt-get install them)" >&2
+    exit 1
+  fi
+fi
+cargo test --workspace --locked "$@"
