@@ -33,7 +33,7 @@ fn workspace() -> PathBuf {
 
 /// One busybox rootfs, built once under Cargo's test scratch directory and copied into each
 /// bundle. Built aside and renamed into place, so concurrent test processes never see half.
-fn template_rootfs() -> &'static Path {
+pub fn template_rootfs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("busybox-rootfs");
