@@ -287,6 +287,33 @@ pub fn apply(path: &Path, resources: Option<&LinuxResources>, pid: i32) -> Resul
     Ok(())
 }
 
+/// Changes the limits of an existing cgroup (the `update` command).
+pub fn update(path: &Path, resources: &LinuxResources) -> Result<()> {
+    if layout() == Layout::V1 {
+        let rules = device_rules(resources);
+        if !rules.is_empty() {
+            let dir = Path::new(ROOT)
+                .join("devices")
+                .join(path.strip_prefix("/").unwrap_or(path));
+            for (allow, rule) in rules {
+                let f = dir.join(if allow {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                });
+                std::fs::write(&f, &rule).map_err(io_err(format!("device rule {rule:?}")))?;
+            }
+        }
+        let mut r = resources.clone();
+        r.set_devices(None);
+        if !has_limits(&r) {
+            return Ok(());
+        }
+        return apply_limits(&manager(path)?, &r);
+    }
+    apply_limits(&manager(path)?, resources)
+}
+
 fn apply_limits(m: &AnyCgroupManager, r: &LinuxResources) -> Result<()> {
     m.apply(&ControllerOpt {
         resources: r,

@@ -210,6 +210,7 @@ impl Runtime {
         let mut new_userns = false;
         let mut new_cgroupns = false;
         let mut new_mountns = false;
+        let mut new_timens = false;
         for ns in &namespaces {
             let (flag, _) = ns_info(ns.typ());
             match ns.path() {
@@ -232,6 +233,10 @@ impl Runtime {
                     // Unshared by the init once it sits in its cgroup, so that the namespace
                     // is rooted at the container's cgroup rather than the runtime's.
                     LinuxNamespaceType::Cgroup => new_cgroupns = true,
+                    // Offsets must be written before any process is in the namespace, so
+                    // it is made here (a time namespace applies to children) and the
+                    // child is born into it.
+                    LinuxNamespaceType::Time => new_timens = true,
                     t => {
                         new_userns |= t == LinuxNamespaceType::User;
                         new_mountns |= t == LinuxNamespaceType::Mount;
@@ -308,6 +313,9 @@ impl Runtime {
         inherit.extend(plan.console);
         inherit.extend(plan.fifo);
 
+        if new_timens {
+            enter_new_time_namespace(&linux)?;
+        }
         let pid = sys::clone_process(flags).ctx(|| "cloning the container init".into())?;
         if pid == 0 {
             drop(parent_sock);
@@ -525,6 +533,20 @@ impl Runtime {
         cgroups::freeze(&c.cgroup_path, pause)
     }
 
+    /// Changes the resource limits of a created, running or paused container.
+    pub fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        let c = Container::load(&self.root, id)?;
+        let status = c.status(&self.root);
+        if status == Status::Stopped {
+            return Err(Error::BadState {
+                id: id.into(),
+                action: "update",
+                status: status.to_string(),
+            });
+        }
+        cgroups::update(&c.cgroup_path, resources)
+    }
+
     pub fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let c = Container::load(&self.root, id)?;
         cgroups::pids(&c.cgroup_path)
@@ -658,6 +680,31 @@ impl Runtime {
 fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     state::atomic_write(path, pid.to_string().as_bytes())
         .ctx(|| format!("writing pid file {}", path.display()))
+}
+
+/// Unshares a time namespace for our children and sets its clock offsets.
+fn enter_new_time_namespace(linux: &oci_spec::runtime::Linux) -> Result<()> {
+    LinuxSyscall
+        .unshare(libc::CLONE_NEWTIME)
+        .ctx(|| "creating the time namespace".into())?;
+    let mut offsets = String::new();
+    for (clock, off) in linux.time_offsets().iter().flatten() {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(Error::InvalidSpec(format!(
+                "timeOffsets: unknown clock {clock:?} (monotonic or boottime)"
+            )));
+        }
+        offsets.push_str(&format!(
+            "{clock} {} {}\n",
+            off.secs().unwrap_or(0),
+            off.nanosecs().unwrap_or(0)
+        ));
+    }
+    if !offsets.is_empty() {
+        std::fs::write("/proc/self/timens_offsets", &offsets)
+            .ctx(|| format!("writing time offsets {offsets:?}"))?;
+    }
+    Ok(())
 }
 
 /// The host uid and gid that are root inside the container (0 without a user namespace).

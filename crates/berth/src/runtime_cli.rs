@@ -123,6 +123,8 @@ enum Cmd {
     },
     /// Print the runtime's features as JSON.
     Features,
+    /// Change the resource limits of a container.
+    Update(Box<UpdateArgs>),
     /// Print container events (resource stats).
     Events {
         #[arg(long)]
@@ -131,6 +133,34 @@ enum Cmd {
         interval: String,
         id: String,
     },
+}
+
+#[derive(clap::Args)]
+struct UpdateArgs {
+    /// A JSON file with the runtime spec's LinuxResources ("-" for stdin).
+    #[arg(short, long)]
+    resources: Option<PathBuf>,
+    #[arg(long)]
+    memory: Option<i64>,
+    #[arg(long = "memory-swap")]
+    memory_swap: Option<i64>,
+    #[arg(long = "memory-reservation")]
+    memory_reservation: Option<i64>,
+    #[arg(long = "cpu-shares")]
+    cpu_shares: Option<u64>,
+    #[arg(long = "cpu-quota")]
+    cpu_quota: Option<i64>,
+    #[arg(long = "cpu-period")]
+    cpu_period: Option<u64>,
+    #[arg(long = "cpuset-cpus")]
+    cpuset_cpus: Option<String>,
+    #[arg(long = "cpuset-mems")]
+    cpuset_mems: Option<String>,
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<i64>,
+    #[arg(long = "blkio-weight")]
+    blkio_weight: Option<u16>,
+    id: String,
 }
 
 #[derive(clap::Args)]
@@ -367,6 +397,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             ps_args,
         } => ps(&rt, format, id, ps_args)?,
         Cmd::List { format, quiet } => list(&rt, format, *quiet)?,
+        Cmd::Update(a) => rt.update(&a.id, &update_resources(a)?)?,
         Cmd::Pause { id } => rt.pause(id, true)?,
         Cmd::Resume { id } => rt.pause(id, false)?,
         Cmd::Spec { bundle, rootless } => {
@@ -402,6 +433,39 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn update_resources(a: &UpdateArgs) -> Result<berth_runtime::oci_spec::runtime::LinuxResources> {
+    let mut v: serde_json::Value = match &a.resources {
+        Some(p) if p.as_os_str() == "-" => {
+            serde_json::from_reader(std::io::stdin()).context("parsing resources from stdin")?
+        }
+        Some(p) => serde_json::from_slice(
+            &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("parsing {}", p.display()))?,
+        None => serde_json::json!({}),
+    };
+    let mut set = |section: &str, key: &str, val: serde_json::Value| {
+        if !val.is_null() {
+            v[section][key] = val;
+        }
+    };
+    set("memory", "limit", serde_json::json!(a.memory));
+    set("memory", "swap", serde_json::json!(a.memory_swap));
+    set(
+        "memory",
+        "reservation",
+        serde_json::json!(a.memory_reservation),
+    );
+    set("cpu", "shares", serde_json::json!(a.cpu_shares));
+    set("cpu", "quota", serde_json::json!(a.cpu_quota));
+    set("cpu", "period", serde_json::json!(a.cpu_period));
+    set("cpu", "cpus", serde_json::json!(a.cpuset_cpus));
+    set("cpu", "mems", serde_json::json!(a.cpuset_mems));
+    set("pids", "limit", serde_json::json!(a.pids_limit));
+    set("blockIO", "weight", serde_json::json!(a.blkio_weight));
+    serde_json::from_value(v).context("invalid resources")
 }
 
 fn create_opts(a: &CreateArgs) -> CreateOptions<'_> {

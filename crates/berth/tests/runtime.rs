@@ -859,3 +859,120 @@ fn spec_features_and_cli_compatibility() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn joining_namespaces_by_path() {
+    require_root!();
+    let rt = Runtime::new();
+    let mut a = Bundle::new(&["sleep", "100"]);
+    a.config["hostname"] = "shared-uts".into();
+    a.save();
+    let ida = unique_id("nsa");
+    rt.create_start(&ida, &a);
+    let pid = rt.state(&ida)["pid"].as_i64().unwrap();
+    // B joins A's network, uts and pid namespaces by path (what `--network container:A`
+    // and Kubernetes pods need).
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "hostname; readlink /proc/self/ns/net; cat /proc/1/comm",
+    ]);
+    b.config["hostname"] = serde_json::Value::Null;
+    let nss = b.config["linux"]["namespaces"].as_array_mut().unwrap();
+    for ns in nss.iter_mut() {
+        let (t, name) = match ns["type"].as_str().unwrap() {
+            "network" => ("network", "net"),
+            "uts" => ("uts", "uts"),
+            "pid" => ("pid", "pid"),
+            _ => continue,
+        };
+        *ns = serde_json::json!({"type": t, "path": format!("/proc/{pid}/ns/{name}")});
+    }
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.save();
+    let (code, out, err) = rt.run(&unique_id("nsb"), &b);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "shared-uts");
+    assert_eq!(
+        lines[1],
+        std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
+    assert_eq!(
+        lines[2], "sleep",
+        "pid 1 of the joined namespace is A's init"
+    );
+    rt.ok(&["delete", "--force", &ida]);
+}
+
+#[test]
+fn time_namespace_offsets() {
+    require_root!();
+    let rt = Runtime::new();
+    let mut b = Bundle::new(&["cat", "/proc/uptime"]);
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "time"}));
+    b.config["linux"]["timeOffsets"] =
+        serde_json::json!({"boottime": {"secs": 864000, "nanosecs": 0}});
+    b.save();
+    let (code, out, err) = rt.run(&unique_id("time"), &b);
+    assert_eq!(code, 0, "{err}");
+    let inside: f64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    let host: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        inside - host > 863_000.0,
+        "container uptime {inside}, host {host}"
+    );
+}
+
+#[test]
+fn update_changes_limits_of_a_running_container() {
+    require_root!();
+    let rt = Runtime::new();
+    let b = Bundle::new(&["sleep", "100"]);
+    let id = unique_id("update");
+    rt.create_start(&id, &b);
+    rt.ok(&["update", "--pids-limit", "42", "--memory", "67108864", &id]);
+    let read = |ctl: &str, file: &str| {
+        std::fs::read_to_string(
+            Path::new("/sys/fs/cgroup")
+                .join(ctl)
+                .join("berth")
+                .join(&id)
+                .join(file),
+        )
+        .or_else(|_| {
+            std::fs::read_to_string(Path::new("/sys/fs/cgroup/berth").join(&id).join(file))
+        })
+        .unwrap()
+    };
+    assert_eq!(read("pids", "pids.max").trim(), "42");
+    let mem = read("memory", "memory.limit_in_bytes");
+    assert_eq!(mem.trim(), "67108864");
+    // Resources as JSON on stdin, as containerd sends them.
+    let mut cmd = rt.cmd();
+    cmd.args(["update", "--resources", "-", &id])
+        .stdin(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), br#"{"pids": {"limit": 7}}"#).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    assert_eq!(read("pids", "pids.max").trim(), "7");
+    // Stats see the container's processes.
+    let ev: serde_json::Value =
+        serde_json::from_str(rt.ok(&["events", "--stats", &id]).trim()).unwrap();
+    assert_eq!(ev["type"], "stats");
+    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
+    rt.ok(&["delete", "--force", &id]);
+}
