@@ -87,7 +87,8 @@ struct InitPlan {
     new_cgroupns: bool,
     new_mountns: bool,
     console: Option<RawFd>,
-    fifo: Option<RawFd>,
+    /// The container's state directory (O_PATH), holding exec.fifo; only for `create`.
+    fifo_dir: Option<RawFd>,
 }
 
 /// Environment variable naming the socket descriptor of a re-executed init.
@@ -274,12 +275,14 @@ impl Runtime {
             let (uid, gid) = mapped_root(&linux);
             std::os::unix::fs::chown(&path, Some(uid), Some(gid))
                 .ctx(|| format!("chown {}", path.display()))?;
+            // The init opens the fifo relative to this directory descriptor: that works after
+            // pivot_root or chroot, with or without a /proc in the container.
             Some(
                 OpenOptions::new()
                     .read(true)
-                    .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-                    .open(&path)
-                    .ctx(|| format!("opening {}", path.display()))?
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .open(&dir)
+                    .ctx(|| format!("opening {}", dir.display()))?
                     .into(),
             )
         } else {
@@ -306,12 +309,12 @@ impl Runtime {
             new_cgroupns,
             new_mountns,
             console: console.as_ref().map(|c| c.as_raw_fd()),
-            fifo: fifo.as_ref().map(|f: &OwnedFd| f.as_raw_fd()),
+            fifo_dir: fifo.as_ref().map(|f: &OwnedFd| f.as_raw_fd()),
         };
         let view = sealed_view();
         let mut inherit: Vec<RawFd> = plan.join.iter().map(|(fd, _)| *fd).collect();
         inherit.extend(plan.console);
-        inherit.extend(plan.fifo);
+        inherit.extend(plan.fifo_dir);
 
         if new_timens {
             enter_new_time_namespace(&linux)?;
@@ -406,16 +409,24 @@ impl Runtime {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&fifo)
             .ctx(|| format!("opening {}", fifo.display()))?;
+        // The init writes one byte, then holds the write end (close-on-exec) until it execs
+        // the program: EOF after the byte means the program runs, so `start` returns only
+        // then (a signal sent right after `start` must find the program, not our setup).
         let mut buf = [0u8; 1];
         let mut nap = Duration::from_micros(50);
+        let mut got_byte = false;
         loop {
             match f.read(&mut buf) {
-                Ok(1) => break,
+                Ok(1) => got_byte = true,
+                Ok(_) if got_byte => break,
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e).ctx(|| format!("reading {}", fifo.display())),
             }
             if !state::process_alive(c.pid, c.pid_start) {
+                if got_byte {
+                    break; // started, and already finished: a short program
+                }
                 return Err(Error::Init("the container init died before start".into()));
             }
             std::thread::sleep(nap);
@@ -627,7 +638,7 @@ impl Runtime {
             new_cgroupns: false,
             new_mountns: false,
             console: console.as_ref().map(|c| c.as_raw_fd()),
-            fifo: None,
+            fifo_dir: None,
         };
         let view = sealed_view();
         let mut inherit: Vec<RawFd> = plan.join.iter().map(|(fd, _)| *fd).collect();
@@ -860,7 +871,7 @@ fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
         .map(|(fd, flag)| (sys::adopt_fd(*fd), *flag))
         .collect();
     let console = plan.console.map(|fd| UnixStream::from(sys::adopt_fd(fd)));
-    let fifo = plan.fifo.map(sys::adopt_fd);
+    let fifo_dir = plan.fifo_dir.map(sys::adopt_fd);
     chan.expect("go")?;
     for (fd, flag) in &join {
         sys.setns(fd.as_fd(), *flag)
@@ -914,21 +925,23 @@ fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
     }
     drop(console);
     let path = prepare_process(&sys, process)?;
-    let keep = keep_fds(
-        plan.preserve_fds,
-        &[&chan.writer, chan.reader.get_ref()],
-        fifo.as_ref(),
-    );
-    sys::close_fds_from(3, &keep);
+    // Only the caller's preserved descriptors cross the exec: our sockets and exec.fifo
+    // must not reach the container either.
+    sys::close_fds_from(3 + plan.preserve_fds as RawFd);
 
     chan.send("ready").ctx(|| "talking to the runtime".into())?;
-    if let Some(fifo) = &fifo {
+    if let Some(dir) = &fifo_dir {
         // Blocks until `start` opens the read end.
-        let mut w = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(format!("/proc/self/fd/{}", fifo.as_raw_fd()))
-            .ctx(|| "opening exec.fifo".into())?;
+        let mut w = File::from(
+            rustix::fs::openat(
+                dir,
+                EXEC_FIFO,
+                rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+            .ctx(|| "opening exec.fifo".into())?,
+        );
         w.write_all(&[0]).ctx(|| "writing exec.fifo".into())?;
     }
     if let Some(h) = spec
@@ -957,13 +970,6 @@ fn prepare_process(sys: &dyn Syscall, process: &Process) -> Result<PathBuf> {
     let args = process.args().as_deref().unwrap_or_default();
     let env = process.env().as_deref().unwrap_or_default();
     process::find_executable(&args[0], env)
-}
-
-fn keep_fds(preserve: u32, socks: &[&UnixStream], fifo: Option<&OwnedFd>) -> Vec<RawFd> {
-    let mut keep: Vec<RawFd> = (3..3 + preserve as RawFd).collect();
-    keep.extend(socks.iter().map(|s| s.as_raw_fd()));
-    keep.extend(fifo.map(|f| f.as_raw_fd()));
-    keep
 }
 
 /// Drops privileges in the order the kernel requires and execs the program.
@@ -1024,11 +1030,8 @@ fn exec_process(plan: InitPlan, chan: &mut Channel) -> Result<()> {
     }
     drop(console);
     let path = prepare_process(&sys, process)?;
-    let keep = keep_fds(
-        plan.preserve_fds,
-        &[&chan.writer, chan.reader.get_ref()],
-        None,
-    );
-    sys::close_fds_from(3, &keep);
+    // Only the caller's preserved descriptors cross the exec: our sockets and exec.fifo
+    // must not reach the container either.
+    sys::close_fds_from(3 + plan.preserve_fds as RawFd);
     finalize_and_exec(process, &path, spec)
 }

@@ -408,9 +408,9 @@ pub fn clear_cloexec(fd: RawFd) -> Result<()> {
     check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })
 }
 
-/// Closes every descriptor from `first` up, except those in `keep`, so no host descriptor
-/// leaks into the container (the CVE-2024-21626 class).
-pub fn close_fds_from(first: RawFd, keep: &[RawFd]) {
+/// Marks every descriptor from `first` up close-on-exec, so no host descriptor leaks into
+/// the container (the CVE-2024-21626 class).
+pub fn close_fds_from(first: RawFd) {
     let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
         Ok(rd) => rd
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -418,7 +418,7 @@ pub fn close_fds_from(first: RawFd, keep: &[RawFd]) {
         Err(_) => return,
     };
     for fd in fds {
-        if fd >= first && !keep.contains(&fd) {
+        if fd >= first {
             // SAFETY: fcntl(F_SETFD) on a number at worst fails with EBADF (the read_dir fd).
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }

@@ -538,6 +538,33 @@ fn no_host_descriptor_or_cwd_leaks_into_the_container() {
     assert_eq!(lines.next().unwrap(), "/");
     let fds: Vec<&str> = lines.collect();
     assert_eq!(fds, ["0", "1", "2", "3"]);
+
+    // The same through create + start, where the init also held exec.fifo and its sockets.
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(&["sh", "-c", "exec ls -l /proc/self/fd > /out/fds"]);
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/out", "type": "bind", "source": dir.path(), "options": ["rbind", "rw"]
+        }));
+    b.save();
+    let id = unique_id("fds2");
+    rt.create_start(&id, &b);
+    assert!(wait_for(5, || rt.state(&id)["status"] == "stopped"));
+    let listing = std::fs::read_to_string(dir.path().join("fds")).unwrap();
+    let names: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains(" -> "))
+        .filter_map(|l| l.split(" -> ").next()?.split_whitespace().last())
+        .collect();
+    // (busybox ls -l has closed its own directory descriptor by the time it prints.)
+    assert_eq!(names, ["0", "1", "2"], "{listing}");
+    assert!(
+        !listing.contains("exec.fifo") && !listing.contains("socket"),
+        "{listing}"
+    );
+    rt.ok(&["delete", &id]);
 }
 
 #[test]
@@ -975,4 +1002,35 @@ fn update_changes_limits_of_a_running_container() {
     assert_eq!(ev["type"], "stats");
     assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
     rt.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn container_without_namespaces_chroots_and_starts() {
+    require_root!();
+    let rt = Runtime::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(&["sh", "-c", "echo ran > /out/flag"]);
+    // No namespaces at all: no mount namespace, so no /proc inside; only chroot.
+    b.config["linux"]["namespaces"] = serde_json::json!([]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.config["mounts"] = serde_json::json!([]);
+    b.config["linux"]
+        .as_object_mut()
+        .unwrap()
+        .remove("maskedPaths");
+    b.config["linux"]
+        .as_object_mut()
+        .unwrap()
+        .remove("readonlyPaths");
+    b.config["root"]["readonly"] = false.into();
+    b.save();
+    std::fs::create_dir(b.rootfs().join("out")).unwrap();
+    let id = unique_id("nons");
+    rt.ok(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(rt.state(&id)["status"], "created");
+    rt.ok(&["start", &id]);
+    assert!(wait_for(5, || b.rootfs().join("out/flag").exists()));
+    assert!(wait_for(5, || rt.state(&id)["status"] == "stopped"));
+    rt.ok(&["delete", &id]);
+    drop(dir);
 }
