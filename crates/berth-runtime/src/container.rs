@@ -363,7 +363,8 @@ impl Runtime {
 
         chan.expect("hooks")?;
         if let Some(h) = spec.hooks() {
-            let st = container.hook_state(Status::Creating);
+            // Lifecycle steps 3-5 come after the environment exists (step 2): "created".
+            let st = container.hook_state(Status::Created);
             #[allow(deprecated)]
             if let Some(prestart) = h.prestart() {
                 hooks::run(prestart, &st)?;

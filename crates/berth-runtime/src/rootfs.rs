@@ -201,13 +201,11 @@ pub fn prepare(sys: &dyn Syscall, spec: &Spec, ctx: &RootfsContext) -> Result<()
             .ok_or_else(|| Error::InvalidSpec(format!("unknown rootfsPropagation {p:?}")))?,
         None => MS_SLAVE | MS_REC,
     };
-    // Make the whole tree non-shared first so nothing we do leaks back to the host.
+    // Make the whole tree non-shared first so nothing we do leaks back to the host. The
+    // requested propagation goes on the rootfs mount itself, once it is built (an
+    // unbindable / would forbid the bind below).
     sys.mount(None, Path::new("/"), None, MS_REC | MS_SLAVE, None)
         .ctx(|| "making / a slave mount".into())?;
-    if prop & (MS_PRIVATE | MS_UNBINDABLE) != 0 {
-        sys.mount(None, Path::new("/"), None, prop, None)
-            .ctx(|| "setting rootfs propagation".into())?;
-    }
     sys.mount(
         Some(ctx.rootfs),
         ctx.rootfs,
@@ -235,7 +233,7 @@ pub fn prepare(sys: &dyn Syscall, spec: &Spec, ctx: &RootfsContext) -> Result<()
     }
     // The rootfs mount gets the requested propagation (e.g. rshared for mount propagation
     // back to the host when asked).
-    if prop & MS_SHARED != 0 {
+    if prop != MS_SLAVE | MS_REC {
         sys.mount(None, ctx.rootfs, None, prop, None)
             .ctx(|| "setting rootfs propagation".into())?;
     }

@@ -452,6 +452,12 @@ fn every_hook_fires_once_with_the_state() {
             state["bundle"].as_str().unwrap(),
             b.path().canonicalize().unwrap().to_str().unwrap()
         );
+        let want = match name {
+            "createRuntime" | "createContainer" => "created",
+            "startContainer" | "poststart" => "running",
+            _ => "stopped",
+        };
+        assert_eq!(state["status"], want, "{name}");
     }
     // Order of the lifecycle.
     let order: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
@@ -1033,4 +1039,35 @@ fn container_without_namespaces_chroots_and_starts() {
     assert!(wait_for(5, || rt.state(&id)["status"] == "stopped"));
     rt.ok(&["delete", &id]);
     drop(dir);
+}
+
+#[test]
+fn rootfs_propagation_is_applied_to_the_root_mount() {
+    require_root!();
+    for (prop, want) in [
+        ("unbindable", "unbindable"),
+        ("private", ""),
+        ("shared", "shared:"),
+    ] {
+        let rt = Runtime::new();
+        let mut b = Bundle::new(&["awk", "$5 == \"/\"", "/proc/self/mountinfo"]);
+        b.config["linux"]["rootfsPropagation"] = prop.into();
+        b.save();
+        let (code, out, err) = rt.run(&unique_id("prop"), &b);
+        assert_eq!(code, 0, "{prop}: {err}");
+        // Optional fields sit between the mount options and the " - " separator.
+        let fields = out
+            .split(" - ")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(6)
+            .collect::<Vec<_>>()
+            .join(" ");
+        if want.is_empty() {
+            assert!(fields.is_empty(), "{prop}: {out}");
+        } else {
+            assert!(fields.contains(want), "{prop}: {out}");
+        }
+    }
 }
