@@ -858,7 +858,7 @@ fn init_entry_with(sock: UnixStream) -> ! {
     if let Err(e) = res {
         // After "ready" of `create` nobody reads the channel: stderr is the only witness.
         let _ = chan.send(&format!("error {e}"));
-        eprintln!("berth runtime: container process: {e}");
+        eprintln!("berth runtime: error: container process: {e}");
     }
     std::process::exit(127);
 }

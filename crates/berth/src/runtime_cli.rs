@@ -338,7 +338,7 @@ pub fn main(bin: &str, args: &[String]) -> i32 {
         Err(e) => {
             let msg = format!("{e:#}");
             log.error(&msg);
-            eprintln!("berth runtime: {msg}");
+            eprintln!("berth runtime: error: {msg}");
             1
         }
     }
