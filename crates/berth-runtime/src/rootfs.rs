@@ -251,6 +251,22 @@ fn mount_one(sys: &dyn Syscall, m: &Mount, ctx: &RootfsContext) -> Result<()> {
     if typ == "cgroup" || typ == "cgroup2" {
         return mount_cgroup(sys, &dest, &opts, ctx);
     }
+    // procfs and sysfs go on a real directory, never through a symlink planted in the image
+    // (which would put them somewhere the container's tools do not expect).
+    if typ == "proc" || typ == "sysfs" {
+        let literal = ctx
+            .rootfs
+            .join(m.destination().strip_prefix("/").unwrap_or(m.destination()));
+        if literal
+            .symlink_metadata()
+            .is_ok_and(|md| md.file_type().is_symlink())
+        {
+            return Err(Error::InvalidSpec(format!(
+                "filesystem {typ:?} must be mounted on ordinary directory, but {} is a symlink",
+                m.destination().display()
+            )));
+        }
+    }
 
     // Create the mount point: a file for binds of files, a directory otherwise.
     let src_is_file = is_bind && source.is_some_and(|s| s.metadata().is_ok_and(|md| !md.is_dir()));
@@ -833,6 +849,36 @@ mod tests {
             "/proc/self/fd".into(),
             rootfs.join("dev/fd")
         )));
+    }
+
+    #[test]
+    fn proc_on_a_symlink_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let rootfs = d.path();
+        std::os::unix::fs::symlink("/elsewhere", rootfs.join("proc")).unwrap();
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.2.0",
+            "root": {"path": "rootfs"},
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]
+        }))
+        .unwrap();
+        let sys = RecordingSyscall::default();
+        let e = prepare(
+            &sys,
+            &spec,
+            &RootfsContext {
+                rootfs,
+                userns: false,
+                cgroupns: false,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("must be mounted on ordinary directory"),
+            "{e}"
+        );
     }
 
     #[test]
