@@ -1,3 +1,5 @@
-//! Content store, metadata, overlay snapshotter, safe layer applier, garbage collection.
-//!
-//! Not built yet: see docs/STATUS.md for what exists today.
+//! Berth's image store. So far: the layer applier (tar layers, plain, gzip or zstd, applied
+//! path-safely with overlay whiteouts and the diffID computed on the way). The content
+//! store, snapshots, metadata and garbage collection follow (see docs/STATUS.md).
+
+pub mod layer;

@@ -1,3 +1,8 @@
-//! Shared types: digests, image references, ids, errors, Engine API models.
-//!
-//! Not built yet: see docs/STATUS.md for what exists today.
+//! Types shared by every part of Berth: content digests and image references (with Docker's
+//! normalisation). Engine API models join them as the daemon is built.
+
+pub mod digest;
+pub mod reference;
+
+pub use digest::{Digest, DigestError, Hasher};
+pub use reference::{Reference, ReferenceError};

@@ -1,0 +1,520 @@
+//! The layer applier: one streaming pass over a (compressed) tar layer into a directory.
+//!
+//! Every path, including `..` entries, absolute names and paths through symlinks the layer
+//! itself planted, is resolved *inside* the layer root with openat2(RESOLVE_IN_ROOT), so a
+//! hostile layer can never write outside it. Docker's whiteouts (`.wh.<name>`, opaque
+//! `.wh..wh..opq`) become overlayfs whiteouts (0/0 character devices, the
+//! `trusted.overlay.opaque` xattr). The diffID (sha256 of the uncompressed tar) is computed
+//! on the way, and the layer is synced once at the end, not per file.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use berth_types::digest::{Algorithm, Hasher};
+use berth_types::Digest;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("invalid layer entry {path:?}: {msg}")]
+    Entry { path: String, msg: String },
+}
+
+type Result<T> = std::result::Result<T, LayerError>;
+
+fn io_ctx<T>(r: io::Result<T>, ctx: impl FnOnce() -> String) -> Result<T> {
+    r.map_err(|source| LayerError::Io {
+        context: ctx(),
+        source,
+    })
+}
+
+fn rx<T>(r: rustix::io::Result<T>, ctx: impl FnOnce() -> String) -> Result<T> {
+    io_ctx(r.map_err(io::Error::from), ctx)
+}
+
+/// What applying a layer produced.
+#[derive(Debug)]
+pub struct Applied {
+    /// sha256 of the uncompressed tar stream.
+    pub diff_id: Digest,
+    pub entries: u64,
+    /// Uncompressed bytes read.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// Recognises a layer's compression from its first bytes.
+pub fn detect(head: &[u8]) -> Compression {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+/// Counts and hashes what passes through.
+struct Hashing<R> {
+    inner: R,
+    hasher: Hasher,
+    size: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// Applies the layer read from `input` (plain, gzip or zstd tar) onto the directory `root`.
+pub fn apply(root: &Path, input: impl Read) -> Result<Applied> {
+    let root_fd: OwnedFd = io_ctx(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags_dir()
+            .open(root),
+        || format!("opening layer root {}", root.display()),
+    )?
+    .into();
+    let mut buffered = BufReader::with_capacity(256 * 1024, input);
+    let head = io_ctx(buffered.fill_buf(), || "reading the layer".into())?;
+    let decoded: Box<dyn Read> = match detect(head) {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
+        Compression::Zstd => Box::new(io_ctx(zstd::Decoder::with_buffer(buffered), || {
+            "starting zstd".into()
+        })?),
+        Compression::None => Box::new(buffered),
+    };
+    let hashing = Hashing {
+        inner: decoded,
+        hasher: Hasher::new(Algorithm::Sha256),
+        size: 0,
+    };
+    let mut archive = tar::Archive::new(hashing);
+    let mut dirs: Vec<(String, Timestamps)> = Vec::new();
+    let mut entries = 0u64;
+    for entry in io_ctx(archive.entries(), || "reading the layer".into())? {
+        let mut entry = io_ctx(entry, || "reading the layer".into())?;
+        entries += 1;
+        apply_entry(&root_fd, &mut entry, &mut dirs)?;
+    }
+    // The diffID covers the whole stream, end-of-archive padding included.
+    let mut rest = archive.into_inner();
+    io_ctx(io::copy(&mut rest, &mut io::sink()), || {
+        "reading the layer".into()
+    })?;
+    // Directory times last: writing into a directory changes them.
+    for (rel, times) in dirs.iter().rev() {
+        if let Ok(fd) = open_in_root(&root_fd, rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+            let _ = rustix::fs::futimens(&fd, times);
+        }
+    }
+    rx(rustix::fs::syncfs(&root_fd), || "syncing the layer".into())?;
+    Ok(Applied {
+        diff_id: rest.hasher.finish(),
+        entries,
+        size: rest.size,
+    })
+}
+
+trait DirOpen {
+    fn custom_flags_dir(&mut self) -> &mut Self;
+}
+
+impl DirOpen for std::fs::OpenOptions {
+    fn custom_flags_dir(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags((OFlags::DIRECTORY | OFlags::CLOEXEC).bits() as i32)
+    }
+}
+
+/// Splits an archive path into its components relative to the layer root. `..` is kept:
+/// RESOLVE_IN_ROOT clamps it at the root, as for `..` in `/`.
+fn components(p: &Path) -> Vec<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn join(parts: &[OsString]) -> String {
+    if parts.is_empty() {
+        return ".".into();
+    }
+    parts
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn open_in_root(root: &OwnedFd, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        root,
+        rel,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Opens the directory `parts` inside the root, creating what is missing (a layer may list
+/// a file before, or without, its parent directories). After each directory it creates it
+/// resolves again from the root, so `..` and symlinks keep their meaning; only a plain name
+/// can be missing, as `..` always resolves.
+fn open_parent(root: &OwnedFd, parts: &[OsString]) -> io::Result<OwnedFd> {
+    let dir = OFlags::PATH | OFlags::DIRECTORY;
+    for _ in 0..=parts.len() {
+        match open_in_root(root, &join(parts), dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => return other,
+        }
+        let mut i = parts.len();
+        let fd = loop {
+            i -= 1;
+            if let Ok(fd) = open_in_root(root, &join(&parts[..i]), dir) {
+                break fd;
+            }
+            if i == 0 {
+                return Err(io::Error::from(io::ErrorKind::NotFound));
+            }
+        };
+        match rustix::fs::mkdirat(&fd, parts[i].as_os_str(), Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::from(io::ErrorKind::NotFound))
+}
+
+/// Removes whatever is at `parent/name` (a file, a link, or a whole directory tree).
+fn remove_existing(parent: &OwnedFd, name: &OsString) -> io::Result<()> {
+    match rustix::fs::statat(parent, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            // Through our own descriptor: no path outside the layer is ever named.
+            std::fs::remove_dir_all(format!(
+                "/proc/self/fd/{}/{}",
+                parent.as_raw_fd(),
+                name.to_string_lossy()
+            ))
+        }
+        Ok(_) => {
+            rustix::fs::unlinkat(parent, name.as_os_str(), AtFlags::empty()).map_err(Into::into)
+        }
+    }
+}
+
+fn timestamps(mtime: u64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime as i64,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+fn apply_entry<R: Read>(
+    root: &OwnedFd,
+    entry: &mut tar::Entry<'_, R>,
+    dirs: &mut Vec<(String, Timestamps)>,
+) -> Result<()> {
+    let raw_path = entry
+        .path()
+        .map(|p| p.into_owned())
+        .unwrap_or_else(|_| PathBuf::from("<undecodable>"));
+    let shown = raw_path.display().to_string();
+    let bad = |msg: &str| LayerError::Entry {
+        path: shown.clone(),
+        msg: msg.into(),
+    };
+    let parts = components(&raw_path);
+    let header = entry.header().clone();
+    let kind = header.entry_type();
+    let mode = header.mode().map_err(|_| bad("bad mode"))? & 0o7777;
+    // Empty numeric fields read as 0, as Go's archive/tar (Docker's) reads them.
+    let uid = header.uid().unwrap_or(0) as u32;
+    let gid = header.gid().unwrap_or(0) as u32;
+    let times = timestamps(header.mtime().unwrap_or(0));
+
+    let Some((name, parent_parts)) = parts.split_last() else {
+        // The root itself ("./"): only its metadata.
+        if kind.is_dir() {
+            rx(
+                rustix::fs::fchown(
+                    root,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                ),
+                || "chown of the layer root".into(),
+            )?;
+            dirs.push((".".into(), timestamps(header.mtime().unwrap_or(0))));
+        }
+        return Ok(());
+    };
+    if name == ".." {
+        return Err(bad("the last path component is '..'"));
+    }
+    let parent = io_ctx(open_parent(root, parent_parts), || {
+        format!("creating the parent of {shown}")
+    })?;
+    let name_str = name.to_string_lossy();
+
+    // Whiteouts become overlayfs whiteouts.
+    if name_str == ".wh..wh..opq" {
+        let dir = format!("/proc/self/fd/{}", parent.as_raw_fd());
+        return rx(
+            rustix::fs::setxattr(
+                dir.as_str(),
+                "trusted.overlay.opaque",
+                b"y",
+                rustix::fs::XattrFlags::empty(),
+            ),
+            || format!("marking {shown} opaque"),
+        );
+    }
+    if let Some(hidden) = name_str.strip_prefix(".wh.") {
+        let hidden = OsString::from(hidden);
+        io_ctx(remove_existing(&parent, &hidden), || {
+            format!("whiting out {shown}")
+        })?;
+        return rx(
+            rustix::fs::mknodat(
+                &parent,
+                hidden.as_os_str(),
+                FileType::CharacterDevice,
+                Mode::empty(),
+                0,
+            ),
+            || format!("whiting out {shown}"),
+        );
+    }
+
+    if !kind.is_dir() {
+        io_ctx(remove_existing(&parent, name), || {
+            format!("replacing {shown}")
+        })?;
+    }
+    let perms = Mode::from_raw_mode(mode);
+    match kind {
+        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            let fd = rx(
+                rustix::fs::openat(
+                    &parent,
+                    name.as_os_str(),
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                ),
+                || format!("creating {shown}"),
+            )?;
+            let mut file = File::from(fd);
+            let want = entry.size();
+            let got = io_ctx(io::copy(entry, &mut file), || format!("writing {shown}"))?;
+            if got != want {
+                return Err(bad(&format!("truncated: {got} of {want} bytes")));
+            }
+            rx(
+                rustix::fs::fchown(
+                    &file,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                ),
+                || format!("chown {shown}"),
+            )?;
+            // After chown, which clears set-id bits.
+            rx(rustix::fs::fchmod(&file, perms), || {
+                format!("chmod {shown}")
+            })?;
+            rx(rustix::fs::futimens(&file, &times), || {
+                format!("times of {shown}")
+            })?;
+        }
+        tar::EntryType::Directory => {
+            match rustix::fs::mkdirat(&parent, name.as_os_str(), perms) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::EXIST) => {
+                    let st = rx(
+                        rustix::fs::statat(&parent, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW),
+                        || format!("stat {shown}"),
+                    )?;
+                    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                        io_ctx(remove_existing(&parent, name), || {
+                            format!("replacing {shown}")
+                        })?;
+                        rx(
+                            rustix::fs::mkdirat(&parent, name.as_os_str(), perms),
+                            || format!("creating {shown}"),
+                        )?;
+                    }
+                }
+                Err(e) => return rx(Err(e), || format!("creating {shown}")),
+            }
+            rx(
+                rustix::fs::chownat(
+                    &parent,
+                    name.as_os_str(),
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                ),
+                || format!("chown {shown}"),
+            )?;
+            rx(
+                rustix::fs::chmodat(&parent, name.as_os_str(), perms, AtFlags::empty()),
+                || format!("chmod {shown}"),
+            )?;
+            let mut rel = parent_parts.to_vec();
+            rel.push(name.clone());
+            dirs.push((join(&rel), timestamps(header.mtime().unwrap_or(0))));
+        }
+        tar::EntryType::Symlink => {
+            let target = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .ok_or_else(|| bad("symlink without a target"))?;
+            rx(
+                rustix::fs::symlinkat(target.as_os_str(), &parent, name.as_os_str()),
+                || format!("creating symlink {shown}"),
+            )?;
+            rx(
+                rustix::fs::chownat(
+                    &parent,
+                    name.as_os_str(),
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                ),
+                || format!("chown {shown}"),
+            )?;
+            rx(
+                rustix::fs::utimensat(&parent, name.as_os_str(), &times, AtFlags::SYMLINK_NOFOLLOW),
+                || format!("times of {shown}"),
+            )?;
+            return Ok(()); // no xattrs on symlinks in overlay lowers
+        }
+        tar::EntryType::Link => {
+            let target = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .ok_or_else(|| bad("hardlink without a target"))?;
+            let tparts = components(&target);
+            let Some((tname, tparent)) = tparts.split_last() else {
+                return Err(bad("hardlink to the layer root"));
+            };
+            // The target is looked up inside the layer root: a link to a host file finds
+            // nothing there and fails.
+            let tdir = io_ctx(
+                open_in_root(root, &join(tparent), OFlags::PATH | OFlags::DIRECTORY),
+                || {
+                    format!(
+                        "hardlink {shown}: target {} is not in the layer",
+                        target.display()
+                    )
+                },
+            )?;
+            rx(
+                rustix::fs::linkat(
+                    &tdir,
+                    tname.as_os_str(),
+                    &parent,
+                    name.as_os_str(),
+                    AtFlags::empty(),
+                ),
+                || {
+                    format!(
+                        "hardlink {shown}: target {} is not in the layer",
+                        target.display()
+                    )
+                },
+            )?;
+            return Ok(());
+        }
+        tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+            let ft = match kind {
+                tar::EntryType::Char => FileType::CharacterDevice,
+                tar::EntryType::Block => FileType::BlockDevice,
+                _ => FileType::Fifo,
+            };
+            let major = header.device_major().ok().flatten().unwrap_or(0);
+            let minor = header.device_minor().ok().flatten().unwrap_or(0);
+            let dev = rustix::fs::makedev(major, minor);
+            rx(
+                rustix::fs::mknodat(&parent, name.as_os_str(), ft, perms, dev),
+                || format!("creating device {shown}"),
+            )?;
+            rx(
+                rustix::fs::chownat(
+                    &parent,
+                    name.as_os_str(),
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                ),
+                || format!("chown {shown}"),
+            )?;
+            rx(
+                rustix::fs::chmodat(&parent, name.as_os_str(), perms, AtFlags::empty()),
+                || format!("chmod {shown}"),
+            )?;
+        }
+        // PAX/GNU metadata entries are consumed by the tar reader; anything else is not a
+        // file a container can use.
+        _ => return Ok(()),
+    }
+    // Extended attributes (file capabilities, SELinux labels) from PAX headers.
+    if let Ok(Some(exts)) = entry.pax_extensions() {
+        for ext in exts.flatten() {
+            if let (Ok(key), value) = (ext.key(), ext.value_bytes()) {
+                if let Some(xattr) = key.strip_prefix("SCHILY.xattr.") {
+                    let path = format!("/proc/self/fd/{}/{}", parent.as_raw_fd(), name_str);
+                    rx(
+                        rustix::fs::lsetxattr(
+                            path.as_str(),
+                            xattr,
+                            value,
+                            rustix::fs::XattrFlags::empty(),
+                        ),
+                        || format!("xattr {xattr} on {shown}"),
+                    )?;
+                }
+            }
+        }
+    }
+    if kind != tar::EntryType::Directory && kind != tar::EntryType::Regular {
+        rx(
+            rustix::fs::utimensat(&parent, name.as_os_str(), &times, AtFlags::SYMLINK_NOFOLLOW),
+            || format!("times of {shown}"),
+        )?;
+    }
+    let _ = parent.as_fd();
+    Ok(())
+}
