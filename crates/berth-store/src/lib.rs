@@ -2,4 +2,5 @@
 //! path-safely with overlay whiteouts and the diffID computed on the way). The content
 //! store, snapshots, metadata and garbage collection follow (see docs/STATUS.md).
 
+pub mod content;
 pub mod layer;
