@@ -82,8 +82,37 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// Hands decompressed, hashed chunks from the decoding thread to the applying thread.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.cur = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // the decoder finished
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Applies the layer read from `input` (plain, gzip or zstd tar) onto the directory `root`.
-pub fn apply(root: &Path, input: impl Read) -> Result<Applied> {
+///
+/// Two threads, like `tar -xzf` with its gzip child: one decompresses and hashes, the other
+/// parses and writes files, with a few MiB in flight between them.
+pub fn apply(root: &Path, input: impl Read + Send) -> Result<Applied> {
     let root_fd: OwnedFd = io_ctx(
         std::fs::OpenOptions::new()
             .read(true)
@@ -94,43 +123,94 @@ pub fn apply(root: &Path, input: impl Read) -> Result<Applied> {
     .into();
     let mut buffered = BufReader::with_capacity(256 * 1024, input);
     let head = io_ctx(buffered.fill_buf(), || "reading the layer".into())?;
-    let decoded: Box<dyn Read> = match detect(head) {
+    let decoded: Box<dyn Read + Send> = match detect(head) {
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
         Compression::Zstd => Box::new(io_ctx(zstd::Decoder::with_buffer(buffered), || {
             "starting zstd".into()
         })?),
         Compression::None => Box::new(buffered),
     };
-    let hashing = Hashing {
-        inner: decoded,
-        hasher: Hasher::new(Algorithm::Sha256),
-        size: 0,
-    };
-    let mut archive = tar::Archive::new(hashing);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    std::thread::scope(|scope| {
+        let decoder = scope.spawn(move || {
+            let mut hashing = Hashing {
+                inner: decoded,
+                hasher: Hasher::new(Algorithm::Sha256),
+                size: 0,
+            };
+            loop {
+                let mut chunk = vec![0u8; 1 << 20];
+                let mut filled = 0;
+                // Fill whole chunks: fewer hand-offs between the threads.
+                while filled < chunk.len() {
+                    match hashing.read(&mut chunk[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return None;
+                        }
+                    }
+                }
+                if filled == 0 {
+                    return Some((hashing.hasher.finish(), hashing.size));
+                }
+                chunk.truncate(filled);
+                if tx.send(Ok(chunk)).is_err() {
+                    return None; // the applier stopped (an error on its side)
+                }
+            }
+        });
+        let applied = apply_tar(
+            &root_fd,
+            ChunkReader {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+            },
+        );
+        let hashed = decoder.join().expect("the decoding thread does not panic");
+        let entries = applied?;
+        let (diff_id, size) = hashed.ok_or_else(|| LayerError::Io {
+            context: "reading the layer".into(),
+            source: io::Error::other("the decoder stopped"),
+        })?;
+        rx_sync(&root_fd)?;
+        Ok(Applied {
+            diff_id,
+            entries,
+            size,
+        })
+    })
+}
+
+fn rx_sync(root_fd: &OwnedFd) -> Result<()> {
+    rx(rustix::fs::syncfs(root_fd), || "syncing the layer".into())
+}
+
+/// Parses the tar stream and applies each entry; returns the number of entries.
+fn apply_tar(root_fd: &OwnedFd, reader: impl Read) -> Result<u64> {
+    let mut archive = tar::Archive::new(reader);
     let mut dirs: Vec<(String, Timestamps)> = Vec::new();
     let mut entries = 0u64;
     for entry in io_ctx(archive.entries(), || "reading the layer".into())? {
         let mut entry = io_ctx(entry, || "reading the layer".into())?;
         entries += 1;
-        apply_entry(&root_fd, &mut entry, &mut dirs)?;
+        apply_entry(root_fd, &mut entry, &mut dirs)?;
     }
-    // The diffID covers the whole stream, end-of-archive padding included.
+    // The diffID covers the whole stream, end-of-archive padding included: read it all.
     let mut rest = archive.into_inner();
     io_ctx(io::copy(&mut rest, &mut io::sink()), || {
         "reading the layer".into()
     })?;
     // Directory times last: writing into a directory changes them.
     for (rel, times) in dirs.iter().rev() {
-        if let Ok(fd) = open_in_root(&root_fd, rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+        if let Ok(fd) = open_in_root(root_fd, rel, OFlags::RDONLY | OFlags::DIRECTORY) {
             let _ = rustix::fs::futimens(&fd, times);
         }
     }
-    rx(rustix::fs::syncfs(&root_fd), || "syncing the layer".into())?;
-    Ok(Applied {
-        diff_id: rest.hasher.finish(),
-        entries,
-        size: rest.size,
-    })
+    Ok(entries)
 }
 
 trait DirOpen {
