@@ -58,7 +58,7 @@ pub fn setup(socket: &UnixStream, size: Option<(u16, u16)>) -> Result<()> {
     Ok(())
 }
 
-fn send_fd(socket: &UnixStream, fd: &OwnedFd, name: &[u8]) -> std::io::Result<()> {
+pub(crate) fn send_fd(socket: &UnixStream, fd: &OwnedFd, name: &[u8]) -> std::io::Result<()> {
     let fds = [fd.as_fd()];
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut anc = SendAncillaryBuffer::new(&mut space);

@@ -87,6 +87,8 @@ struct InitPlan {
     new_cgroupns: bool,
     new_mountns: bool,
     console: Option<RawFd>,
+    /// The compiled seccomp filter, if the spec has one.
+    seccomp: Option<seccomp::Program>,
     /// The container's state directory (O_PATH), holding exec.fifo; only for `create`.
     fifo_dir: Option<RawFd>,
 }
@@ -119,6 +121,43 @@ impl Channel {
         }
         Ok(Some(line.trim_end().to_string()))
     }
+    /// Sends a message with a descriptor attached (SCM_RIGHTS).
+    fn send_fd(&mut self, msg: &str, fd: &OwnedFd) -> std::io::Result<()> {
+        crate::console::send_fd(&self.writer, fd, format!("{msg}\n").as_bytes())
+    }
+
+    /// Next message and the descriptor that came with it, if any. The protocol never has
+    /// a message in flight beyond the one awaited, so nothing sits in the buffer here.
+    fn recv_with_fd(&mut self) -> std::io::Result<(Option<String>, Option<OwnedFd>)> {
+        use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        if !self.reader.buffer().is_empty() {
+            return Ok((self.recv()?, None));
+        }
+        let mut buf = [0u8; 4096];
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut anc = RecvAncillaryBuffer::new(&mut space);
+        let got = recvmsg(
+            self.reader.get_ref(),
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            &mut anc,
+            RecvFlags::CMSG_CLOEXEC,
+        )?;
+        let mut fd = None;
+        for m in anc.drain() {
+            if let RecvAncillaryMessage::ScmRights(mut fds) = m {
+                fd = fds.next();
+            }
+        }
+        if got.bytes == 0 {
+            return Ok((None, fd));
+        }
+        let mut text = String::from_utf8_lossy(&buf[..got.bytes]).into_owned();
+        if !text.ends_with('\n') {
+            self.reader.read_line(&mut text)?;
+        }
+        Ok((Some(text.trim_end().to_string()), fd))
+    }
+
     /// Waits for `want` (optionally followed by a space and a payload, which is returned);
     /// an "error ..." message or EOF becomes an init error.
     fn expect(&mut self, want: &str) -> Result<String> {
@@ -309,6 +348,7 @@ impl Runtime {
             new_cgroupns,
             new_mountns,
             console: console.as_ref().map(|c| c.as_raw_fd()),
+            seccomp: self.compile_seccomp(&spec)?,
             fifo_dir: fifo.as_ref().map(|f: &OwnedFd| f.as_raw_fd()),
         };
         let view = sealed_view();
@@ -376,6 +416,12 @@ impl Runtime {
         let st = String::from_utf8(container.hook_state(Status::Created)).expect("json is utf-8");
         chan.send(&format!("go {st}"))
             .ctx(|| "talking to the container init".into())?;
+        relay_seccomp_listener(
+            &mut chan,
+            &spec,
+            pid,
+            &container.hook_state(Status::Created),
+        )?;
         chan.expect("ready")?;
 
         container.save(&self.root)?;
@@ -392,6 +438,15 @@ impl Runtime {
         }
         guard.armed = false;
         Ok(container)
+    }
+
+    /// The spec's seccomp filter, compiled (or taken from the cache under the state root).
+    fn compile_seccomp(&self, spec: &Spec) -> Result<Option<seccomp::Program>> {
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .map(|s| seccomp::compile_cached(s, &self.root.join("@seccomp")))
+            .transpose()
     }
 
     pub fn start(&self, id: &str) -> Result<()> {
@@ -625,6 +680,7 @@ impl Runtime {
             _ => None,
         };
         let (parent_sock, child_sock) = UnixStream::pair().ctx(|| "socketpair".into())?;
+        let seccomp = self.compile_seccomp(&exec_spec)?;
         let plan = InitPlan {
             exec: true,
             spec: exec_spec,
@@ -639,6 +695,7 @@ impl Runtime {
             new_cgroupns: false,
             new_mountns: false,
             console: console.as_ref().map(|c| c.as_raw_fd()),
+            seccomp,
             fifo_dir: None,
         };
         let view = sealed_view();
@@ -662,6 +719,8 @@ impl Runtime {
         cgroups::add_task(&c.cgroup_path, pid).map_err(fail)?;
         chan.send("go")
             .ctx(|| "talking to the exec process".into())
+            .map_err(fail)?;
+        relay_seccomp_listener(&mut chan, &c.spec, pid, &c.hook_state(Status::Running))
             .map_err(fail)?;
         // EOF means execve succeeded (the socket is close-on-exec); a line is an error.
         match chan.recv() {
@@ -761,6 +820,66 @@ fn forward_signals_and_wait(pid: i32) -> Result<i32> {
 
 // ---------------------------------------------------------------------------------------
 // Inside the clone.
+
+/// If the container's seccomp filter notifies an agent, the process sends its listener
+/// descriptor first ("seccomp"); pass it on to `listenerPath` with the container process
+/// state, as the runtime spec describes, and let the process continue.
+fn relay_seccomp_listener(chan: &mut Channel, spec: &Spec, pid: i32, state: &[u8]) -> Result<()> {
+    let Some(sc) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+        return Ok(());
+    };
+    let Some(path) = sc.listener_path() else {
+        return Ok(());
+    };
+    let (msg, fd) = chan
+        .recv_with_fd()
+        .ctx(|| "talking to the container process".into())?;
+    match (msg.as_deref(), fd) {
+        (Some("seccomp"), Some(fd)) => {
+            let state: serde_json::Value = serde_json::from_slice(state).expect("state is json");
+            let body = serde_json::json!({
+                "ociVersion": crate::OCI_VERSION,
+                "fds": ["seccompFd"],
+                "pid": pid,
+                "metadata": sc.listener_metadata().clone().unwrap_or_default(),
+                "state": state,
+            });
+            let agent = UnixStream::connect(path)
+                .ctx(|| format!("connecting to the seccomp agent at {}", path.display()))?;
+            crate::console::send_fd(&agent, &fd, body.to_string().as_bytes())
+                .ctx(|| format!("sending the seccomp listener to {}", path.display()))?;
+            chan.send("ok")
+                .ctx(|| "talking to the container process".into())
+        }
+        (Some(m), _) => Err(Error::Init(
+            m.strip_prefix("error ").unwrap_or(m).to_string(),
+        )),
+        (None, _) => Err(Error::Init(
+            "the container process exited during setup".into(),
+        )),
+    }
+}
+
+/// In the container's process: a filter that notifies an agent is loaded before "ready",
+/// while the runtime is still there to hand its listener to the agent.
+fn load_notifying_filter(
+    chan: &mut Channel,
+    process: &Process,
+    program: Option<&seccomp::Program>,
+) -> Result<bool> {
+    let Some(p) = program.filter(|p| p.listener) else {
+        return Ok(false);
+    };
+    if process.no_new_privileges().unwrap_or(false) {
+        sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).ctx(|| "setting no_new_privs".into())?;
+    }
+    let fd = seccomp::load(p)?.expect("a listener was asked for");
+    chan.send_fd("seccomp", &fd)
+        .ctx(|| "sending the seccomp listener".into())?;
+    drop(fd);
+    chan.expect("ok")?;
+    Ok(true)
+}
 
 fn send_plan(chan: &mut Channel, plan: &InitPlan) -> Result<()> {
     let json = serde_json::to_string(plan).expect("plan serialises");
@@ -930,6 +1049,7 @@ fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
     // must not reach the container either.
     sys::close_fds_from(3 + plan.preserve_fds as RawFd);
 
+    let loaded = load_notifying_filter(chan, process, plan.seccomp.as_ref())?;
     chan.send("ready").ctx(|| "talking to the runtime".into())?;
     if let Some(dir) = &fifo_dir {
         // Blocks until `start` opens the read end.
@@ -955,7 +1075,11 @@ fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
             hook_state.replace("\"created\"", "\"running\"").as_bytes(),
         )?;
     }
-    finalize_and_exec(process, &path, spec)
+    finalize_and_exec(
+        process,
+        &path,
+        if loaded { None } else { plan.seccomp.as_ref() },
+    )
 }
 
 /// Builds the exec'd process's environment inside the container: rlimits, cwd, and the
@@ -974,16 +1098,14 @@ fn prepare_process(sys: &dyn Syscall, process: &Process) -> Result<PathBuf> {
 }
 
 /// Drops privileges in the order the kernel requires and execs the program.
-fn finalize_and_exec(process: &Process, path: &Path, spec: &Spec) -> Result<()> {
+fn finalize_and_exec(
+    process: &Process,
+    path: &Path,
+    filter: Option<&seccomp::Program>,
+) -> Result<()> {
     let caps = process.capabilities().as_ref();
     let nnp = process.no_new_privileges().unwrap_or(false);
-    let filter = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.seccomp().as_ref())
-        .map(seccomp::build)
-        .transpose()?;
-    if let (Some(f), false) = (&filter, nnp) {
+    if let (Some(f), false) = (filter, nnp) {
         // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it while we have it.
         seccomp::load(f)?;
     }
@@ -992,7 +1114,7 @@ fn finalize_and_exec(process: &Process, path: &Path, spec: &Spec) -> Result<()> 
     process::set_caps(caps)?;
     if nnp {
         sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).ctx(|| "setting no_new_privs".into())?;
-        if let Some(f) = &filter {
+        if let Some(f) = filter {
             seccomp::load(f)?;
         }
     }
@@ -1034,5 +1156,10 @@ fn exec_process(plan: InitPlan, chan: &mut Channel) -> Result<()> {
     // Only the caller's preserved descriptors cross the exec: our sockets and exec.fifo
     // must not reach the container either.
     sys::close_fds_from(3 + plan.preserve_fds as RawFd);
-    finalize_and_exec(process, &path, spec)
+    let loaded = load_notifying_filter(chan, process, plan.seccomp.as_ref())?;
+    finalize_and_exec(
+        process,
+        &path,
+        if loaded { None } else { plan.seccomp.as_ref() },
+    )
 }

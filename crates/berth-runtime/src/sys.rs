@@ -559,3 +559,36 @@ pub fn forward_signals(pid: i32) {
         }
     }
 }
+
+/// Loads a compiled seccomp BPF program (8-byte `sock_filter` instructions) for this
+/// thread with `flags` (SECCOMP_FILTER_FLAG_*). Returns what the syscall returns (a
+/// listener descriptor with SECCOMP_FILTER_FLAG_NEW_LISTENER).
+pub fn seccomp_set_filter(bpf: &[u8], flags: u32) -> Result<i32> {
+    #[repr(C)]
+    struct SockFprog {
+        len: u16,
+        filter: *const u8,
+    }
+    if bpf.is_empty() || bpf.len() % 8 != 0 || bpf.len() / 8 > u16::MAX as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let prog = SockFprog {
+        len: (bpf.len() / 8) as u16,
+        filter: bpf.as_ptr(),
+    };
+    const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+    // SAFETY: prog points at `bpf`, which outlives the call; the kernel copies the program.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            flags as libc::c_ulong,
+            &prog as *const SockFprog,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as i32)
+    }
+}

@@ -1071,3 +1071,72 @@ fn rootfs_propagation_is_applied_to_the_root_mount() {
         }
     }
 }
+
+/// SCMP_ACT_NOTIFY: the listener goes to the agent at listenerPath with the container's
+/// state, and the agent's answers reach the container.
+#[test]
+fn seccomp_notify_hands_the_listener_to_the_agent() {
+    require_root!();
+    use std::os::unix::net::UnixListener;
+    let rt = Runtime::new();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let mut b = Bundle::new(&["sh", "-c", "mkdir /dev/shm/d; echo rc=$?"]);
+    b.config["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": sock,
+        "listenerMetadata": "hello-agent",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    b.save();
+    let id = unique_id("notify");
+    let agent = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 8192];
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut anc = rustix::net::RecvAncillaryBuffer::new(&mut space);
+        let got = rustix::net::recvmsg(
+            &conn,
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            &mut anc,
+            rustix::net::RecvFlags::empty(),
+        )
+        .unwrap();
+        let mut fd = None;
+        for m in anc.drain() {
+            if let rustix::net::RecvAncillaryMessage::ScmRights(mut fds) = m {
+                fd = fds.next();
+            }
+        }
+        let msg: serde_json::Value = serde_json::from_slice(&buf[..got.bytes]).unwrap();
+        let fd = fd.expect("a listener descriptor");
+        use std::os::fd::AsRawFd;
+        // Answer every notification with ENOSPC until the container is gone.
+        let mut answered = 0;
+        while let Ok(req) = libseccomp::ScmpNotifReq::receive(fd.as_raw_fd()) {
+            let resp = libseccomp::ScmpNotifResp::new_error(
+                req.id,
+                -28,
+                libseccomp::ScmpNotifRespFlags::empty(),
+            );
+            let _ = resp.respond(fd.as_raw_fd());
+            answered += 1;
+        }
+        (msg, answered)
+    });
+    let (code, out, err) = rt.run(&id, &b);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "rc=1",
+        "mkdir must fail with the agent's answer: {err}"
+    );
+    assert!(err.contains("No space left on device"), "{err}");
+    let (msg, answered) = agent.join().unwrap();
+    assert!(answered >= 1);
+    assert_eq!(msg["fds"], serde_json::json!(["seccompFd"]));
+    assert_eq!(msg["metadata"], "hello-agent");
+    assert_eq!(msg["state"]["id"].as_str().unwrap(), id);
+    assert!(msg["pid"].as_i64().unwrap() > 0);
+}
