@@ -550,7 +550,8 @@ impl Runtime {
         };
         let status = c.status(&self.root);
         if status != Status::Stopped {
-            if !force {
+            // A created container has run nothing yet: deleting it needs no force (runc).
+            if !force && status != Status::Created {
                 return Err(Error::BadState {
                     id: id.into(),
                     action: "delete",
@@ -1049,6 +1050,7 @@ fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
     // must not reach the container either.
     sys::close_fds_from(3 + plan.preserve_fds as RawFd);
 
+    set_personality(&plan.spec)?;
     let loaded = load_notifying_filter(chan, process, plan.seccomp.as_ref())?;
     chan.send("ready").ctx(|| "talking to the runtime".into())?;
     if let Some(dir) = &fifo_dir {
@@ -1070,9 +1072,12 @@ fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
         .as_ref()
         .and_then(|h| h.start_container().as_ref())
     {
-        hooks::run(
+        // These run inside the container: without an env of their own they see the
+        // process's, as the program will.
+        hooks::run_with_env(
             h,
             hook_state.replace("\"created\"", "\"running\"").as_bytes(),
+            process.env().as_deref().unwrap_or_default(),
         )?;
     }
     finalize_and_exec(
@@ -1097,6 +1102,18 @@ fn prepare_process(sys: &dyn Syscall, process: &Process) -> Result<PathBuf> {
     process::find_executable(&args[0], env)
 }
 
+/// `linux.personality`: the execution domain (LINUX32 makes `uname -m` say i686).
+fn set_personality(spec: &Spec) -> Result<()> {
+    let Some(p) = spec.linux().as_ref().and_then(|l| l.personality().as_ref()) else {
+        return Ok(());
+    };
+    let persona = match p.domain() {
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux => 0,
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 8,
+    };
+    sys::personality(persona).ctx(|| "setting the personality".into())
+}
+
 /// Drops privileges in the order the kernel requires and execs the program.
 fn finalize_and_exec(
     process: &Process,
@@ -1108,6 +1125,14 @@ fn finalize_and_exec(
     if let (Some(f), false) = (filter, nnp) {
         // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it while we have it.
         seccomp::load(f)?;
+    }
+    if let Some(io) = process.io_priority() {
+        let class = match io.class() {
+            oci_spec::runtime::IOPriorityClass::IoprioClassRt => 1,
+            oci_spec::runtime::IOPriorityClass::IoprioClassBe => 2,
+            oci_spec::runtime::IOPriorityClass::IoprioClassIdle => 3,
+        };
+        sys::ioprio_set(class, io.priority() as u32).ctx(|| "setting the I/O priority".into())?;
     }
     process::drop_bounding(caps)?;
     process::set_user(process)?;
@@ -1156,6 +1181,7 @@ fn exec_process(plan: InitPlan, chan: &mut Channel) -> Result<()> {
     // Only the caller's preserved descriptors cross the exec: our sockets and exec.fifo
     // must not reach the container either.
     sys::close_fds_from(3 + plan.preserve_fds as RawFd);
+    set_personality(&plan.spec)?;
     let loaded = load_notifying_filter(chan, process, plan.seccomp.as_ref())?;
     finalize_and_exec(
         process,

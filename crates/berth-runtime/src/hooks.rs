@@ -10,13 +10,18 @@ use oci_spec::runtime::Hook;
 use crate::error::{Error, Result};
 
 pub fn run(hooks: &[Hook], state: &[u8]) -> Result<()> {
+    run_with_env(hooks, state, &[])
+}
+
+/// Like [`run`], but hooks without an `env` of their own get `default_env`.
+pub fn run_with_env(hooks: &[Hook], state: &[u8], default_env: &[String]) -> Result<()> {
     for h in hooks {
-        run_one(h, state)?;
+        run_one(h, state, default_env)?;
     }
     Ok(())
 }
 
-fn run_one(h: &Hook, state: &[u8]) -> Result<()> {
+fn run_one(h: &Hook, state: &[u8], default_env: &[String]) -> Result<()> {
     let fail = |msg: String| Error::Hook {
         path: h.path().clone(),
         msg,
@@ -29,7 +34,7 @@ fn run_one(h: &Hook, state: &[u8]) -> Result<()> {
         cmd.args(args.iter().skip(1));
     }
     cmd.env_clear();
-    for kv in h.env().as_deref().unwrap_or_default() {
+    for kv in h.env().as_deref().unwrap_or(default_env) {
         if let Some((k, v)) = kv.split_once('=') {
             cmd.env(k, v);
         }

@@ -53,17 +53,21 @@ pub fn drop_bounding(caps: Option<&LinuxCapabilities>) -> Result<()> {
 /// Sets effective, permitted, inheritable and ambient sets (after the uid change).
 pub fn set_caps(caps: Option<&LinuxCapabilities>) -> Result<()> {
     let empty = CapsHashSet::new();
-    let (eff, perm, inh, amb) = match caps {
-        Some(c) => (
-            cap_set(c.effective().as_ref()),
-            cap_set(c.permitted().as_ref()),
-            cap_set(c.inheritable().as_ref()),
-            cap_set(c.ambient().as_ref()),
-        ),
-        None => (empty.clone(), empty.clone(), empty.clone(), empty),
-    };
     let err = |what: &str, e: caps::errors::CapsError| {
         Error::Init(format!("setting {what} capabilities: {e}"))
+    };
+    // Nobody can grant what they do not hold (root here may lack CAP_SYS_RESOURCE, say): a
+    // spec asking for "everything" gets everything this runtime has.
+    let held = caps::read(None, CapSet::Permitted).map_err(|e| err("permitted", e))?;
+    let have = |set: CapsHashSet| -> CapsHashSet { set.intersection(&held).copied().collect() };
+    let (eff, perm, inh, amb) = match caps {
+        Some(c) => (
+            have(cap_set(c.effective().as_ref())),
+            have(cap_set(c.permitted().as_ref())),
+            have(cap_set(c.inheritable().as_ref())),
+            have(cap_set(c.ambient().as_ref())),
+        ),
+        None => (empty.clone(), empty.clone(), empty.clone(), empty),
     };
     // Each capset must keep effective within permitted: shrink effective first, then
     // permitted, then inheritable; ambient needs its caps in both permitted and inheritable.

@@ -34,6 +34,10 @@ pub struct MountOptions {
     pub propagation: Vec<u64>,
     /// Options that are not flags: passed to the filesystem as data.
     pub data: Vec<String>,
+    /// Recursive attributes (`rro`, `rnosuid`, ...): MOUNT_ATTR_* to set and to clear on
+    /// the mount and everything below it, with mount_setattr(2).
+    pub rec_set: u64,
+    pub rec_clear: u64,
 }
 
 impl MountOptions {
@@ -109,13 +113,53 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             o.propagation.push(p);
             continue;
         }
+        if let Some((set, clear)) = recursive_attr(opt) {
+            o.rec_set = (o.rec_set & !clear) | set;
+            o.rec_clear = (o.rec_clear & !set) | clear;
+            continue;
+        }
         // runc extensions that are not filesystem data.
-        if matches!(opt.as_str(), "tmpcopyup" | "idmap" | "ridmap") || opt.starts_with("rro") {
+        if matches!(opt.as_str(), "tmpcopyup" | "idmap" | "ridmap") {
             continue;
         }
         o.data.push(opt.clone());
     }
     o
+}
+
+const ATTR_RDONLY: u64 = 0x1;
+const ATTR_NOSUID: u64 = 0x2;
+const ATTR_NODEV: u64 = 0x4;
+const ATTR_NOEXEC: u64 = 0x8;
+const ATTR_ATIME_MASK: u64 = 0x70;
+const ATTR_RELATIME: u64 = 0x0;
+const ATTR_NOATIME: u64 = 0x10;
+const ATTR_STRICTATIME: u64 = 0x20;
+const ATTR_NODIRATIME: u64 = 0x80;
+const ATTR_NOSYMFOLLOW: u64 = 0x20_0000;
+
+/// runc's recursive mount options: (MOUNT_ATTR_* to set, to clear).
+fn recursive_attr(opt: &str) -> Option<(u64, u64)> {
+    Some(match opt {
+        "rro" => (ATTR_RDONLY, 0),
+        "rrw" => (0, ATTR_RDONLY),
+        "rnosuid" => (ATTR_NOSUID, 0),
+        "rsuid" => (0, ATTR_NOSUID),
+        "rnodev" => (ATTR_NODEV, 0),
+        "rdev" => (0, ATTR_NODEV),
+        "rnoexec" => (ATTR_NOEXEC, 0),
+        "rexec" => (0, ATTR_NOEXEC),
+        "rnodiratime" => (ATTR_NODIRATIME, 0),
+        "rdiratime" => (0, ATTR_NODIRATIME),
+        // Changing the atime mode needs the whole mask cleared.
+        "rrelatime" => (ATTR_RELATIME, ATTR_ATIME_MASK),
+        "rnoatime" => (ATTR_NOATIME, ATTR_ATIME_MASK),
+        "rstrictatime" => (ATTR_STRICTATIME, ATTR_ATIME_MASK),
+        "rnorelatime" | "ratime" | "rnostrictatime" => (0, 0),
+        "rnosymfollow" => (ATTR_NOSYMFOLLOW, 0),
+        "rsymfollow" => (0, ATTR_NOSYMFOLLOW),
+        _ => return None,
+    })
 }
 
 pub fn propagation_flag(name: &str) -> Option<u64> {
@@ -350,6 +394,15 @@ fn mount_one(sys: &dyn Syscall, m: &Mount, ctx: &RootfsContext) -> Result<()> {
     for p in &opts.propagation {
         sys.mount(None, &dest, None, *p, None)
             .ctx(|| format!("setting propagation of {}", m.destination().display()))?;
+    }
+    if opts.rec_set | opts.rec_clear != 0 {
+        sys.mount_setattr_recursive(&dest, opts.rec_set, opts.rec_clear)
+            .ctx(|| {
+                format!(
+                    "setting recursive attributes of {}",
+                    m.destination().display()
+                )
+            })?;
     }
     Ok(())
 }
@@ -656,9 +709,19 @@ fn move_root(sys: &dyn Syscall, rootfs: &Path) -> Result<()> {
     sys.chdir(Path::new("/")).ctx(|| "chdir /".into())
 }
 
-/// After entering the root: masked paths, read-only paths, sysctls, read-only root.
+/// After entering the root: sysctls, masked paths, read-only paths, read-only root.
 pub fn finish(sys: &dyn Syscall, spec: &Spec, userns: bool) -> Result<()> {
     let linux = spec.linux().as_ref();
+    // Sysctls first: /proc/sys becomes read-only below.
+    if let Some(sysctl) = linux.and_then(|l| l.sysctl().as_ref()) {
+        for (k, v) in sysctl {
+            if k.contains("..") || k.starts_with('/') {
+                return Err(Error::InvalidSpec(format!("invalid sysctl name {k:?}")));
+            }
+            let path = Path::new("/proc/sys").join(k.replace('.', "/"));
+            std::fs::write(&path, v).ctx(|| format!("setting sysctl {k}={v}"))?;
+        }
+    }
     for p in linux
         .and_then(|l| l.masked_paths().as_deref())
         .unwrap_or_default()
@@ -701,15 +764,6 @@ pub fn finish(sys: &dyn Syscall, spec: &Spec, userns: bool) -> Result<()> {
         )
         .ctx(|| format!("making {p} read-only"))?;
     }
-    if let Some(sysctl) = linux.and_then(|l| l.sysctl().as_ref()) {
-        for (k, v) in sysctl {
-            if k.contains("..") || k.contains('/') && k.contains('.') {
-                return Err(Error::InvalidSpec(format!("invalid sysctl name {k:?}")));
-            }
-            let path = Path::new("/proc/sys").join(k.replace('.', "/"));
-            std::fs::write(&path, v).ctx(|| format!("setting sysctl {k}={v}"))?;
-        }
-    }
     if spec
         .root()
         .as_ref()
@@ -747,6 +801,10 @@ mod tests {
         assert!(o.is_bind());
         let o = parse_options(&s(&["tmpcopyup", "nosymfollow"]));
         assert_eq!(o.flags, MS_NOSYMFOLLOW);
+        assert!(o.data.is_empty());
+        let o = parse_options(&s(&["rbind", "rro", "rnosuid", "rnoatime", "rrw"]));
+        assert_eq!(o.rec_set, ATTR_NOSUID | ATTR_NOATIME);
+        assert_eq!(o.rec_clear, ATTR_ATIME_MASK | ATTR_RDONLY);
         assert!(o.data.is_empty());
     }
 

@@ -46,6 +46,8 @@ pub trait Syscall {
     fn setns(&self, fd: BorrowedFd<'_>, nstype: i32) -> Result<()>;
     fn unshare(&self, flags: i32) -> Result<()>;
     fn setrlimit(&self, resource: u32, soft: u64, hard: u64) -> Result<()>;
+    /// mount_setattr(2) on `target` and every mount below it.
+    fn mount_setattr_recursive(&self, target: &Path, set: u64, clear: u64) -> Result<()>;
 }
 
 /// The real kernel.
@@ -156,6 +158,37 @@ impl Syscall for LinuxSyscall {
             )
         })
     }
+    fn mount_setattr_recursive(&self, target: &Path, set: u64, clear: u64) -> Result<()> {
+        let target = cstr(target.as_os_str())?;
+        let attr = MountAttr {
+            attr_set: set,
+            attr_clr: clear,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        const AT_RECURSIVE: libc::c_uint = 0x8000;
+        // SAFETY: target is a valid C string and attr a valid mount_attr of the given size.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        check(rc as libc::c_int)
+    }
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
 }
 
 /// One recorded call of [`RecordingSyscall`].
@@ -181,6 +214,7 @@ pub enum Call {
     Setns(i32),
     Unshare(i32),
     Rlimit(u32, u64, u64),
+    MountSetattr(PathBuf, u64, u64),
 }
 
 /// A fake kernel that records what it was asked to do and always succeeds.
@@ -259,6 +293,9 @@ impl Syscall for RecordingSyscall {
     }
     fn setrlimit(&self, resource: u32, soft: u64, hard: u64) -> Result<()> {
         self.push(Call::Rlimit(resource, soft, hard))
+    }
+    fn mount_setattr_recursive(&self, target: &Path, set: u64, clear: u64) -> Result<()> {
+        self.push(Call::MountSetattr(target.into(), set, clear))
     }
 }
 
@@ -591,4 +628,20 @@ pub fn seccomp_set_filter(bpf: &[u8], flags: u32) -> Result<i32> {
     } else {
         Ok(rc as i32)
     }
+}
+
+/// ioprio_set(2) for this process.
+pub fn ioprio_set(class: u32, level: u32) -> Result<()> {
+    const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+    let value = (class << 13) | (level & 0x1fff);
+    // SAFETY: plain integer arguments.
+    check(
+        unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, value) } as libc::c_int,
+    )
+}
+
+/// personality(2): sets the execution domain (LINUX32 makes `uname -m` report i686).
+pub fn personality(persona: libc::c_ulong) -> Result<()> {
+    // SAFETY: plain integer argument.
+    check(unsafe { libc::personality(persona) })
 }

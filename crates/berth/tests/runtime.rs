@@ -1140,3 +1140,179 @@ fn seccomp_notify_hands_the_listener_to_the_agent() {
     assert_eq!(msg["state"]["id"].as_str().unwrap(), id);
     assert!(msg["pid"].as_i64().unwrap() > 0);
 }
+
+#[test]
+fn recursive_mount_attributes_reach_submounts() {
+    require_root!();
+    // A host directory with a mount below it, bound into the container with rro.
+    let host = tempfile::tempdir().unwrap();
+    let sub = host.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _u = Unmount(sub.clone());
+    let rt = Runtime::new();
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "touch /mnt/sub/x 2>/dev/null && echo writable || echo read-only",
+    ]);
+    b.config["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+        "destination": "/mnt", "type": "bind", "source": host.path(), "options": ["rbind", "rro"]
+    }));
+    b.save();
+    let (code, out, err) = rt.run(&unique_id("rro"), &b);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "read-only");
+    assert!(!sub.join("x").exists());
+}
+
+#[test]
+fn sysctls_are_set_before_proc_sys_turns_read_only() {
+    require_root!();
+    let rt = Runtime::new();
+    let mut b = Bundle::new(&["cat", "/proc/sys/kernel/msgmax"]);
+    b.config["linux"]["sysctl"] = serde_json::json!({"kernel.msgmax": "12345"});
+    b.save();
+    let (code, out, err) = rt.run(&unique_id("sysctl"), &b);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "12345");
+}
+
+#[test]
+fn created_containers_delete_without_force() {
+    require_root!();
+    let rt = Runtime::new();
+    let b = Bundle::new(&["true"]);
+    let id = unique_id("delcreated");
+    rt.ok(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
+    let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    rt.ok(&["delete", &id]);
+    assert!(rt.ids().is_empty());
+    assert!(wait_for(5, || !Path::new(&format!("/proc/{pid}")).exists()
+        || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true)));
+}
+
+#[test]
+fn process_extras_io_priority_personality_and_all_capabilities() {
+    require_root!();
+    let rt = Runtime::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(&["sh", "-c", "uname -m; grep CapEff /proc/self/status"]);
+    b.config["process"]["ioPriority"] =
+        serde_json::json!({"class": "IOPRIO_CLASS_IDLE", "priority": 0});
+    b.config["linux"]["personality"] = serde_json::json!({"domain": "LINUX32"});
+    // Every capability there is, whether this host's root holds it or not.
+    let all: Vec<String> = (0..=40).filter_map(caps_name).collect();
+    for set in [
+        "bounding",
+        "effective",
+        "permitted",
+        "inheritable",
+        "ambient",
+    ] {
+        b.config["process"]["capabilities"][set] = serde_json::json!(all);
+    }
+    // startContainer hooks see the process's environment when they have none of their own.
+    b.config["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push("HOOKVAR=from-process".into());
+    b.config["hooks"] = serde_json::json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo $HOOKVAR > /out/hook"]}]});
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/out", "type": "bind", "source": dir.path(), "options": ["rbind", "rw"]
+        }));
+    b.save();
+    let (code, out, err) = rt.run(&unique_id("extras"), &b);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "i686");
+    let eff = u64::from_str_radix(lines[1].split_whitespace().nth(1).unwrap(), 16).unwrap();
+    let held = u64::from_str_radix(
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("CapEff"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap(),
+        16,
+    )
+    .unwrap();
+    assert_eq!(
+        eff, held,
+        "the container gets every capability the host's root holds"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("hook"))
+            .unwrap()
+            .trim(),
+        "from-process"
+    );
+}
+
+fn caps_name(n: u32) -> Option<String> {
+    const NAMES: [&str; 41] = [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ];
+    NAMES.get(n as usize).map(|s| format!("CAP_{s}"))
+}
