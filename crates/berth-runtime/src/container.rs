@@ -1038,20 +1038,7 @@ fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
             .ctx(|| format!("setting domainname {d:?}"))?;
     }
     let process = spec.process().as_ref().expect("validated");
-    if let Some(sock) = &console {
-        let size = process
-            .console_size()
-            .map(|b| (b.height() as u16, b.width() as u16));
-        crate::console::setup(sock, size)?;
-    }
-    drop(console);
-    let path = prepare_process(&sys, process)?;
-    // Only the caller's preserved descriptors cross the exec: our sockets and exec.fifo
-    // must not reach the container either.
-    sys::close_fds_from(3 + plan.preserve_fds as RawFd);
-
-    set_personality(&plan.spec)?;
-    let loaded = load_notifying_filter(chan, process, plan.seccomp.as_ref())?;
+    let (path, loaded) = prepare_to_exec(&sys, &plan, console, chan)?;
     chan.send("ready").ctx(|| "talking to the runtime".into())?;
     if let Some(dir) = &fifo_dir {
         // Blocks until `start` opens the read end.
@@ -1085,6 +1072,32 @@ fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
         &path,
         if loaded { None } else { plan.seccomp.as_ref() },
     )
+}
+
+/// What every process entering a container does once it is in its namespaces and root:
+/// terminal, rlimits, cwd and the executable's path, descriptor hygiene, personality, and
+/// a seccomp filter that notifies an agent. Returns the path and whether a filter is loaded.
+fn prepare_to_exec(
+    sys: &dyn Syscall,
+    plan: &InitPlan,
+    console: Option<UnixStream>,
+    chan: &mut Channel,
+) -> Result<(PathBuf, bool)> {
+    let process = plan.spec.process().as_ref().expect("validated");
+    if let Some(sock) = &console {
+        let size = process
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
+        crate::console::setup(sock, size)?;
+    }
+    drop(console);
+    let path = prepare_process(sys, process)?;
+    // Only the caller's preserved descriptors cross the exec: our sockets and exec.fifo
+    // must not reach the container either.
+    sys::close_fds_from(3 + plan.preserve_fds as RawFd);
+    set_personality(&plan.spec)?;
+    let loaded = load_notifying_filter(chan, process, plan.seccomp.as_ref())?;
+    Ok((path, loaded))
 }
 
 /// Builds the exec'd process's environment inside the container: rlimits, cwd, and the
@@ -1168,21 +1181,8 @@ fn exec_process(plan: InitPlan, chan: &mut Channel) -> Result<()> {
     }
     drop(join);
     sys::setsid().ctx(|| "setsid".into())?;
-    let spec = &plan.spec;
-    let process = spec.process().as_ref().expect("validated");
-    if let Some(sock) = &console {
-        let size = process
-            .console_size()
-            .map(|b| (b.height() as u16, b.width() as u16));
-        crate::console::setup(sock, size)?;
-    }
-    drop(console);
-    let path = prepare_process(&sys, process)?;
-    // Only the caller's preserved descriptors cross the exec: our sockets and exec.fifo
-    // must not reach the container either.
-    sys::close_fds_from(3 + plan.preserve_fds as RawFd);
-    set_personality(&plan.spec)?;
-    let loaded = load_notifying_filter(chan, process, plan.seccomp.as_ref())?;
+    let process = plan.spec.process().as_ref().expect("validated");
+    let (path, loaded) = prepare_to_exec(&sys, &plan, console, chan)?;
     finalize_and_exec(
         process,
         &path,

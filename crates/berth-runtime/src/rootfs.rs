@@ -482,32 +482,13 @@ fn mount_cgroup(
 
 /// The host's v1 hierarchies: (directory name under /sys/fs/cgroup, mount options).
 fn v1_hierarchies() -> Vec<(String, String)> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut r = right.split(' ');
-        if r.next() != Some("cgroup") {
-            continue;
-        }
-        let super_opts = r.nth(1).unwrap_or("");
-        let Some(mount_point) = left.split(' ').nth(4) else {
-            continue;
-        };
-        let Some(name) = mount_point.strip_prefix("/sys/fs/cgroup/") else {
-            continue;
-        };
-        let opts: Vec<&str> = super_opts
-            .split(',')
-            .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent"))
-            .collect();
-        out.push((name.to_string(), opts.join(",")));
-    }
-    out
+    crate::cgroups::v1_mounts()
+        .into_iter()
+        .filter_map(|(controllers, mount_point)| {
+            let name = mount_point.strip_prefix(crate::cgroups::ROOT).ok()?;
+            Some((name.to_string_lossy().into_owned(), controllers.join(",")))
+        })
+        .collect()
 }
 
 struct DefaultDevice {

@@ -306,6 +306,34 @@ fn remove_existing(parent: &OwnedFd, name: &OsString) -> io::Result<()> {
     }
 }
 
+/// Owner, then mode (chown clears set-id bits; symlinks have no mode of their own).
+fn set_owner(
+    parent: &OwnedFd,
+    name: &OsString,
+    uid: u32,
+    gid: u32,
+    mode: Option<Mode>,
+    shown: &str,
+) -> Result<()> {
+    rx(
+        rustix::fs::chownat(
+            parent,
+            name.as_os_str(),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ),
+        || format!("chown {shown}"),
+    )?;
+    if let Some(mode) = mode {
+        rx(
+            rustix::fs::chmodat(parent, name.as_os_str(), mode, AtFlags::empty()),
+            || format!("chmod {shown}"),
+        )?;
+    }
+    Ok(())
+}
+
 fn timestamps(mtime: u64) -> Timestamps {
     let t = Timespec {
         tv_sec: mtime as i64,
@@ -456,20 +484,7 @@ fn apply_entry<R: Read>(
                 }
                 Err(e) => return rx(Err(e), || format!("creating {shown}")),
             }
-            rx(
-                rustix::fs::chownat(
-                    &parent,
-                    name.as_os_str(),
-                    Some(rustix::fs::Uid::from_raw(uid)),
-                    Some(rustix::fs::Gid::from_raw(gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                ),
-                || format!("chown {shown}"),
-            )?;
-            rx(
-                rustix::fs::chmodat(&parent, name.as_os_str(), perms, AtFlags::empty()),
-                || format!("chmod {shown}"),
-            )?;
+            set_owner(&parent, name, uid, gid, Some(perms), &shown)?;
             let mut rel = parent_parts.to_vec();
             rel.push(name.clone());
             dirs.push((join(&rel), timestamps(header.mtime().unwrap_or(0))));
@@ -484,16 +499,7 @@ fn apply_entry<R: Read>(
                 rustix::fs::symlinkat(target.as_os_str(), &parent, name.as_os_str()),
                 || format!("creating symlink {shown}"),
             )?;
-            rx(
-                rustix::fs::chownat(
-                    &parent,
-                    name.as_os_str(),
-                    Some(rustix::fs::Uid::from_raw(uid)),
-                    Some(rustix::fs::Gid::from_raw(gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                ),
-                || format!("chown {shown}"),
-            )?;
+            set_owner(&parent, name, uid, gid, None, &shown)?;
             rx(
                 rustix::fs::utimensat(&parent, name.as_os_str(), &times, AtFlags::SYMLINK_NOFOLLOW),
                 || format!("times of {shown}"),
@@ -551,20 +557,7 @@ fn apply_entry<R: Read>(
                 rustix::fs::mknodat(&parent, name.as_os_str(), ft, perms, dev),
                 || format!("creating device {shown}"),
             )?;
-            rx(
-                rustix::fs::chownat(
-                    &parent,
-                    name.as_os_str(),
-                    Some(rustix::fs::Uid::from_raw(uid)),
-                    Some(rustix::fs::Gid::from_raw(gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                ),
-                || format!("chown {shown}"),
-            )?;
-            rx(
-                rustix::fs::chmodat(&parent, name.as_os_str(), perms, AtFlags::empty()),
-                || format!("chmod {shown}"),
-            )?;
+            set_owner(&parent, name, uid, gid, Some(perms), &shown)?;
         }
         // PAX/GNU metadata entries are consumed by the tar reader; anything else is not a
         // file a container can use.

@@ -178,12 +178,7 @@ impl Overlay {
 
 impl Snapshotter for Overlay {
     fn create_layer(&self, id: &str) -> Result<PathBuf> {
-        check_id(id)?;
-        let fs = self.layer_fs(id);
-        io_ctx(std::fs::create_dir_all(&fs), || {
-            format!("creating {}", fs.display())
-        })?;
-        Ok(fs)
+        create_layer_dir(&self.root, id)
     }
 
     fn remove_layer(&self, id: &str) -> Result<()> {
@@ -262,6 +257,16 @@ fn short_name(id: &str) -> String {
         .collect()
 }
 
+/// `<root>/<id>/fs`, created empty for a layer to be applied into.
+fn create_layer_dir(root: &Path, id: &str) -> Result<PathBuf> {
+    check_id(id)?;
+    let fs = root.join(id).join("fs");
+    io_ctx(std::fs::create_dir_all(&fs), || {
+        format!("creating {}", fs.display())
+    })?;
+    Ok(fs)
+}
+
 fn libc_einval() -> i32 {
     rustix::io::Errno::INVAL.raw_os_error()
 }
@@ -293,12 +298,7 @@ impl Copy {
 
 impl Snapshotter for Copy {
     fn create_layer(&self, id: &str) -> Result<PathBuf> {
-        check_id(id)?;
-        let fs = self.root.join(id).join("fs");
-        io_ctx(std::fs::create_dir_all(&fs), || {
-            format!("creating {}", fs.display())
-        })?;
-        Ok(fs)
+        create_layer_dir(&self.root, id)
     }
 
     fn remove_layer(&self, id: &str) -> Result<()> {

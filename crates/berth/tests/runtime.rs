@@ -259,12 +259,7 @@ fn create_waits_for_start_and_state_follows() {
     let rt = Runtime::new();
     let dir = tempfile::tempdir().unwrap();
     let mut b = Bundle::new(&["sh", "-c", "echo started > /out/flag; sleep 30"]);
-    b.config["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "destination": "/out", "type": "bind", "source": dir.path(), "options": ["rbind", "rw"]
-        }));
+    b.bind("/out", dir.path());
     b.save();
     let id = unique_id("life");
     rt.ok(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
@@ -418,9 +413,7 @@ fn every_hook_fires_once_with_the_state() {
     let hook = |name: &str| serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r s; echo \"{name} $s\" >> {}", log.display())]});
     let mut b = Bundle::new(&["true"]);
     // startContainer runs inside the container: its log goes through a bind mount.
-    b.config["mounts"].as_array_mut().unwrap().push(serde_json::json!({
-        "destination": dir.path(), "type": "bind", "source": dir.path(), "options": ["rbind", "rw"]
-    }));
+    b.bind(dir.path(), dir.path());
     b.config["hooks"] = serde_json::json!({
         "createRuntime": [hook("createRuntime")],
         "createContainer": [hook("createContainer")],
@@ -548,12 +541,7 @@ fn no_host_descriptor_or_cwd_leaks_into_the_container() {
     // The same through create + start, where the init also held exec.fifo and its sockets.
     let dir = tempfile::tempdir().unwrap();
     let mut b = Bundle::new(&["sh", "-c", "exec ls -l /proc/self/fd > /out/fds"]);
-    b.config["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "destination": "/out", "type": "bind", "source": dir.path(), "options": ["rbind", "rw"]
-        }));
+    b.bind("/out", dir.path());
     b.save();
     let id = unique_id("fds2");
     rt.create_start(&id, &b);
@@ -1234,12 +1222,7 @@ fn process_extras_io_priority_personality_and_all_capabilities() {
         .unwrap()
         .push("HOOKVAR=from-process".into());
     b.config["hooks"] = serde_json::json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo $HOOKVAR > /out/hook"]}]});
-    b.config["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "destination": "/out", "type": "bind", "source": dir.path(), "options": ["rbind", "rw"]
-        }));
+    b.bind("/out", dir.path());
     b.save();
     let (code, out, err) = rt.run(&unique_id("extras"), &b);
     assert_eq!(code, 0, "{err}");

@@ -125,6 +125,13 @@ impl Bundle {
         .unwrap();
     }
 
+    /// Bind-mounts a host path read-write at `dest` in the container (not saved yet).
+    pub fn bind(&mut self, dest: impl AsRef<Path>, source: impl AsRef<Path>) {
+        self.config["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": dest.as_ref(), "type": "bind", "source": source.as_ref(), "options": ["rbind", "rw"]
+        }));
+    }
+
     /// Adds capabilities to every set of the process.
     pub fn add_caps(&mut self, caps: &[&str]) {
         for set in ["bounding", "effective", "permitted"] {
