@@ -301,12 +301,7 @@ fn assert_nothing_left(rt: &Runtime, id: &str, pid: i32, rootfs: &Path) {
         "cgroups left: {:?}",
         cgroup_dirs(id)
     );
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap()
-                .contains(") Z")
-    );
+    assert!(common::process_gone(pid));
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(rootfs.to_str().unwrap()), "mounts left");
 }
@@ -327,10 +322,7 @@ fn delete_force_of_a_running_container_leaves_nothing() {
     rt.ok(&["delete", "--force", &id]);
     assert_nothing_left(&rt, &id, pid, &b.rootfs());
     for p in pids {
-        assert!(wait_for(5, || !Path::new(&format!("/proc/{p}")).exists()
-            || std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .map(|s| s.contains(") Z"))
-                .unwrap_or(true)));
+        assert!(wait_for(5, || common::process_gone(p)));
     }
 }
 
@@ -1190,10 +1182,7 @@ fn created_containers_delete_without_force() {
     let pid = rt.state(&id)["pid"].as_i64().unwrap();
     rt.ok(&["delete", &id]);
     assert!(rt.ids().is_empty());
-    assert!(wait_for(5, || !Path::new(&format!("/proc/{pid}")).exists()
-        || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.contains(") Z"))
-            .unwrap_or(true)));
+    assert!(wait_for(5, || common::process_gone(pid as i32)));
 }
 
 #[test]
