@@ -333,6 +333,9 @@ pub fn main(bin: &str, args: &[String]) -> i32 {
         path: cli.log.clone(),
         json: cli.log_format == "json",
     };
+    if cli.debug {
+        log.write("debug", &format!("invoked: {}", args.join(" ")));
+    }
     match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -351,15 +354,16 @@ struct Logger {
 
 impl Logger {
     fn error(&self, msg: &str) {
+        self.write("error", msg);
+    }
+
+    fn write(&self, level: &str, msg: &str) {
         let Some(path) = &self.path else { return };
+        let time = berth_runtime::state::now_rfc3339();
         let line = if self.json {
-            serde_json::json!({"level": "error", "msg": msg, "time": berth_runtime::state::now_rfc3339()}).to_string()
+            serde_json::json!({"level": level, "msg": msg, "time": time}).to_string()
         } else {
-            format!(
-                "time=\"{}\" level=error msg={:?}",
-                berth_runtime::state::now_rfc3339(),
-                msg
-            )
+            format!("time=\"{time}\" level={level} msg={msg:?}")
         };
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)

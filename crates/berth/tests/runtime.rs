@@ -859,6 +859,31 @@ fn spec_features_and_cli_compatibility() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    // Errors also go to --log as JSON lines (containerd reads them from there).
+    let log = dir.path().join("log.json");
+    let out = std::process::Command::new(common::berth())
+        .args([
+            "runtime",
+            "--log",
+            log.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "state",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(line["level"], "error");
+    assert!(line["msg"].as_str().unwrap().contains("does not exist"));
     // argv[0] berth-runc selects the runtime role.
     let link = dir.path().join("berth-runc");
     std::os::unix::fs::symlink(common::berth(), &link).unwrap();
