@@ -53,6 +53,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The current time for records and image configs.
+pub fn now_rfc3339() -> String {
+    berth_types::time::now_rfc3339()
+}
+
+/// A number not handed out before by this process (for temporary names).
+pub fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 pub struct ContentStore {
     root: PathBuf,
 }

@@ -3,5 +3,6 @@
 //! store, snapshots, metadata and garbage collection follow (see docs/STATUS.md).
 
 pub mod content;
+pub mod image;
 pub mod layer;
 pub mod snapshot;

@@ -3,6 +3,7 @@
 
 pub mod digest;
 pub mod reference;
+pub mod time;
 
 pub use digest::{Digest, DigestError, Hasher};
 pub use reference::{Reference, ReferenceError};

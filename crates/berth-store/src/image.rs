@@ -1,0 +1,704 @@
+//! Images: manifests and configs in the content store, their layers unpacked once into
+//! snapshots (keyed by chain ID, so images share layers), tags in crash-safe metadata, and
+//! `index.json` naming every tag so OCI tools read the store (`skopeo inspect oci:...`).
+//!
+//! Operations: import of a root filesystem tarball (with Docker's `--change` edits), and
+//! `save`/`load` in the docker-archive format (`docker save` / `docker load`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use berth_types::{Digest, Reference};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::content::{atomic_write, ContentError, ContentStore};
+use crate::layer::{self, Compression, LayerError};
+use crate::snapshot::{self, SnapshotError, Snapshotter};
+
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const REF_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("invalid image archive: {0}")]
+    Archive(String),
+    #[error("invalid --change {0:?}: {1}")]
+    Change(String, String),
+    #[error("No such image: {0}")]
+    NotFound(String),
+    #[error("layer {index} has diffID {actual}, but the image config says {expected}")]
+    DiffIdMismatch {
+        index: usize,
+        expected: Digest,
+        actual: Digest,
+    },
+}
+
+type Result<T> = std::result::Result<T, ImageError>;
+
+fn io_ctx<T>(r: io::Result<T>, ctx: impl FnOnce() -> String) -> Result<T> {
+    r.map_err(|source| ImageError::Io {
+        context: ctx(),
+        source,
+    })
+}
+
+/// One layer of an image as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    pub blob: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub diff_id: Digest,
+    pub chain_id: Digest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// The image ID, as Docker names it: the config's digest.
+    pub config: Digest,
+    pub manifest: Digest,
+    pub layers: Vec<Layer>,
+    pub created: String,
+}
+
+impl Image {
+    /// Docker's short image ID (12 hex characters of the config digest).
+    pub fn short_id(&self) -> &str {
+        &self.config.hex()[..12]
+    }
+    /// The snapshot ids of the layers, bottom first (what a container rootfs mounts).
+    pub fn snapshot_ids(&self) -> Vec<String> {
+        self.layers
+            .iter()
+            .map(|l| l.chain_id.hex().to_string())
+            .collect()
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    /// By manifest digest.
+    images: BTreeMap<String, Image>,
+    /// Full reference -> manifest digest.
+    tags: BTreeMap<String, String>,
+    /// Chain IDs whose snapshot is complete.
+    layers: BTreeSet<String>,
+}
+
+pub struct ImageStore {
+    root: PathBuf,
+    content: ContentStore,
+    snapshots: Box<dyn Snapshotter + Send + Sync>,
+    meta: Mutex<Meta>,
+}
+
+/// The chain ID of a layer stack (OCI image spec): the first layer's diffID, then
+/// sha256("<parent chain> <diffID>").
+pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+    match parent {
+        None => diff_id.clone(),
+        Some(p) => Digest::sha256(format!("{p} {diff_id}").as_bytes()),
+    }
+}
+
+fn overlay_supported() -> bool {
+    std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")))
+}
+
+impl ImageStore {
+    /// Opens the store under `data_root` (content/, snapshots/, meta/).
+    pub fn open(data_root: &Path) -> Result<ImageStore> {
+        let content = ContentStore::open(&data_root.join("content"))?;
+        let snaps = data_root.join("snapshots");
+        let snapshots: Box<dyn Snapshotter + Send + Sync> = if overlay_supported() {
+            Box::new(snapshot::Overlay::new(&snaps)?)
+        } else {
+            Box::new(snapshot::Copy::new(&snaps)?)
+        };
+        let meta_dir = data_root.join("meta");
+        io_ctx(std::fs::create_dir_all(&meta_dir), || {
+            format!("creating {}", meta_dir.display())
+        })?;
+        let meta = match std::fs::read(meta_dir.join("images.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ImageError::Io {
+                context: "reading meta/images.json".into(),
+                source: io::Error::new(io::ErrorKind::InvalidData, e),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Meta::default(),
+            Err(e) => return io_ctx(Err(e), || "reading meta/images.json".into()),
+        };
+        Ok(ImageStore {
+            root: data_root.to_path_buf(),
+            content,
+            snapshots,
+            meta: Mutex::new(meta),
+        })
+    }
+
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    pub fn snapshots(&self) -> &dyn Snapshotter {
+        self.snapshots.as_ref()
+    }
+
+    /// Writes metadata and index.json; called with the lock held.
+    fn persist(&self, meta: &Meta) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(meta).expect("meta serialises");
+        io_ctx(
+            atomic_write(&self.root.join("meta/images.json"), &bytes),
+            || "writing meta/images.json".into(),
+        )?;
+        let manifests: Vec<Value> = meta
+            .tags
+            .iter()
+            .filter_map(|(name, digest)| {
+                let img = meta.images.get(digest)?;
+                let size = std::fs::metadata(self.content.path(&img.manifest))
+                    .ok()?
+                    .len();
+                Some(json!({
+                    "mediaType": MEDIA_MANIFEST,
+                    "digest": img.manifest,
+                    "size": size,
+                    "annotations": {REF_ANNOTATION: name},
+                    "platform": {"architecture": go_arch(), "os": "linux"},
+                }))
+            })
+            .collect();
+        let index = json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": manifests});
+        io_ctx(
+            atomic_write(
+                &self.content.root().join("index.json"),
+                index.to_string().as_bytes(),
+            ),
+            || "writing index.json".into(),
+        )
+    }
+
+    pub fn list(&self) -> Vec<(Image, Vec<String>)> {
+        let meta = self.meta.lock().expect("meta lock");
+        meta.images
+            .values()
+            .map(|img| {
+                let tags = meta
+                    .tags
+                    .iter()
+                    .filter(|(_, d)| **d == img.manifest.to_string())
+                    .map(|(t, _)| t.clone())
+                    .collect();
+                (img.clone(), tags)
+            })
+            .collect()
+    }
+
+    /// Finds an image by reference (`busybox`, `host:5000/a:b`), by ID (`sha256:...`, or a
+    /// unique prefix of at least 4 hex characters, as Docker accepts), or by manifest digest.
+    pub fn resolve(&self, name: &str) -> Option<Image> {
+        let meta = self.meta.lock().expect("meta lock");
+        if let Ok(r) = name.parse::<Reference>() {
+            if let Some(d) = meta.tags.get(&r.to_string()) {
+                return meta.images.get(d).cloned();
+            }
+        }
+        let hex = name.strip_prefix("sha256:").unwrap_or(name);
+        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let hits: Vec<&Image> = meta
+                .images
+                .values()
+                .filter(|i| i.config.hex().starts_with(hex) || i.manifest.hex().starts_with(hex))
+                .collect();
+            if hits.len() == 1 {
+                return Some(hits[0].clone());
+            }
+        }
+        None
+    }
+
+    pub fn tag(&self, image: &str, new: &Reference) -> Result<()> {
+        let img = self
+            .resolve(image)
+            .ok_or_else(|| ImageError::NotFound(image.into()))?;
+        let mut meta = self.meta.lock().expect("meta lock");
+        meta.tags.insert(new.to_string(), img.manifest.to_string());
+        self.persist(&meta)
+    }
+
+    /// Unpacks `blob` as the layer on top of `parent` unless that snapshot exists already.
+    fn unpack(
+        &self,
+        parent: Option<&Digest>,
+        blob: &Digest,
+        media_type: &str,
+        expected: Option<&Digest>,
+        index: usize,
+    ) -> Result<Layer> {
+        let size = io_ctx(std::fs::metadata(self.content.path(blob)), || {
+            format!("blob {blob}")
+        })?
+        .len();
+        // The diffID of an uncompressed layer is its blob digest: the snapshot may already
+        // exist, and then nothing is read.
+        if media_type == MEDIA_LAYER {
+            let chain = chain_id(parent, blob);
+            if let Some(want) = expected.filter(|w| *w != blob) {
+                return Err(ImageError::DiffIdMismatch {
+                    index,
+                    expected: want.clone(),
+                    actual: blob.clone(),
+                });
+            }
+            if self
+                .meta
+                .lock()
+                .expect("meta lock")
+                .layers
+                .contains(chain.hex())
+            {
+                return Ok(Layer {
+                    blob: blob.clone(),
+                    media_type: media_type.into(),
+                    size,
+                    diff_id: blob.clone(),
+                    chain_id: chain,
+                });
+            }
+        }
+        let staging = format!("unpack-{}", blob.hex());
+        let _ = self.snapshots.remove_layer(&staging);
+        let dir = self.snapshots.create_layer(&staging)?;
+        let applied = layer::apply(&dir, self.content.open_blob(blob)?)?;
+        if let Some(want) = expected.filter(|w| **w != applied.diff_id) {
+            let _ = self.snapshots.remove_layer(&staging);
+            return Err(ImageError::DiffIdMismatch {
+                index,
+                expected: want.clone(),
+                actual: applied.diff_id,
+            });
+        }
+        let chain = chain_id(parent, &applied.diff_id);
+        let mut meta = self.meta.lock().expect("meta lock");
+        if meta.layers.contains(chain.hex()) {
+            let _ = self.snapshots.remove_layer(&staging);
+        } else {
+            // Published under its chain ID only once complete: a crash leaves a staging
+            // directory, never a half-unpacked layer under a real name.
+            let _ = self.snapshots.remove_layer(chain.hex());
+            let final_dir = self.snapshots.create_layer(chain.hex())?;
+            io_ctx(std::fs::remove_dir(&final_dir), || {
+                "preparing the layer directory".into()
+            })?;
+            io_ctx(std::fs::rename(&dir, &final_dir), || {
+                "publishing the layer".into()
+            })?;
+            let _ = self.snapshots.remove_layer(&staging);
+            meta.layers.insert(chain.hex().to_string());
+            self.persist(&meta)?;
+        }
+        Ok(Layer {
+            blob: blob.clone(),
+            media_type: media_type.into(),
+            size,
+            diff_id: applied.diff_id,
+            chain_id: chain,
+        })
+    }
+
+    /// Records an image whose config and layer blobs are stored, writing its manifest.
+    fn commit_image(
+        &self,
+        config: Digest,
+        layers: Vec<Layer>,
+        created: String,
+        tags: &[Reference],
+    ) -> Result<Image> {
+        let config_size = io_ctx(std::fs::metadata(self.content.path(&config)), || {
+            format!("blob {config}")
+        })?
+        .len();
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": {"mediaType": MEDIA_CONFIG, "digest": config, "size": config_size},
+            "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.blob, "size": l.size})).collect::<Vec<_>>(),
+        });
+        let manifest = self.content.write_blob(manifest.to_string().as_bytes())?;
+        let image = Image {
+            config,
+            manifest: manifest.clone(),
+            layers,
+            created,
+        };
+        let mut meta = self.meta.lock().expect("meta lock");
+        meta.images.insert(manifest.to_string(), image.clone());
+        for t in tags {
+            meta.tags.insert(t.to_string(), manifest.to_string());
+        }
+        self.persist(&meta)?;
+        Ok(image)
+    }
+
+    /// `docker import`: a root filesystem tarball (plain, gzip or zstd) as a one-layer image,
+    /// with Dockerfile-style `changes` (CMD, ENTRYPOINT, ENV, WORKDIR, EXPOSE, USER, LABEL).
+    pub fn import(
+        &self,
+        tarball: impl Read,
+        changes: &[String],
+        tag: Option<&Reference>,
+    ) -> Result<Image> {
+        let key = format!("import-{}-{}", std::process::id(), crate::content::unique());
+        let mut ingest = self.content.ingest(&key, None)?;
+        let mut src = tarball;
+        io_ctx(io::copy(&mut src, &mut ingest), || {
+            "reading the tarball".into()
+        })?;
+        let blob = ingest.commit()?;
+        let head = {
+            let mut b = [0u8; 4];
+            let n = io_ctx(self.content.open_blob(&blob)?.read(&mut b), || {
+                "reading the tarball".into()
+            })?;
+            b[..n].to_vec()
+        };
+        let media_type = match layer::detect(&head) {
+            Compression::Gzip => MEDIA_LAYER_GZIP,
+            Compression::Zstd => MEDIA_LAYER_ZSTD,
+            Compression::None => MEDIA_LAYER,
+        };
+        let l = self.unpack(None, &blob, media_type, None, 0)?;
+        let created = crate::content::now_rfc3339();
+        let mut container_config =
+            json!({"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]});
+        for c in changes {
+            apply_change(&mut container_config, c)?;
+        }
+        let config = json!({
+            "architecture": go_arch(),
+            "os": "linux",
+            "created": created,
+            "config": container_config,
+            "rootfs": {"type": "layers", "diff_ids": [l.diff_id]},
+            "history": [{"created": created, "created_by": "berth import", "comment": "Imported from tarball"}],
+        });
+        let config = self.content.write_blob(config.to_string().as_bytes())?;
+        let tags: Vec<Reference> = tag.cloned().into_iter().collect();
+        self.commit_image(config, vec![l], created, &tags)
+    }
+
+    /// `docker load`: a docker-archive (plain, gzip or zstd). Returns the loaded images
+    /// with the tags they got.
+    pub fn load(&self, archive: impl Read + Send) -> Result<Vec<(Image, Vec<String>)>> {
+        let tmp = self.root.join("tmp").join(format!(
+            "load-{}-{}",
+            std::process::id(),
+            crate::content::unique()
+        ));
+        io_ctx(std::fs::create_dir_all(&tmp), || {
+            format!("creating {}", tmp.display())
+        })?;
+        let result = self.load_from(&tmp, archive);
+        let _ = std::fs::remove_dir_all(&tmp);
+        result
+    }
+
+    fn load_from(
+        &self,
+        tmp: &Path,
+        archive: impl Read + Send,
+    ) -> Result<Vec<(Image, Vec<String>)>> {
+        // The archive is untrusted: unpack it with the path-safe layer applier.
+        layer::apply(tmp, archive)?;
+        let manifest: Value =
+            serde_json::from_slice(&io_ctx(std::fs::read(tmp.join("manifest.json")), || {
+                "the archive has no manifest.json".into()
+            })?)
+            .map_err(|e| ImageError::Archive(format!("manifest.json: {e}")))?;
+        let entries = manifest
+            .as_array()
+            .ok_or_else(|| ImageError::Archive("manifest.json is not a list".into()))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let field = |k: &str| {
+                entry
+                    .get(k)
+                    .ok_or_else(|| ImageError::Archive(format!("manifest.json entry without {k}")))
+            };
+            let config_path = field("Config")?
+                .as_str()
+                .ok_or_else(|| ImageError::Archive("Config is not a string".into()))?;
+            let config_bytes = io_ctx(std::fs::read(tmp.join(config_path)), || {
+                format!("reading {config_path}")
+            })?;
+            let config_json: Value = serde_json::from_slice(&config_bytes)
+                .map_err(|e| ImageError::Archive(format!("{config_path}: {e}")))?;
+            let diff_ids: Vec<Digest> =
+                serde_json::from_value(config_json["rootfs"]["diff_ids"].clone()).map_err(|e| {
+                    ImageError::Archive(format!("{config_path}: rootfs.diff_ids: {e}"))
+                })?;
+            let layer_paths: Vec<String> = serde_json::from_value(field("Layers")?.clone())
+                .map_err(|e| ImageError::Archive(format!("Layers: {e}")))?;
+            if layer_paths.len() != diff_ids.len() {
+                return Err(ImageError::Archive(format!(
+                    "{} layers listed but the config has {} diff_ids",
+                    layer_paths.len(),
+                    diff_ids.len()
+                )));
+            }
+            let config = self.content.write_blob(&config_bytes)?;
+            let mut layers: Vec<Layer> = Vec::new();
+            for (i, (path, want)) in layer_paths.iter().zip(&diff_ids).enumerate() {
+                let file = io_ctx(File::open(tmp.join(path)), || {
+                    format!("reading layer {path}")
+                })?;
+                let key = format!("load-{}-{}", std::process::id(), crate::content::unique());
+                let mut ingest = self.content.ingest(&key, None)?;
+                io_ctx(io::copy(&mut &file, &mut ingest), || {
+                    format!("storing layer {path}")
+                })?;
+                let blob = ingest.commit()?;
+                let mut head = [0u8; 4];
+                let n = io_ctx(self.content.open_blob(&blob)?.read(&mut head), || {
+                    "reading a layer".into()
+                })?;
+                let media_type = match layer::detect(&head[..n]) {
+                    Compression::Gzip => MEDIA_LAYER_GZIP,
+                    Compression::Zstd => MEDIA_LAYER_ZSTD,
+                    Compression::None => MEDIA_LAYER,
+                };
+                let parent = layers.last().map(|l| l.chain_id.clone());
+                layers.push(self.unpack(parent.as_ref(), &blob, media_type, Some(want), i)?);
+            }
+            let tags: Vec<Reference> = entry
+                .get("RepoTags")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|t| t.as_str()?.parse().ok()).collect())
+                .unwrap_or_default();
+            let created = config_json["created"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let image = self.commit_image(config, layers, created, &tags)?;
+            out.push((image, tags.iter().map(|t| t.to_string()).collect()));
+        }
+        Ok(out)
+    }
+
+    /// `docker save`: the named images as a docker-archive (uncompressed layers, as
+    /// `docker load` expects; `manifest.json` and `repositories`).
+    pub fn save(&self, names: &[&str], out: impl Write) -> Result<()> {
+        let mut builder = tar::Builder::new(out);
+        let mut manifest = Vec::new();
+        let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut written = BTreeSet::new();
+        for name in names {
+            let img = self
+                .resolve(name)
+                .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
+            let config_name = format!("{}.json", img.config.hex());
+            if written.insert(config_name.clone()) {
+                append(&mut builder, &config_name, &self.content.read(&img.config)?)?;
+            }
+            let mut layer_names = Vec::new();
+            for l in &img.layers {
+                let path = format!("{}/layer.tar", l.diff_id.hex());
+                if written.insert(path.clone()) {
+                    let tar = self.uncompressed_layer(l)?;
+                    append(&mut builder, &path, &tar)?;
+                }
+                layer_names.push(path);
+            }
+            let tags: Vec<String> = match name.parse::<Reference>() {
+                Ok(r)
+                    if self
+                        .meta
+                        .lock()
+                        .expect("meta lock")
+                        .tags
+                        .contains_key(&r.to_string()) =>
+                {
+                    vec![r.familiar()]
+                }
+                _ => Vec::new(),
+            };
+            for t in &tags {
+                if let (Ok(r), Some(top)) = (t.parse::<Reference>(), img.layers.last()) {
+                    let repo = r.familiar();
+                    let repo = repo
+                        .rsplit_once(':')
+                        .map_or(repo.as_str(), |(n, _)| n)
+                        .to_string();
+                    repositories.entry(repo).or_default().insert(
+                        r.tag().unwrap_or("latest").to_string(),
+                        top.diff_id.hex().to_string(),
+                    );
+                }
+            }
+            manifest.push(json!({"Config": config_name, "RepoTags": tags, "Layers": layer_names}));
+        }
+        append(
+            &mut builder,
+            "manifest.json",
+            Value::Array(manifest).to_string().as_bytes(),
+        )?;
+        append(
+            &mut builder,
+            "repositories",
+            serde_json::to_string(&repositories)
+                .expect("json")
+                .as_bytes(),
+        )?;
+        io_ctx(builder.finish(), || "writing the archive".into())
+    }
+
+    fn uncompressed_layer(&self, l: &Layer) -> Result<Vec<u8>> {
+        let mut blob = self.content.open_blob(&l.blob)?;
+        let mut out = Vec::new();
+        let r = match l.media_type.as_str() {
+            MEDIA_LAYER_GZIP => flate2::read::MultiGzDecoder::new(blob).read_to_end(&mut out),
+            MEDIA_LAYER_ZSTD => zstd::Decoder::new(blob).and_then(|mut d| d.read_to_end(&mut out)),
+            _ => blob.read_to_end(&mut out),
+        };
+        io_ctx(r, || format!("reading layer {}", l.blob))?;
+        Ok(out)
+    }
+}
+
+fn append(builder: &mut tar::Builder<impl Write>, name: &str, data: &[u8]) -> Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    io_ctx(builder.append_data(&mut h, name, data), || {
+        format!("writing {name} to the archive")
+    })
+}
+
+/// The image config's architecture name (Go's GOARCH spelling).
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}
+
+/// Applies one `--change` instruction to an image's container config.
+fn apply_change(cfg: &mut Value, change: &str) -> Result<()> {
+    let err = |m: &str| ImageError::Change(change.to_string(), m.to_string());
+    let (instr, rest) = change
+        .trim()
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| err("expected INSTRUCTION arguments"))?;
+    let rest = rest.trim();
+    // Exec form (JSON array) or shell form (run by /bin/sh -c), as in a Dockerfile.
+    let command = |rest: &str| -> Value {
+        match serde_json::from_str::<Vec<String>>(rest) {
+            Ok(v) => json!(v),
+            Err(_) => json!(["/bin/sh", "-c", rest]),
+        }
+    };
+    match instr.to_ascii_uppercase().as_str() {
+        "CMD" => cfg["Cmd"] = command(rest),
+        "ENTRYPOINT" => cfg["Entrypoint"] = command(rest),
+        "WORKDIR" => cfg["WorkingDir"] = json!(rest),
+        "USER" => cfg["User"] = json!(rest),
+        "ENV" => {
+            let (k, v) = rest
+                .split_once('=')
+                .or_else(|| rest.split_once(char::is_whitespace))
+                .ok_or_else(|| err("ENV needs KEY=VALUE"))?;
+            let env = cfg["Env"].as_array_mut().ok_or_else(|| err("bad Env"))?;
+            env.retain(|e| e.as_str().and_then(|e| e.split_once('=')).map(|(ek, _)| ek) != Some(k));
+            env.push(json!(format!("{k}={}", v.trim())));
+        }
+        "EXPOSE" => {
+            for p in rest.split_whitespace() {
+                let p = if p.contains('/') {
+                    p.to_string()
+                } else {
+                    format!("{p}/tcp")
+                };
+                cfg["ExposedPorts"][p] = json!({});
+            }
+        }
+        "LABEL" => {
+            let (k, v) = rest
+                .split_once('=')
+                .ok_or_else(|| err("LABEL needs key=value"))?;
+            cfg["Labels"][k.trim()] = json!(v.trim().trim_matches('"'));
+        }
+        other => {
+            return Err(err(&format!(
+                "{other} is not one of CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, WORKDIR"
+            )))
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_edit_the_config() {
+        let mut c = json!({"Env": ["PATH=/bin"]});
+        for ch in [
+            "CMD [\"sh\", \"-c\", \"x\"]",
+            "ENTRYPOINT tini --",
+            "ENV PATH=/usr/bin",
+            "ENV A b",
+            "WORKDIR /srv",
+            "EXPOSE 80 53/udp",
+            "USER nobody",
+            "LABEL a=\"b\"",
+        ] {
+            apply_change(&mut c, ch).unwrap();
+        }
+        assert_eq!(c["Cmd"], json!(["sh", "-c", "x"]));
+        assert_eq!(c["Entrypoint"], json!(["/bin/sh", "-c", "tini --"]));
+        assert_eq!(c["Env"], json!(["PATH=/usr/bin", "A=b"]));
+        assert_eq!(c["WorkingDir"], "/srv");
+        assert!(c["ExposedPorts"]["80/tcp"].is_object() && c["ExposedPorts"]["53/udp"].is_object());
+        assert_eq!(c["User"], "nobody");
+        assert_eq!(c["Labels"]["a"], "b");
+        assert!(apply_change(&mut c, "RUN echo")
+            .unwrap_err()
+            .to_string()
+            .contains("RUN is not one of"));
+        assert!(apply_change(&mut c, "CMD").is_err());
+    }
+
+    #[test]
+    fn chain_ids_follow_the_spec() {
+        let a = Digest::sha256(b"a");
+        let b = Digest::sha256(b"b");
+        assert_eq!(chain_id(None, &a), a);
+        assert_eq!(
+            chain_id(Some(&a), &b),
+            Digest::sha256(format!("{a} {b}").as_bytes())
+        );
+    }
+}
