@@ -129,7 +129,11 @@ impl Drop for Containerd {
         }
         // containerd puts each namespace's containers under a cgroup of that name, which it
         // leaves behind: remove ours (empty by now) from every hierarchy.
-        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let _ = std::fs::remove_dir(h.path().join("berthtest"));
         }
     }
