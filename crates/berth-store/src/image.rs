@@ -43,6 +43,8 @@ pub enum ImageError {
     Change(String, String),
     #[error("No such image: {0}")]
     NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("layer {index} has diffID {actual}, but the image config says {expected}")]
     DiffIdMismatch {
         index: usize,
@@ -93,6 +95,30 @@ impl Image {
     }
 }
 
+/// What [`ImageStore::gc`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GcStats {
+    pub blobs: u64,
+    pub snapshots: u64,
+    pub bytes_freed: u64,
+}
+
+/// Bytes of the files below `p` (apparent sizes), for reporting what GC freed.
+fn du(p: &Path) -> u64 {
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if !md.is_dir() {
+        return md.len();
+    }
+    std::fs::read_dir(p)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| du(&e.path()))
+        .sum()
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Meta {
     /// By manifest digest.
@@ -135,9 +161,11 @@ impl ImageStore {
             Box::new(snapshot::Copy::new(&snaps)?)
         };
         let meta_dir = data_root.join("meta");
-        io_ctx(std::fs::create_dir_all(&meta_dir), || {
-            format!("creating {}", meta_dir.display())
-        })?;
+        for d in [&meta_dir, &data_root.join("tmp")] {
+            io_ctx(std::fs::create_dir_all(d), || {
+                format!("creating {}", d.display())
+            })?;
+        }
         let meta = match std::fs::read(meta_dir.join("images.json")) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ImageError::Io {
                 context: "reading meta/images.json".into(),
@@ -146,12 +174,16 @@ impl ImageStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Meta::default(),
             Err(e) => return io_ctx(Err(e), || "reading meta/images.json".into()),
         };
-        Ok(ImageStore {
+        let store = ImageStore {
             root: data_root.to_path_buf(),
             content,
             snapshots,
             meta: Mutex::new(meta),
-        })
+        };
+        if !meta_dir.join("images.json").exists() {
+            store.persist(&store.meta.lock().expect("meta lock"))?;
+        }
+        Ok(store)
     }
 
     pub fn content(&self) -> &ContentStore {
@@ -242,6 +274,135 @@ impl ImageStore {
         let mut meta = self.meta.lock().expect("meta lock");
         meta.tags.insert(new.to_string(), img.manifest.to_string());
         self.persist(&meta)
+    }
+
+    /// `docker rmi`: untags a reference, and deletes the image when no tag is left. By ID,
+    /// an image with several tags needs `force` (as in Docker). Returns Docker's lines
+    /// ("Untagged: ...", "Deleted: ..."). Disk space comes back with [`ImageStore::gc`].
+    pub fn remove(&self, name: &str, force: bool) -> Result<Vec<String>> {
+        let img = self
+            .resolve(name)
+            .ok_or_else(|| ImageError::NotFound(name.into()))?;
+        let mut meta = self.meta.lock().expect("meta lock");
+        let manifest = img.manifest.to_string();
+        let tags: Vec<String> = meta
+            .tags
+            .iter()
+            .filter(|(_, d)| **d == manifest)
+            .map(|(t, _)| t.clone())
+            .collect();
+        let by_tag = name
+            .parse::<Reference>()
+            .ok()
+            .map(|r| r.to_string())
+            .filter(|r| tags.contains(r));
+        let mut out = Vec::new();
+        let untag: Vec<String> = match by_tag {
+            Some(t) => vec![t],
+            None if tags.len() > 1 && !force => {
+                return Err(ImageError::Conflict(format!(
+                    "unable to delete {} (must be forced) - image is referenced in multiple repositories",
+                    img.short_id()
+                )))
+            }
+            None => tags.clone(),
+        };
+        for t in &untag {
+            meta.tags.remove(t);
+            let familiar = t
+                .parse::<Reference>()
+                .map(|r| r.familiar())
+                .unwrap_or_else(|_| t.clone());
+            out.push(format!("Untagged: {familiar}"));
+        }
+        if !meta.tags.values().any(|d| *d == manifest) {
+            meta.images.remove(&manifest);
+            out.push(format!("Deleted: {}", img.config));
+        }
+        self.persist(&meta)?;
+        Ok(out)
+    }
+
+    /// Removes images without tags (dangling), or with `all` every image; then collects
+    /// garbage. Returns the removed image IDs and the bytes freed.
+    pub fn prune(&self, all: bool) -> Result<(Vec<Digest>, u64)> {
+        let removed: Vec<Digest> = {
+            let mut meta = self.meta.lock().expect("meta lock");
+            let tagged: BTreeSet<String> = meta.tags.values().cloned().collect();
+            let doomed: Vec<String> = meta
+                .images
+                .keys()
+                .filter(|m| all || !tagged.contains(*m))
+                .cloned()
+                .collect();
+            let mut ids = Vec::new();
+            for m in doomed {
+                if let Some(img) = meta.images.remove(&m) {
+                    ids.push(img.config);
+                }
+            }
+            if all {
+                meta.tags.clear();
+            }
+            self.persist(&meta)?;
+            ids
+        };
+        let freed = self.gc()?.bytes_freed;
+        Ok((removed, freed))
+    }
+
+    /// Mark and sweep: every blob and layer snapshot no image references goes. Container
+    /// snapshots (`active-*`) and in-flight ingests are not touched.
+    pub fn gc(&self) -> Result<GcStats> {
+        let mut meta = self.meta.lock().expect("meta lock");
+        let mut blobs: BTreeSet<Digest> = BTreeSet::new();
+        let mut chains: BTreeSet<String> = BTreeSet::new();
+        for img in meta.images.values() {
+            blobs.insert(img.manifest.clone());
+            blobs.insert(img.config.clone());
+            for l in &img.layers {
+                blobs.insert(l.blob.clone());
+                chains.insert(l.chain_id.hex().to_string());
+            }
+        }
+        let mut stats = GcStats::default();
+        for algo in ["sha256", "sha512"] {
+            let dir = self.content.root().join("blobs").join(algo);
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let Ok(d) = format!("{algo}:{}", e.file_name().to_string_lossy()).parse::<Digest>()
+                else {
+                    continue;
+                };
+                if !blobs.contains(&d) {
+                    stats.bytes_freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+                    self.content.delete(&d)?;
+                    stats.blobs += 1;
+                }
+            }
+        }
+        let snaps = self.root.join("snapshots");
+        for e in std::fs::read_dir(&snaps).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "l" || name.starts_with("active-") || chains.contains(&name) {
+                continue;
+            }
+            stats.bytes_freed += du(&e.path());
+            self.snapshots.remove_layer(&name)?;
+            stats.snapshots += 1;
+        }
+        // Short links of removed layers.
+        for e in std::fs::read_dir(snaps.join("l"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if !e.path().exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        meta.layers.retain(|c| chains.contains(c));
+        self.persist(&meta)?;
+        Ok(stats)
     }
 
     /// Unpacks `blob` as the layer on top of `parent` unless that snapshot exists already.

@@ -210,3 +210,90 @@ fn a_layer_that_does_not_match_its_config_is_refused() {
     assert!(s2.list().is_empty());
     assert!(s2.resolve("busybox").is_none());
 }
+
+#[test]
+fn remove_follows_docker_rules() {
+    require_root!();
+    let (_d, s) = store();
+    let img = s
+        .import(&busybox_tar()[..], &[], Some(&"busybox".parse().unwrap()))
+        .unwrap();
+    s.tag("busybox", &"localhost/other:1".parse().unwrap())
+        .unwrap();
+    // By ID with two tags: refused without force.
+    let err = s.remove(img.short_id(), false).unwrap_err().to_string();
+    assert!(err.contains("must be forced"), "{err}");
+    // By tag: only that tag goes.
+    assert_eq!(
+        s.remove("busybox", false).unwrap(),
+        vec!["Untagged: busybox:latest"]
+    );
+    assert!(s.resolve(img.short_id()).is_some());
+    // The last tag: the image goes too.
+    let out = s.remove("localhost/other:1", false).unwrap();
+    assert_eq!(
+        out,
+        vec![
+            "Untagged: localhost/other:1".to_string(),
+            format!("Deleted: {}", img.config)
+        ]
+    );
+    assert!(s.resolve(img.short_id()).is_none());
+    assert!(matches!(
+        s.remove("busybox", false),
+        Err(ImageError::NotFound(_))
+    ));
+}
+
+fn du(p: &Path) -> String {
+    let out = Command::new("du").args(["-sb"]).arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn gc_gives_the_disk_back() {
+    require_root!();
+    let (d, s) = store();
+    let empty = du(d.path());
+    let tar = busybox_tar();
+    let first = s
+        .import(&tar[..], &[], Some(&"busybox".parse().unwrap()))
+        .unwrap();
+    let mut archive = Vec::new();
+    s.save(&["busybox"], &mut archive).unwrap();
+    s.load(&archive[..]).unwrap();
+    // The tag moves to a new image: the first one is dangling now (same layer, though).
+    let second = s
+        .import(
+            &tar[..],
+            &["CMD [\"sh\"]".into()],
+            Some(&"busybox".parse().unwrap()),
+        )
+        .unwrap();
+    assert_eq!(
+        first.layers[0].chain_id, second.layers[0].chain_id,
+        "one snapshot for both"
+    );
+    assert_ne!(du(d.path()), empty);
+    let (removed, freed) = s.prune(false).unwrap();
+    assert_eq!(removed, vec![first.config.clone()]);
+    assert!(
+        freed > 0 && freed < 10_000,
+        "only the first image's config and manifest: {freed}"
+    );
+    assert!(s.resolve("busybox").is_some());
+    s.remove("busybox", false).unwrap();
+    let stats = s.gc().unwrap();
+    assert!(stats.blobs >= 3 && stats.snapshots == 1, "{stats:?}");
+    assert!(stats.bytes_freed > 1_000_000, "{stats:?}");
+    assert_eq!(
+        du(d.path()),
+        empty,
+        "the data root is back to its empty size"
+    );
+    assert!(s.content().verify().unwrap().is_empty());
+}
