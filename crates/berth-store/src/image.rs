@@ -405,6 +405,54 @@ impl ImageStore {
         Ok(stats)
     }
 
+    /// Checks the whole store: every blob matches its digest (content `verify`), every tag
+    /// names a recorded image, and every image's manifest, config, layer blobs and layer
+    /// snapshots exist. Partial ingests and staging directories left by a crash are not
+    /// problems (they are resumed or collected).
+    pub fn fsck(&self) -> Result<Vec<String>> {
+        let mut problems: Vec<String> = self
+            .content
+            .verify()?
+            .into_iter()
+            .map(|p| format!("{p:?}"))
+            .collect();
+        let meta = self.meta.lock().expect("meta lock");
+        for (tag, manifest) in &meta.tags {
+            if !meta.images.contains_key(manifest) {
+                problems.push(format!(
+                    "tag {tag} names {manifest}, which is not an image here"
+                ));
+            }
+        }
+        for img in meta.images.values() {
+            let mut blobs = vec![&img.manifest, &img.config];
+            blobs.extend(img.layers.iter().map(|l| &l.blob));
+            for b in blobs {
+                if !self.content.exists(b) {
+                    problems.push(format!(
+                        "image {} needs blob {b}, which is missing",
+                        img.short_id()
+                    ));
+                }
+            }
+            for l in &img.layers {
+                let dir = self
+                    .root
+                    .join("snapshots")
+                    .join(l.chain_id.hex())
+                    .join("fs");
+                if !meta.layers.contains(l.chain_id.hex()) || !dir.is_dir() {
+                    problems.push(format!(
+                        "image {} needs layer snapshot {}, which is missing",
+                        img.short_id(),
+                        l.chain_id
+                    ));
+                }
+            }
+        }
+        Ok(problems)
+    }
+
     /// Unpacks `blob` as the layer on top of `parent` unless that snapshot exists already.
     fn unpack(
         &self,

@@ -297,3 +297,41 @@ fn gc_gives_the_disk_back() {
     );
     assert!(s.content().verify().unwrap().is_empty());
 }
+
+/// What a crash in the middle of an import leaves (a partial ingest, a half-unpacked
+/// staging layer, a half-written metadata temp file, a load's scratch directory): fsck
+/// reports the store clean, the next import completes, and GC sweeps the debris.
+#[test]
+fn debris_of_an_interrupted_import_is_harmless() {
+    require_root!();
+    let (d, s) = store();
+    let tar = busybox_tar();
+    let img = s
+        .import(&tar[..], &[], Some(&"busybox".parse().unwrap()))
+        .unwrap();
+    drop(s);
+    // Debris, as a killed process would leave it.
+    {
+        let s = ImageStore::open(d.path()).unwrap();
+        let mut w = s.content().ingest("import-crashed", None).unwrap();
+        w.write_all(&tar[..tar.len() / 3]).unwrap();
+    }
+    std::fs::create_dir_all(d.path().join("snapshots/unpack-deadbeef/fs/bin")).unwrap();
+    std::fs::write(d.path().join("meta/images.tmp123"), b"{\"images\": {").unwrap();
+    std::fs::create_dir_all(d.path().join("tmp/load-1-2/half")).unwrap();
+    let s = ImageStore::open(d.path()).unwrap();
+    assert_eq!(s.fsck().unwrap(), Vec::<String>::new());
+    assert_eq!(s.resolve("busybox").unwrap(), img);
+    // A broken reference is reported.
+    std::fs::remove_file(s.content().path(&img.config)).unwrap();
+    let problems = s.fsck().unwrap();
+    assert!(
+        problems.iter().any(|p| p.contains("missing")),
+        "{problems:?}"
+    );
+    // Importing again restores what is missing; GC removes the staging debris.
+    s.import(&tar[..], &[], Some(&"busybox".parse().unwrap()))
+        .unwrap();
+    s.gc().unwrap();
+    assert!(!d.path().join("snapshots/unpack-deadbeef").exists());
+}
