@@ -166,6 +166,20 @@ impl ImageStore {
                 format!("creating {}", d.display())
             })?;
         }
+        // Debris of a process that died mid-load or mid-write: the store has one owner, so
+        // nothing in flight can be using it while the store opens.
+        for e in std::fs::read_dir(data_root.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+        for e in std::fs::read_dir(&meta_dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().contains(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let meta = match std::fs::read(meta_dir.join("images.json")) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ImageError::Io {
                 context: "reading meta/images.json".into(),

@@ -321,6 +321,9 @@ fn debris_of_an_interrupted_import_is_harmless() {
     std::fs::create_dir_all(d.path().join("tmp/load-1-2/half")).unwrap();
     let s = ImageStore::open(d.path()).unwrap();
     assert_eq!(s.fsck().unwrap(), Vec::<String>::new());
+    assert!(
+        !d.path().join("tmp/load-1-2").exists() && !d.path().join("meta/images.tmp123").exists()
+    );
     assert_eq!(s.resolve("busybox").unwrap(), img);
     // A broken reference is reported.
     std::fs::remove_file(s.content().path(&img.config)).unwrap();
