@@ -628,6 +628,60 @@ impl ImageStore {
         self.commit_image(config, vec![l], created, &tags)
     }
 
+    /// `docker commit`: the changes of container snapshot `key` (made from `parent`) as a
+    /// new layer on top of it, with `changes` applied to the config.
+    pub fn commit(
+        &self,
+        key: &str,
+        parent: &str,
+        changes: &[String],
+        comment: &str,
+        tag: Option<&Reference>,
+    ) -> Result<Image> {
+        let parent_img = self
+            .resolve(parent)
+            .ok_or_else(|| ImageError::NotFound(parent.into()))?;
+        let upper = self.snapshots.upper(key).ok_or_else(|| {
+            ImageError::Conflict(format!(
+                "no record of the changes of {key} (needs the overlay snapshotter)"
+            ))
+        })?;
+        let mut ingest = self
+            .content
+            .ingest(&format!("commit-{key}-{}", crate::content::unique()), None)?;
+        layer::diff_upper(&upper, &mut ingest)?;
+        let blob = ingest.commit()?;
+        let parent_chain = parent_img.layers.last().map(|l| l.chain_id.clone());
+        let l = self.unpack(
+            parent_chain.as_ref(),
+            &blob,
+            MEDIA_LAYER,
+            None,
+            parent_img.layers.len(),
+        )?;
+        let mut config: Value = serde_json::from_slice(&self.content.read(&parent_img.config)?)
+            .map_err(|e| ImageError::Archive(format!("config of {parent}: {e}")))?;
+        for c in changes {
+            apply_change(&mut config["config"], c)?;
+        }
+        let created = crate::content::now_rfc3339();
+        config["created"] = json!(created);
+        match config["rootfs"]["diff_ids"].as_array_mut() {
+            Some(ids) => ids.push(json!(l.diff_id)),
+            None => config["rootfs"] = json!({"type": "layers", "diff_ids": [l.diff_id]}),
+        }
+        let entry = json!({"created": created, "created_by": comment});
+        match config["history"].as_array_mut() {
+            Some(h) => h.push(entry),
+            None => config["history"] = json!([entry]),
+        }
+        let config = self.content.write_blob(config.to_string().as_bytes())?;
+        let mut layers = parent_img.layers.clone();
+        layers.push(l);
+        let tags: Vec<Reference> = tag.cloned().into_iter().collect();
+        self.commit_image(config, layers, created, &tags)
+    }
+
     /// `docker load`: a docker-archive (plain, gzip or zstd). Returns the loaded images
     /// with the tags they got.
     pub fn load(&self, archive: impl Read + Send) -> Result<Vec<(Image, Vec<String>)>> {

@@ -591,3 +591,116 @@ fn apply_entry<R: Read>(
     let _ = parent.as_fd();
     Ok(())
 }
+
+/// Writes the changes recorded in an overlay upper directory as a layer tar (Docker's
+/// format): overlay whiteouts become `.wh.<name>` entries, opaque directories get
+/// `.wh..wh..opq`, hardlinks stay hardlinks. Entries are sorted, so the same changes give
+/// the same bytes (and digest).
+pub fn diff_upper(upper: &Path, out: impl io::Write) -> Result<()> {
+    let mut b = tar::Builder::new(out);
+    b.follow_symlinks(false);
+    let mut links: std::collections::HashMap<(u64, u64), String> = std::collections::HashMap::new();
+    walk(upper, Path::new(""), &mut b, &mut links)?;
+    io_ctx(b.finish(), || "writing the layer".into())
+}
+
+fn walk<W: io::Write>(
+    dir: &Path,
+    rel: &Path,
+    b: &mut tar::Builder<W>,
+    links: &mut std::collections::HashMap<(u64, u64), String>,
+) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut names: Vec<OsString> = io_ctx(std::fs::read_dir(dir), || {
+        format!("reading {}", dir.display())
+    })?
+    .filter_map(|e| e.ok().map(|e| e.file_name()))
+    .collect();
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let rel_path = rel.join(&name);
+        let shown = rel_path.to_string_lossy().into_owned();
+        let md = io_ctx(std::fs::symlink_metadata(&path), || format!("stat {shown}"))?;
+        let ft = md.file_type();
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(md.mode() & 0o7777);
+        h.set_uid(md.uid() as u64);
+        h.set_gid(md.gid() as u64);
+        h.set_mtime(md.mtime().max(0) as u64);
+        h.set_size(0);
+        if ft.is_char_device() && md.rdev() == 0 {
+            // An overlay whiteout: the lower file is deleted.
+            let wh = rel.join(format!(".wh.{}", name.to_string_lossy()));
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            io_ctx(b.append_data(&mut h, &wh, io::empty()), || {
+                format!("writing {shown}")
+            })?;
+            continue;
+        }
+        if ft.is_dir() {
+            h.set_entry_type(tar::EntryType::Directory);
+            io_ctx(
+                b.append_data(&mut h, format!("{shown}/"), io::empty()),
+                || format!("writing {shown}"),
+            )?;
+            let mut v = [0u8; 4];
+            let opaque = rustix::fs::lgetxattr(path.as_path(), "trusted.overlay.opaque", &mut v)
+                .is_ok_and(|n| &v[..n] == b"y");
+            if opaque {
+                let mut oh = tar::Header::new_gnu();
+                oh.set_entry_type(tar::EntryType::Regular);
+                oh.set_mode(0o644);
+                oh.set_size(0);
+                io_ctx(
+                    b.append_data(&mut oh, rel_path.join(".wh..wh..opq"), io::empty()),
+                    || format!("writing {shown}"),
+                )?;
+            }
+            walk(&path, &rel_path, b, links)?;
+            continue;
+        }
+        if md.nlink() > 1 && !ft.is_dir() {
+            if let Some(first) = links.get(&(md.dev(), md.ino())) {
+                h.set_entry_type(tar::EntryType::Link);
+                io_ctx(b.append_link(&mut h, &rel_path, first), || {
+                    format!("writing {shown}")
+                })?;
+                continue;
+            }
+            links.insert((md.dev(), md.ino()), shown.clone());
+        }
+        if ft.is_symlink() {
+            let target = io_ctx(std::fs::read_link(&path), || format!("readlink {shown}"))?;
+            h.set_entry_type(tar::EntryType::Symlink);
+            io_ctx(b.append_link(&mut h, &rel_path, &target), || {
+                format!("writing {shown}")
+            })?;
+        } else if ft.is_file() {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(md.len());
+            let f = io_ctx(File::open(&path), || format!("opening {shown}"))?;
+            io_ctx(b.append_data(&mut h, &rel_path, f), || {
+                format!("writing {shown}")
+            })?;
+        } else {
+            let kind = if ft.is_char_device() {
+                tar::EntryType::Char
+            } else if ft.is_block_device() {
+                tar::EntryType::Block
+            } else if ft.is_fifo() {
+                tar::EntryType::Fifo
+            } else {
+                continue; // sockets do not belong in layers
+            };
+            h.set_entry_type(kind);
+            let _ = h.set_device_major(rustix::fs::major(md.rdev()));
+            let _ = h.set_device_minor(rustix::fs::minor(md.rdev()));
+            io_ctx(b.append_data(&mut h, &rel_path, io::empty()), || {
+                format!("writing {shown}")
+            })?;
+        }
+    }
+    Ok(())
+}

@@ -58,6 +58,9 @@ pub trait Snapshotter {
     fn unmount(&self, key: &str, target: &Path) -> Result<()>;
     /// Removes the container's writable layer.
     fn remove(&self, key: &str) -> Result<()>;
+    /// The directory holding only the container's changes (overlay's upper directory), for
+    /// committing them as a layer; None where the snapshotter keeps no such record.
+    fn upper(&self, key: &str) -> Option<PathBuf>;
 }
 
 /// overlayfs over layer directories.
@@ -241,6 +244,11 @@ impl Snapshotter for Overlay {
         check_id(key)?;
         remove_tree(&self.active(key))
     }
+
+    fn upper(&self, key: &str) -> Option<PathBuf> {
+        check_id(key).ok()?;
+        Some(self.active(key).join("upper")).filter(|p| p.is_dir())
+    }
 }
 
 /// A 10-character name for a layer's link: 50 bits of its id's hash in base32.
@@ -327,6 +335,10 @@ impl Snapshotter for Copy {
 
     fn remove(&self, _key: &str) -> Result<()> {
         Ok(()) // the copy is the container's directory itself, removed with it
+    }
+
+    fn upper(&self, _key: &str) -> Option<PathBuf> {
+        None // a full copy records no changes
     }
 }
 

@@ -338,3 +338,71 @@ fn debris_of_an_interrupted_import_is_harmless() {
     s.gc().unwrap();
     assert!(!d.path().join("snapshots/unpack-deadbeef").exists());
 }
+
+#[test]
+fn commit_turns_a_containers_changes_into_a_layer() {
+    require_root!();
+    let (d, s) = store();
+    let base = s
+        .import(
+            &busybox_tar()[..],
+            &["CMD [\"sh\"]".into()],
+            Some(&"busybox".parse().unwrap()),
+        )
+        .unwrap();
+    let target = d.path().join("c1-rootfs");
+    let ids = base.snapshot_ids();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    s.snapshots().mount("c1", &refs, &target).unwrap();
+    std::fs::write(target.join("newfile"), "made in the container").unwrap();
+    std::fs::remove_file(target.join("bin/ls")).unwrap();
+    std::fs::remove_dir_all(target.join("etc")).unwrap();
+    std::fs::create_dir(target.join("etc")).unwrap();
+    std::fs::write(target.join("etc/only"), "x").unwrap();
+    s.snapshots().unmount("c1", &target).unwrap();
+    let new = s
+        .commit(
+            "c1",
+            "busybox",
+            &["CMD [\"cat\", \"/newfile\"]".into()],
+            "berth commit",
+            Some(&"committed".parse().unwrap()),
+        )
+        .unwrap();
+    s.snapshots().remove("c1").unwrap();
+    assert_eq!(new.layers.len(), 2);
+    assert_eq!(new.layers[0], base.layers[0]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&s.content().read(&new.config).unwrap()).unwrap();
+    assert_eq!(
+        config["config"]["Cmd"],
+        serde_json::json!(["cat", "/newfile"])
+    );
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+    assert_eq!(config["history"].as_array().unwrap().len(), 2);
+    // A container of the new image sees exactly the committed changes.
+    let target2 = d.path().join("c2-rootfs");
+    let ids = new.snapshot_ids();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    s.snapshots().mount("c2", &refs, &target2).unwrap();
+    let seen = (
+        std::fs::read_to_string(target2.join("newfile")).ok(),
+        target2.join("bin/ls").symlink_metadata().is_ok(),
+        target2.join("etc/only").exists(),
+        target2.join("etc/passwd").exists(),
+        target2.join("bin/sh").symlink_metadata().is_ok(),
+    );
+    s.snapshots().unmount("c2", &target2).unwrap();
+    s.snapshots().remove("c2").unwrap();
+    assert_eq!(
+        seen,
+        (
+            Some("made in the container".into()),
+            false,
+            true,
+            false,
+            true
+        )
+    );
+    assert!(s.fsck().unwrap().is_empty());
+}
