@@ -1,3 +1,220 @@
-//! Docker Engine API server and the services behind it.
+//! `berth daemon`: the Docker Engine API over a unix socket.
 //!
-//! Not built yet: see docs/STATUS.md for what exists today.
+//! So far: version negotiation (`/_ping`, `/version`, the `/v1.NN/` prefix), `/info`, and
+//! the image endpoints over berth-store (list, inspect, tag, remove, prune, load, save,
+//! import). Containers, pulls, builds and networks come with their issues.
+
+mod images;
+mod system;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use berth_store::image::{ImageError, ImageStore};
+use tower::Layer;
+
+pub const API_VERSION: &str = "1.47";
+pub const MIN_API_VERSION: &str = "1.24";
+
+/// What every handler can reach.
+pub struct Daemon {
+    pub store: ImageStore,
+    pub data_root: PathBuf,
+}
+
+pub type Shared = Arc<Daemon>;
+
+/// An error as the Engine API reports it: a status and `{"message": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn internal(message: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({"message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> ApiError {
+        let status = match &e {
+            ImageError::NotFound(_) => StatusCode::NOT_FOUND,
+            ImageError::Conflict(_) => StatusCode::CONFLICT,
+            ImageError::Archive(_)
+            | ImageError::Change(..)
+            | ImageError::DiffIdMismatch { .. }
+            | ImageError::Layer(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Runs blocking store work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+pub fn router(daemon: Shared) -> Router {
+    Router::new()
+        .route("/_ping", get(system::ping).head(system::ping))
+        .route("/version", get(system::version))
+        .route("/info", get(system::info))
+        .route("/images/json", get(images::list))
+        .route("/images/load", post(images::load))
+        .route("/images/get", get(images::save_many))
+        .route("/images/create", post(images::create))
+        .route("/images/prune", post(images::prune))
+        .route(
+            "/images/{*rest}",
+            get(images::get_named)
+                .post(images::post_named)
+                .delete(images::remove),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "page not found") })
+        .with_state(daemon)
+}
+
+/// `/v1.47/images/json` is routed as `/images/json`; versions outside 1.24..=1.47 are refused
+/// as Docker refuses them.
+fn strip_version(mut req: Request<Body>) -> Request<Body> {
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/v") {
+        if let Some((ver, tail)) = rest.split_once('/') {
+            if ver
+                .split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            {
+                let new = match req.uri().query() {
+                    Some(q) => format!("/{tail}?{q}"),
+                    None => format!("/{tail}"),
+                };
+                if let Ok(uri) = new.parse() {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+    }
+    req
+}
+
+/// Options of `berth daemon` (dockerd's names).
+pub struct Options {
+    pub host: String,
+    pub data_root: PathBuf,
+    pub exec_root: PathBuf,
+    pub pidfile: Option<PathBuf>,
+}
+
+/// Serves until SIGTERM or SIGINT; returns the process exit code.
+pub fn main(opts: Options) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth daemon: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(serve(opts)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("berth daemon: {e}");
+            1
+        }
+    }
+}
+
+async fn serve(opts: Options) -> Result<(), String> {
+    let socket = opts.host.strip_prefix("unix://").ok_or_else(|| {
+        format!(
+            "--host {}: only unix:// sockets are served so far",
+            opts.host
+        )
+    })?;
+    let socket = Path::new(socket);
+    for d in [&opts.data_root, &opts.exec_root] {
+        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    // A socket file nobody answers on is left over from a daemon that died: replace it.
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err(format!(
+                "another daemon is listening on {}",
+                socket.display()
+            ));
+        }
+        let _ = std::fs::remove_file(socket);
+    }
+    let store = ImageStore::open(&opts.data_root).map_err(|e| e.to_string())?;
+    let daemon = Arc::new(Daemon {
+        store,
+        data_root: opts.data_root.clone(),
+    });
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(|e| format!("binding {}: {e}", socket.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660));
+    if let Some(p) = &opts.pidfile {
+        std::fs::write(p, std::process::id().to_string())
+            .map_err(|e| format!("writing {}: {e}", p.display()))?;
+    }
+    let app = tower::util::MapRequestLayer::new(strip_version).layer(router(daemon));
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    let served = axum::serve(
+        listener,
+        axum::ServiceExt::<Request<Body>>::into_make_service(app),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    let _ = std::fs::remove_file(socket);
+    if let Some(p) = &opts.pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    served.map_err(|e| e.to_string())
+}

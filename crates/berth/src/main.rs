@@ -3,7 +3,50 @@
 
 mod runtime_cli;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+/// dockerd's flags, as far as the daemon serves them yet.
+#[derive(Parser)]
+#[command(name = "berth daemon", version, about = "The Docker Engine API server")]
+struct DaemonArgs {
+    /// Socket to serve (unix:///path).
+    #[arg(
+        short = 'H',
+        long = "host",
+        default_value = "unix:///run/berth/berth.sock"
+    )]
+    host: String,
+    /// Root of persistent state (images, containers, volumes).
+    #[arg(long = "data-root", default_value = "/var/lib/berth")]
+    data_root: PathBuf,
+    /// Root of runtime state (sockets, container state).
+    #[arg(long = "exec-root", default_value = "/run/berth")]
+    exec_root: PathBuf,
+    /// Write the daemon's pid here.
+    #[arg(short = 'p', long)]
+    pidfile: Option<PathBuf>,
+}
+
+fn daemon_main(bin: &str, args: &[String]) -> i32 {
+    let mut argv = vec![bin.to_string()];
+    argv.extend_from_slice(args);
+    let a = match DaemonArgs::try_parse_from(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { 125 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    berth_daemon::main(berth_daemon::Options {
+        host: a.host,
+        data_root: a.data_root,
+        exec_root: a.exec_root,
+        pidfile: a.pidfile,
+    })
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -24,7 +67,9 @@ fn main() {
             println!("Berth version {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        (_, Some(role @ ("daemon" | "shim" | "registry"))) => {
+        ("berthd", _) => daemon_main(&args[0], &args[1..]),
+        (_, Some("daemon")) => daemon_main(&format!("{} daemon", args[0]), &args[2..]),
+        (_, Some(role @ ("shim" | "registry"))) => {
             eprintln!("berth {role}: not built yet (see docs/STATUS.md)");
             125
         }

@@ -1,0 +1,453 @@
+//! Image endpoints over berth-store.
+
+use std::io::Write;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use berth_store::image::Image;
+use berth_types::Reference;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::{blocking, ApiError, ApiResult, Shared};
+
+/// Query parameters in order, repeated keys kept (`names=a&names=b`).
+pub fn params(raw: Option<&str>) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                    match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        Some(v) => {
+                            out.push(v);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn param<'a>(ps: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    ps.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn truthy(v: Option<&str>) -> bool {
+    matches!(v, Some("1" | "true" | "True" | "yes"))
+}
+
+fn familiar(tag: &str) -> String {
+    tag.parse::<Reference>()
+        .map(|r| r.familiar())
+        .unwrap_or_else(|_| tag.to_string())
+}
+
+fn config_json(d: &Shared, img: &Image) -> ApiResult<Value> {
+    let bytes = d
+        .store
+        .content()
+        .read(&img.config)
+        .map_err(ApiError::internal)?;
+    serde_json::from_slice(&bytes).map_err(ApiError::internal)
+}
+
+fn size(img: &Image) -> u64 {
+    img.layers.iter().map(|l| l.size).sum()
+}
+
+fn created_secs(img: &Image) -> i64 {
+    berth_types::time::parse_rfc3339(&img.created).unwrap_or(0)
+}
+
+/// `GET /images/json`: Docker's ImageSummary list.
+pub async fn list(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let ps = params(q.as_deref());
+    let all = truthy(param(&ps, "all"));
+    blocking(move || {
+        let mut out = Vec::new();
+        for (img, tags) in d.store.list() {
+            if tags.is_empty() && !all {
+                continue; // dangling images show with -a only
+            }
+            let config = config_json(&d, &img)?;
+            out.push(json!({
+                "Id": img.config,
+                "ParentId": "",
+                "RepoTags": tags.iter().map(|t| familiar(t)).collect::<Vec<_>>(),
+                "RepoDigests": [],
+                "Created": created_secs(&img),
+                "Size": size(&img),
+                "SharedSize": -1,
+                "VirtualSize": size(&img),
+                "Labels": config["config"]["Labels"].as_object().cloned().unwrap_or_default(),
+                "Containers": -1
+            }));
+        }
+        out.sort_by_key(|v| std::cmp::Reverse(v["Created"].as_i64().unwrap_or(0)));
+        Ok(Json(Value::Array(out)))
+    })
+    .await
+}
+
+fn inspect(d: &Shared, name: &str) -> ApiResult<Value> {
+    let img = d
+        .store
+        .resolve(name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("No such image: {name}")))?;
+    let config = config_json(d, &img)?;
+    let tags: Vec<String> = d
+        .store
+        .list()
+        .into_iter()
+        .find(|(i, _)| i.manifest == img.manifest)
+        .map(|(_, t)| t.iter().map(|t| familiar(t)).collect())
+        .unwrap_or_default();
+    Ok(json!({
+        "Id": img.config,
+        "RepoTags": tags,
+        "RepoDigests": [],
+        "Parent": "",
+        "Comment": config["history"].as_array().and_then(|h| h.last()).and_then(|h| h["comment"].as_str()).unwrap_or(""),
+        "Created": img.created,
+        "DockerVersion": "",
+        "Author": config["author"].as_str().unwrap_or(""),
+        "Config": config["config"],
+        "Architecture": config["architecture"],
+        "Os": config["os"],
+        "Size": size(&img),
+        "GraphDriver": {"Name": "overlay2", "Data": {}},
+        "RootFS": {"Type": "layers", "Layers": img.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>()},
+        "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"}
+    }))
+}
+
+/// `GET /images/{name}/json`, `/images/{name}/get`, `/images/{name}/history`: names may
+/// contain slashes, so the suffix picks the operation.
+pub async fn get_named(State(d): State<Shared>, Path(rest): Path<String>) -> ApiResult<Response> {
+    if let Some(name) = rest.strip_suffix("/json") {
+        let name = name.to_string();
+        return blocking(move || inspect(&d, &name))
+            .await
+            .map(|v| Json(v).into_response());
+    }
+    if let Some(name) = rest.strip_suffix("/get") {
+        return save(d, vec![name.to_string()]).await;
+    }
+    if let Some(name) = rest.strip_suffix("/history") {
+        let name = name.to_string();
+        return blocking(move || history(&d, &name))
+            .await
+            .map(|v| Json(v).into_response());
+    }
+    Err(ApiError::new(StatusCode::NOT_FOUND, "page not found"))
+}
+
+fn history(d: &Shared, name: &str) -> ApiResult<Value> {
+    let img = d
+        .store
+        .resolve(name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("No such image: {name}")))?;
+    let config = config_json(d, &img)?;
+    let mut out = Vec::new();
+    let mut layers = img.layers.iter();
+    for (i, h) in config["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let empty = h["empty_layer"].as_bool().unwrap_or(false);
+        let size = if empty {
+            0
+        } else {
+            layers.next().map_or(0, |l| l.size)
+        };
+        out.push(json!({
+            "Id": if i == 0 { img.config.to_string() } else { "<missing>".into() },
+            "Created": h["created"].as_str().and_then(berth_types::time::parse_rfc3339).unwrap_or(0),
+            "CreatedBy": h["created_by"].as_str().unwrap_or(""),
+            "Tags": null,
+            "Size": size,
+            "Comment": h["comment"].as_str().unwrap_or("")
+        }));
+    }
+    out.reverse();
+    Ok(Value::Array(out))
+}
+
+/// `POST /images/{name}/tag?repo=&tag=`.
+pub async fn post_named(
+    State(d): State<Shared>,
+    Path(rest): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let Some(name) = rest.strip_suffix("/tag") else {
+        if rest.ends_with("/push") {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "push is not built yet (issue 5)",
+            ));
+        }
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "page not found"));
+    };
+    let ps = params(q.as_deref());
+    let repo = param(&ps, "repo").unwrap_or("").to_string();
+    let tag = param(&ps, "tag")
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    let target = match tag {
+        Some(t) => format!("{repo}:{t}"),
+        None => repo,
+    };
+    let reference: Reference = target
+        .parse()
+        .map_err(|e: berth_types::ReferenceError| ApiError::bad_request(e.to_string()))?;
+    let name = name.to_string();
+    blocking(move || {
+        d.store.tag(&name, &reference)?;
+        Ok(StatusCode::CREATED.into_response())
+    })
+    .await
+}
+
+/// `DELETE /images/{name}?force=`: Docker's list of Untagged/Deleted, then the space is
+/// reclaimed (Docker removes layers at once).
+pub async fn remove(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let ps = params(q.as_deref());
+    let force = truthy(param(&ps, "force"));
+    blocking(move || {
+        let lines = d.store.remove(&name, force)?;
+        d.store.gc()?;
+        let items: Vec<Value> = lines
+            .iter()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                Some(json!({k: v}))
+            })
+            .collect();
+        Ok(Json(Value::Array(items)))
+    })
+    .await
+}
+
+/// `POST /images/prune?filters={"dangling":["false"]}`.
+pub async fn prune(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let ps = params(q.as_deref());
+    let filters: Value = param(&ps, "filters")
+        .filter(|f| !f.is_empty())
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?
+        .unwrap_or(Value::Null);
+    let dangling_false = |v: &Value| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "false" || x == "0"))
+            || v.as_object()
+                .is_some_and(|o| o.contains_key("false") || o.contains_key("0"))
+    };
+    let all = dangling_false(&filters["dangling"]);
+    blocking(move || {
+        let (ids, freed) = d.store.prune(all)?;
+        Ok(Json(json!({
+            "ImagesDeleted": ids.iter().map(|i| json!({"Deleted": i})).collect::<Vec<_>>(),
+            "SpaceReclaimed": freed
+        })))
+    })
+    .await
+}
+
+/// Writes a request body to a temporary file under the data root (loads and imports can be
+/// far bigger than memory should hold).
+async fn body_to_file(d: &Shared, body: Body) -> ApiResult<std::path::PathBuf> {
+    let dir = d.data_root.join("tmp");
+    let path = dir.join(format!(
+        "upload-{}-{}",
+        std::process::id(),
+        berth_store::content::unique()
+    ));
+    let mut f = tokio::fs::File::create(&path)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut stream = body.into_data_stream();
+    use tokio::io::AsyncWriteExt;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        f.write_all(&chunk).await.map_err(ApiError::internal)?;
+    }
+    f.flush().await.map_err(ApiError::internal)?;
+    Ok(path)
+}
+
+fn json_stream(lines: Vec<Value>) -> Response {
+    let mut body = String::new();
+    for l in lines {
+        body.push_str(&l.to_string());
+        body.push('\n');
+    }
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `POST /images/load`: a docker-archive in the body.
+pub async fn load(State(d): State<Shared>, body: Body) -> ApiResult<Response> {
+    let path = body_to_file(&d, body).await?;
+    let d2 = d.clone();
+    let p2 = path.clone();
+    let loaded = blocking(move || {
+        Ok(d2
+            .store
+            .load(std::fs::File::open(&p2).map_err(ApiError::internal)?)?)
+    })
+    .await;
+    let _ = std::fs::remove_file(&path);
+    let mut lines = Vec::new();
+    for (img, tags) in loaded? {
+        if tags.is_empty() {
+            lines.push(json!({"stream": format!("Loaded image ID: {}\n", img.config)}));
+        }
+        for t in tags {
+            lines.push(json!({"stream": format!("Loaded image: {}\n", familiar(&t))}));
+        }
+    }
+    Ok(json_stream(lines))
+}
+
+/// `GET /images/get?names=a&names=b`.
+pub async fn save_many(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let names: Vec<String> = params(q.as_deref())
+        .into_iter()
+        .filter(|(k, _)| k == "names")
+        .map(|(_, v)| v)
+        .collect();
+    if names.is_empty() {
+        return Err(ApiError::bad_request("no image names given"));
+    }
+    save(d, names).await
+}
+
+async fn save(d: Shared, names: Vec<String>) -> ApiResult<Response> {
+    let path = d.data_root.join("tmp").join(format!(
+        "save-{}-{}",
+        std::process::id(),
+        berth_store::content::unique()
+    ));
+    let p2 = path.clone();
+    let written = blocking(move || {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(&p2).map_err(ApiError::internal)?);
+        d.store.save(&refs, &mut f)?;
+        f.flush().map_err(ApiError::internal)?;
+        Ok(())
+    })
+    .await;
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(ApiError::internal)?;
+    // Unlinked while open: the stream keeps the data, the disk forgets it when done.
+    let _ = std::fs::remove_file(&path);
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], body).into_response())
+}
+
+/// `POST /images/create`: `fromSrc=-` imports the body (docker import); pulls come with
+/// the registry client.
+pub async fn create(
+    State(d): State<Shared>,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    let ps = params(q.as_deref());
+    if param(&ps, "fromImage").is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "pulling images is not built yet (issue 5)",
+        ));
+    }
+    match param(&ps, "fromSrc") {
+        Some("-") => {}
+        Some(other) => return Err(ApiError::bad_request(format!(
+            "importing from {other:?} is not supported: send the tarball in the body (fromSrc=-)"
+        ))),
+        None => return Err(ApiError::bad_request("fromImage or fromSrc is required")),
+    }
+    let repo = param(&ps, "repo").unwrap_or("").to_string();
+    let tag = param(&ps, "tag")
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    let reference = if repo.is_empty() {
+        None
+    } else {
+        let full = match tag {
+            Some(t) => format!("{repo}:{t}"),
+            None => repo,
+        };
+        Some(
+            full.parse::<Reference>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        )
+    };
+    let changes: Vec<String> = ps
+        .iter()
+        .filter(|(k, _)| k == "changes")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let path = body_to_file(&d, body).await?;
+    let p2 = path.clone();
+    let imported = blocking(move || {
+        let f = std::fs::File::open(&p2).map_err(ApiError::internal)?;
+        Ok(d.store.import(f, &changes, reference.as_ref())?)
+    })
+    .await;
+    let _ = std::fs::remove_file(&path);
+    let img = imported?;
+    Ok(json_stream(vec![json!({"status": img.config.to_string()})]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_keep_repeats_and_decode() {
+        let ps = params(Some(
+            "names=busybox&names=a%2Fb%3A1&changes=CMD+%5B%22sh%22%5D&flag",
+        ));
+        assert_eq!(ps[0], ("names".into(), "busybox".into()));
+        assert_eq!(ps[1], ("names".into(), "a/b:1".into()));
+        assert_eq!(ps[2], ("changes".into(), "CMD [\"sh\"]".into()));
+        assert_eq!(ps[3], ("flag".into(), String::new()));
+        assert!(params(None).is_empty());
+        assert_eq!(params(Some("x=%zz%2"))[0].1, "%zz%2");
+    }
+}

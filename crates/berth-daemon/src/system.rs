@@ -1,0 +1,115 @@
+//! `/_ping`, `/version`, `/info`.
+
+use axum::extract::State;
+use axum::http::header::HeaderName;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::{Shared, API_VERSION, MIN_API_VERSION};
+
+fn kernel() -> String {
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The CLI negotiates its API version from these headers.
+pub async fn ping() -> impl IntoResponse {
+    (
+        [
+            (HeaderName::from_static("api-version"), API_VERSION),
+            (HeaderName::from_static("ostype"), "linux"),
+            (HeaderName::from_static("docker-experimental"), "false"),
+            (
+                HeaderName::from_static("cache-control"),
+                "no-cache, no-store, must-revalidate",
+            ),
+            (HeaderName::from_static("pragma"), "no-cache"),
+        ],
+        "OK",
+    )
+}
+
+pub async fn version() -> Json<Value> {
+    let arch = berth_store::image::go_arch();
+    let v = env!("CARGO_PKG_VERSION");
+    Json(json!({
+        "Platform": {"Name": "Berth"},
+        "Components": [{
+            "Name": "Engine",
+            "Version": v,
+            "Details": {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "Os": "linux", "Arch": arch, "KernelVersion": kernel()}
+        }],
+        "Version": v,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": "",
+        "Os": "linux",
+        "Arch": arch,
+        "KernelVersion": kernel(),
+        "BuildTime": ""
+    }))
+}
+
+fn mem_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn os_name() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "Linux".into())
+}
+
+pub async fn info(State(d): State<Shared>) -> Json<Value> {
+    let images = d.store.list().len();
+    let cgroup_version = if std::fs::metadata("/sys/fs/cgroup/cgroup.controllers").is_ok() {
+        "2"
+    } else {
+        "1"
+    };
+    Json(json!({
+        "ID": "",
+        "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0, "ContainersStopped": 0,
+        "Images": images,
+        "Driver": "overlay2",
+        "DriverStatus": [["Backing Filesystem", "extfs"]],
+        "DockerRootDir": d.data_root,
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": cgroup_version,
+        "KernelVersion": kernel(),
+        "OperatingSystem": os_name(),
+        "OSType": "linux",
+        "Architecture": std::env::consts::ARCH,
+        "NCPU": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "MemTotal": mem_total(),
+        "Name": rustix::system::uname().nodename().to_string_lossy(),
+        "ServerVersion": env!("CARGO_PKG_VERSION"),
+        "Runtimes": {"berth": {"path": "berth-runc"}},
+        "DefaultRuntime": "berth",
+        "LoggingDriver": "json-file",
+        "SecurityOptions": ["name=seccomp,profile=builtin"],
+        "Swarm": {"LocalNodeState": "inactive", "NodeID": "", "NodeAddr": "", "ControlAvailable": false, "Error": "", "RemoteManagers": null},
+        "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "none"], "Log": ["json-file", "none"]},
+        "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"], "Mirrors": []},
+        "Warnings": []
+    }))
+}
