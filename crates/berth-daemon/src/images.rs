@@ -396,9 +396,11 @@ pub async fn create(
     }
     match param(&ps, "fromSrc") {
         Some("-") => {}
-        Some(other) => return Err(ApiError::bad_request(format!(
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
             "importing from {other:?} is not supported: send the tarball in the body (fromSrc=-)"
-        ))),
+        )))
+        }
         None => return Err(ApiError::bad_request("fromImage or fromSrc is required")),
     }
     let repo = param(&ps, "repo").unwrap_or("").to_string();

@@ -92,6 +92,8 @@ pub fn router(daemon: Shared) -> Router {
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
         .route("/info", get(system::info))
+        .route("/containers/json", get(system::containers))
+        .route("/system/df", get(system::disk_usage))
         .route("/images/json", get(images::list))
         .route("/images/load", post(images::load))
         .route("/images/get", get(images::save_many))

@@ -113,3 +113,43 @@ pub async fn info(State(d): State<Shared>) -> Json<Value> {
         "Warnings": []
     }))
 }
+
+/// `GET /containers/json`: the daemon runs no containers yet, so the list is truly empty.
+pub async fn containers() -> Json<Value> {
+    Json(json!([]))
+}
+
+/// `GET /system/df`: images and the bytes their layers take.
+pub async fn disk_usage(State(d): State<Shared>) -> Json<Value> {
+    let mut layers = std::collections::BTreeMap::new();
+    let images: Vec<Value> = d
+        .store
+        .list()
+        .into_iter()
+        .map(|(img, tags)| {
+            let size: u64 = img.layers.iter().map(|l| l.size).sum();
+            for l in &img.layers {
+                layers.insert(l.chain_id.clone(), l.size);
+            }
+            json!({
+                "Id": img.config,
+                "ParentId": "",
+                "RepoTags": tags,
+                "RepoDigests": [],
+                "Created": berth_types::time::parse_rfc3339(&img.created).unwrap_or(0),
+                "Size": size,
+                "SharedSize": 0,
+                "VirtualSize": size,
+                "Labels": {},
+                "Containers": 0
+            })
+        })
+        .collect();
+    Json(json!({
+        "LayersSize": layers.values().sum::<u64>(),
+        "Images": images,
+        "Containers": [],
+        "Volumes": [],
+        "BuildCache": []
+    }))
+}
