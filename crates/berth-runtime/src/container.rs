@@ -521,16 +521,22 @@ impl Runtime {
         Ok(out)
     }
 
-    pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+    /// The container and its status; a stopped one is refused for `action`.
+    fn live(&self, id: &str, action: &'static str) -> Result<(Container, Status)> {
         let c = Container::load(&self.root, id)?;
         let status = c.status(&self.root);
         if status == Status::Stopped {
             return Err(Error::BadState {
                 id: id.into(),
-                action: "kill",
+                action,
                 status: "stopped (container not running)".into(),
             });
         }
+        Ok((c, status))
+    }
+
+    pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+        let (c, status) = self.live(id, "kill")?;
         if all {
             for pid in cgroups::pids(&c.cgroup_path)? {
                 let _ = sys::kill(pid, signal);
@@ -603,15 +609,7 @@ impl Runtime {
 
     /// Changes the resource limits of a created, running or paused container.
     pub fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
-        let c = Container::load(&self.root, id)?;
-        let status = c.status(&self.root);
-        if status == Status::Stopped {
-            return Err(Error::BadState {
-                id: id.into(),
-                action: "update",
-                status: status.to_string(),
-            });
-        }
+        let (c, _) = self.live(id, "update")?;
         cgroups::update(&c.cgroup_path, resources)
     }
 

@@ -771,6 +771,18 @@ mod tests {
         v.iter().map(|x| x.to_string()).collect()
     }
 
+    /// A minimal spec with these mounts (and `extra` merged into `linux`).
+    fn spec_with(mounts: serde_json::Value, linux: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.2.0",
+            "root": {"path": "rootfs"},
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "mounts": mounts,
+            "linux": linux
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn options_to_flags_and_data() {
         let o = parse_options(&s(&["nosuid", "strictatime", "mode=755", "size=65536k"]));
@@ -827,18 +839,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let rootfs = d.path();
         let src = tempfile::tempdir().unwrap();
-        let spec: Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.2.0",
-            "root": {"path": "rootfs"},
-            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-            "mounts": [
+        let spec = spec_with(
+            serde_json::json!([
                 {"destination": "/proc", "type": "proc", "source": "proc"},
                 {"destination": "/data", "type": "bind", "source": src.path(), "options": ["rbind", "ro", "rprivate"]},
                 {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]}
-            ],
-            "linux": {"devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438}]}
-        }))
-        .unwrap();
+            ]),
+            serde_json::json!({"devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438}]}),
+        );
         let sys = RecordingSyscall::default();
         let ctx = RootfsContext {
             rootfs,
@@ -895,13 +903,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let rootfs = d.path();
         std::os::unix::fs::symlink("/elsewhere", rootfs.join("proc")).unwrap();
-        let spec: Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.2.0",
-            "root": {"path": "rootfs"},
-            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]
-        }))
-        .unwrap();
+        let spec = spec_with(
+            serde_json::json!([{"destination": "/proc", "type": "proc", "source": "proc"}]),
+            serde_json::json!({}),
+        );
         let sys = RecordingSyscall::default();
         let e = prepare(
             &sys,
@@ -925,13 +930,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let rootfs = d.path();
         std::os::unix::fs::symlink("/etc", rootfs.join("evil")).unwrap();
-        let spec: Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.2.0",
-            "root": {"path": "rootfs"},
-            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-            "mounts": [{"destination": "/evil", "type": "tmpfs", "source": "tmpfs"}]
-        }))
-        .unwrap();
+        let spec = spec_with(
+            serde_json::json!([{"destination": "/evil", "type": "tmpfs", "source": "tmpfs"}]),
+            serde_json::json!({}),
+        );
         let sys = RecordingSyscall::default();
         prepare(
             &sys,
