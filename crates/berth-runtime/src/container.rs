@@ -351,7 +351,7 @@ impl Runtime {
             seccomp: self.compile_seccomp(&spec)?,
             fifo_dir: fifo.as_ref().map(|f: &OwnedFd| f.as_raw_fd()),
         };
-        let view = sealed_view();
+        let view = sealed_view(&self.root);
         let mut inherit: Vec<RawFd> = plan.join.iter().map(|(fd, _)| *fd).collect();
         inherit.extend(plan.console);
         inherit.extend(plan.fifo_dir);
@@ -697,7 +697,7 @@ impl Runtime {
             seccomp,
             fifo_dir: None,
         };
-        let view = sealed_view();
+        let view = sealed_view(&self.root);
         let mut inherit: Vec<RawFd> = plan.join.iter().map(|(fd, _)| *fd).collect();
         inherit.extend(plan.console);
         let pid = sys::clone_process(0).ctx(|| "forking the exec process".into())?;
@@ -889,8 +889,10 @@ fn send_plan(chan: &mut Channel, plan: &InitPlan) -> Result<()> {
 /// A view of the runtime binary that cannot be written through: a detached read-only
 /// overlay, or failing that a sealed memfd copy. None if neither works (then the child runs
 /// on unsealed, which is what older kernels without either could do anyway).
-fn sealed_view() -> Option<OwnedFd> {
-    sys::overlay_self_view()
+fn sealed_view(root: &Path) -> Option<OwnedFd> {
+    let spare = root.join("@empty");
+    let _ = std::fs::create_dir(&spare);
+    sys::overlay_self_view(Some(&spare))
         .or_else(|_| sys::sealed_self_copy())
         .ok()
 }

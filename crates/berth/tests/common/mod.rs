@@ -215,11 +215,13 @@ impl Runtime {
         self.ok(&["start", id]);
     }
 
+    /// Container ids in the state root (the runtime's own `@...` entries are not containers).
     pub fn ids(&self) -> Vec<String> {
         std::fs::read_dir(self.root.path())
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('@'))
                     .collect()
             })
             .unwrap_or_default()
