@@ -70,6 +70,24 @@ fn ns_info(t: LinuxNamespaceType) -> (i32, &'static str) {
     }
 }
 
+/// Opens the namespace at `path` for the container's process to join. A pid namespace is
+/// joined here and now (it applies to the children of the caller: the process about to
+/// be cloned); a user namespace goes first, as the others are joined with its privileges.
+fn open_to_join(t: LinuxNamespaceType, path: &Path, join: &mut Vec<(OwnedFd, i32)>) -> Result<()> {
+    let (flag, _) = ns_info(t);
+    let fd: OwnedFd = File::open(path)
+        .ctx(|| format!("opening {t} namespace {}", path.display()))?
+        .into();
+    match t {
+        LinuxNamespaceType::Pid => LinuxSyscall
+            .setns(fd.as_fd(), flag)
+            .ctx(|| format!("joining pid namespace {}", path.display()))?,
+        LinuxNamespaceType::User => join.insert(0, (fd, flag)),
+        _ => join.push((fd, flag)),
+    }
+    Ok(())
+}
+
 /// What the process entering the container must do. It is sent as JSON to the child after
 /// the child re-executed itself from the sealed view of the runtime binary, so descriptors
 /// travel as numbers (inherited across that exec).
@@ -91,6 +109,35 @@ struct InitPlan {
     seccomp: Option<seccomp::Program>,
     /// The container's state directory (O_PATH), holding exec.fifo; only for `create`.
     fifo_dir: Option<RawFd>,
+}
+
+impl InitPlan {
+    /// The descriptors the plan names: they must survive the re-exec.
+    fn inherited_fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self.join.iter().map(|(fd, _)| *fd).collect();
+        fds.extend(self.console);
+        fds.extend(self.fifo_dir);
+        fds
+    }
+
+    /// In the re-executed process: takes ownership of those descriptors.
+    fn adopt(&self) -> (Vec<(OwnedFd, i32)>, Option<UnixStream>, Option<OwnedFd>) {
+        let join = self
+            .join
+            .iter()
+            .map(|(fd, flag)| (sys::adopt_fd(*fd), *flag))
+            .collect();
+        let console = self.console.map(|fd| UnixStream::from(sys::adopt_fd(fd)));
+        (join, console, self.fifo_dir.map(sys::adopt_fd))
+    }
+}
+
+fn join_namespaces(sys: &dyn Syscall, join: Vec<(OwnedFd, i32)>) -> Result<()> {
+    for (fd, flag) in &join {
+        sys.setns(fd.as_fd(), *flag)
+            .ctx(|| format!("joining namespace (flag {flag:#x})"))?;
+    }
+    Ok(())
 }
 
 /// Environment variable naming the socket descriptor of a re-executed init.
@@ -254,21 +301,7 @@ impl Runtime {
         for ns in &namespaces {
             let (flag, _) = ns_info(ns.typ());
             match ns.path() {
-                Some(p) => {
-                    let fd: OwnedFd = File::open(p)
-                        .ctx(|| format!("opening {} namespace {}", ns.typ(), p.display()))?
-                        .into();
-                    if ns.typ() == LinuxNamespaceType::Pid {
-                        // Joining a pid namespace applies to children: do it here, before the clone.
-                        LinuxSyscall
-                            .setns(fd.as_fd(), flag)
-                            .ctx(|| format!("joining pid namespace {}", p.display()))?;
-                    } else if ns.typ() == LinuxNamespaceType::User {
-                        join.insert(0, (fd, flag));
-                    } else {
-                        join.push((fd, flag));
-                    }
-                }
+                Some(p) => open_to_join(ns.typ(), p, &mut join)?,
                 None => match ns.typ() {
                     // Unshared by the init once it sits in its cgroup, so that the namespace
                     // is rooted at the container's cgroup rather than the runtime's.
@@ -352,9 +385,7 @@ impl Runtime {
             fifo_dir: fifo.as_ref().map(|f: &OwnedFd| f.as_raw_fd()),
         };
         let view = sealed_view(&self.root);
-        let mut inherit: Vec<RawFd> = plan.join.iter().map(|(fd, _)| *fd).collect();
-        inherit.extend(plan.console);
-        inherit.extend(plan.fifo_dir);
+        let inherit = plan.inherited_fds();
 
         if new_timens {
             enter_new_time_namespace(&linux)?;
@@ -653,18 +684,9 @@ impl Runtime {
             .unwrap_or_default();
         let mut join = Vec::new();
         for ns in &namespaces {
-            let (flag, name) = ns_info(ns.typ());
-            let path = format!("/proc/{}/ns/{name}", c.pid);
-            let fd: OwnedFd = File::open(&path).ctx(|| format!("opening {path}"))?.into();
-            if ns.typ() == LinuxNamespaceType::Pid {
-                LinuxSyscall
-                    .setns(fd.as_fd(), flag)
-                    .ctx(|| format!("joining {path}"))?;
-            } else if ns.typ() == LinuxNamespaceType::User {
-                join.insert(0, (fd, flag));
-            } else {
-                join.push((fd, flag));
-            }
+            let (_, name) = ns_info(ns.typ());
+            let path = PathBuf::from(format!("/proc/{}/ns/{name}", c.pid));
+            open_to_join(ns.typ(), &path, &mut join)?;
         }
         let terminal = exec_spec
             .process()
@@ -698,8 +720,7 @@ impl Runtime {
             fifo_dir: None,
         };
         let view = sealed_view(&self.root);
-        let mut inherit: Vec<RawFd> = plan.join.iter().map(|(fd, _)| *fd).collect();
-        inherit.extend(plan.console);
+        let inherit = plan.inherited_fds();
         let pid = sys::clone_process(0).ctx(|| "forking the exec process".into())?;
         if pid == 0 {
             drop(parent_sock);
@@ -986,19 +1007,9 @@ fn init_entry_with(sock: UnixStream) -> ! {
 fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
     let sys = LinuxSyscall;
     sys::umask(0);
-    let join: Vec<(OwnedFd, i32)> = plan
-        .join
-        .iter()
-        .map(|(fd, flag)| (sys::adopt_fd(*fd), *flag))
-        .collect();
-    let console = plan.console.map(|fd| UnixStream::from(sys::adopt_fd(fd)));
-    let fifo_dir = plan.fifo_dir.map(sys::adopt_fd);
+    let (join, console, fifo_dir) = plan.adopt();
     chan.expect("go")?;
-    for (fd, flag) in &join {
-        sys.setns(fd.as_fd(), *flag)
-            .ctx(|| format!("joining namespace (flag {flag:#x})"))?;
-    }
-    drop(join);
+    join_namespaces(&sys, join)?;
     if plan.new_cgroupns {
         sys.unshare(libc::CLONE_NEWCGROUP)
             .ctx(|| "creating the cgroup namespace".into())?;
@@ -1164,22 +1175,13 @@ fn finalize_and_exec(
 }
 
 fn exec_process(plan: InitPlan, chan: &mut Channel) -> Result<()> {
-    let join: Vec<(OwnedFd, i32)> = plan
-        .join
-        .iter()
-        .map(|(fd, flag)| (sys::adopt_fd(*fd), *flag))
-        .collect();
-    let console = plan.console.map(|fd| UnixStream::from(sys::adopt_fd(fd)));
+    let (join, console, _) = plan.adopt();
     chan.expect("go")?;
     // Non-dumpable until execve: a process in the container cannot open our /proc/<pid>/
     // files or memory while we still run the runtime's code.
     sys::prctl(libc::PR_SET_DUMPABLE, 0).ctx(|| "PR_SET_DUMPABLE".into())?;
     let sys = LinuxSyscall;
-    for (fd, flag) in &join {
-        sys.setns(fd.as_fd(), *flag)
-            .ctx(|| format!("joining namespace (flag {flag:#x})"))?;
-    }
-    drop(join);
+    join_namespaces(&sys, join)?;
     sys::setsid().ctx(|| "setsid".into())?;
     let process = plan.spec.process().as_ref().expect("validated");
     let (path, loaded) = prepare_to_exec(&sys, &plan, console, chan)?;

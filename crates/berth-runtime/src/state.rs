@@ -2,7 +2,6 @@
 //! derived from the live process (so a stale file can never claim a dead container runs).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
@@ -153,18 +152,7 @@ impl Container {
     }
 }
 
-/// Writes a file so that readers see either the old or the new content, also after a crash.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
+pub use berth_types::fs::atomic_write;
 
 /// Parses /proc/<pid>/stat: (state char, start time).
 pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
@@ -199,15 +187,5 @@ mod tests {
         let (_, start) = proc_stat(pid).unwrap();
         assert!(process_alive(pid, start));
         assert!(!process_alive(pid, start + 1));
-    }
-
-    #[test]
-    fn atomic_write_replaces() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f.json");
-        atomic_write(&p, b"one").unwrap();
-        atomic_write(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert!(!p.with_extension("tmp").exists());
     }
 }

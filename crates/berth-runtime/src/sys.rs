@@ -542,27 +542,6 @@ pub fn overlay_self_view(spare_lower: Option<&Path>) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Whether this process image cannot be modified through /proc/self/exe: a sealed memfd,
-/// or a file on a read-only overlay (see [`overlay_self_view`]).
-pub fn running_sealed() -> bool {
-    let Ok(f) = std::fs::File::open("/proc/self/exe") else {
-        return false;
-    };
-    // SAFETY: F_GET_SEALS takes no argument; a non-memfd answers EINVAL.
-    let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals > 0 && seals & libc::F_SEAL_WRITE != 0 {
-        return true;
-    }
-    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-    match (rustix::fs::fstatfs(&f), rustix::fs::fstatvfs(&f)) {
-        (Ok(fs), Ok(vfs)) => {
-            fs.f_type == OVERLAYFS_SUPER_MAGIC
-                && vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY)
-        }
-        _ => false,
-    }
-}
-
 pub fn mkfifo(path: &Path, mode: u32) -> Result<()> {
     let p = cstr(path.as_os_str())?;
     // SAFETY: p is a valid C string.

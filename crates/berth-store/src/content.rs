@@ -38,16 +38,7 @@ fn io_ctx<T>(r: io::Result<T>, ctx: impl FnOnce() -> String) -> Result<T> {
     })
 }
 
-/// Writes `bytes` to `path` so that readers see the old content or the new, even after a
-/// crash: temp file, fsync, rename, fsync of the directory.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
+pub use berth_types::fs::atomic_write;
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

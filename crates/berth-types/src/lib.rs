@@ -2,6 +2,7 @@
 //! normalisation). Engine API models join them as the daemon is built.
 
 pub mod digest;
+pub mod fs;
 pub mod reference;
 pub mod time;
 
