@@ -1,9 +1,12 @@
 //! `berth daemon`: the Docker Engine API over a unix socket.
 //!
-//! So far: version negotiation (`/_ping`, `/version`, the `/v1.NN/` prefix), `/info`, and
-//! the image endpoints over berth-store (list, inspect, tag, remove, prune, load, save,
-//! import). Containers, pulls, builds and networks come with their issues.
+//! So far: version negotiation (`/_ping`, `/version`, the `/v1.NN/` prefix), `/info`,
+//! events, the image endpoints over berth-store (list, inspect, tag, remove, prune, load,
+//! save, import), and containers through one `berth shim` each (create, start, attach,
+//! wait, logs, stop, kill, restart, pause, rename, top, remove, prune, live restore).
+//! Pulls, builds and networks come with their issues.
 
+pub mod containers;
 mod images;
 mod system;
 
@@ -23,8 +26,37 @@ pub const MIN_API_VERSION: &str = "1.24";
 
 /// What every handler can reach.
 pub struct Daemon {
-    pub store: ImageStore,
+    pub store: Arc<ImageStore>,
+    pub containers: Arc<containers::Containers>,
     pub data_root: PathBuf,
+    pub events: tokio::sync::broadcast::Sender<serde_json::Value>,
+}
+
+impl Daemon {
+    /// Publishes an event in the Engine API's shape (`docker events`).
+    pub fn event(&self, kind: &str, action: &str, id: &str, rec: &containers::model::Record) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut attrs = serde_json::Map::new();
+        for (k, v) in &rec.config.labels {
+            attrs.insert(k.clone(), v.clone().into());
+        }
+        attrs.insert("image".into(), rec.config.image.clone().into());
+        attrs.insert("name".into(), rec.name.clone().into());
+        let id = if rec.id.is_empty() {
+            id
+        } else {
+            rec.id.as_str()
+        };
+        let _ = self.events.send(serde_json::json!({
+            "status": action, "id": id, "from": rec.config.image,
+            "Type": kind, "Action": action,
+            "Actor": {"ID": id, "Attributes": attrs},
+            "scope": "local",
+            "time": now.as_secs(), "timeNano": now.as_nanos() as u64,
+        }));
+    }
 }
 
 pub type Shared = Arc<Daemon>;
@@ -92,7 +124,27 @@ pub fn router(daemon: Shared) -> Router {
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
         .route("/info", get(system::info))
-        .route("/containers/json", get(system::containers))
+        .route("/events", get(system::events))
+        .route("/containers/json", get(containers::api::list))
+        .route("/containers/create", post(containers::api::create))
+        .route("/containers/prune", post(containers::api::prune))
+        .route("/containers/{id}/json", get(containers::api::inspect))
+        .route("/containers/{id}/start", post(containers::api::start))
+        .route("/containers/{id}/stop", post(containers::api::stop))
+        .route("/containers/{id}/restart", post(containers::api::restart))
+        .route("/containers/{id}/kill", post(containers::api::kill))
+        .route("/containers/{id}/pause", post(containers::api::pause))
+        .route("/containers/{id}/unpause", post(containers::api::unpause))
+        .route("/containers/{id}/wait", post(containers::api::wait))
+        .route("/containers/{id}/rename", post(containers::api::rename))
+        .route("/containers/{id}/resize", post(containers::api::resize))
+        .route("/containers/{id}/top", get(containers::api::top))
+        .route("/containers/{id}/attach", post(containers::attach::attach))
+        .route("/containers/{id}/logs", get(containers::logs::logs))
+        .route(
+            "/containers/{id}",
+            axum::routing::delete(containers::api::remove),
+        )
         .route("/system/df", get(system::disk_usage))
         .route("/images/json", get(images::list))
         .route("/images/load", post(images::load))
@@ -186,10 +238,18 @@ async fn serve(opts: Options) -> Result<(), String> {
         }
         let _ = std::fs::remove_file(socket);
     }
-    let store = ImageStore::open(&opts.data_root).map_err(|e| e.to_string())?;
+    let store = Arc::new(ImageStore::open(&opts.data_root).map_err(|e| e.to_string())?);
+    let containers = Arc::new(containers::Containers::new(
+        store.clone(),
+        &opts.data_root,
+        &opts.exec_root,
+    ));
+    containers.restore().await;
     let daemon = Arc::new(Daemon {
         store,
+        containers,
         data_root: opts.data_root.clone(),
+        events: tokio::sync::broadcast::channel(1024).0,
     });
     let listener = tokio::net::UnixListener::bind(socket)
         .map_err(|e| format!("binding {}: {e}", socket.display()))?;

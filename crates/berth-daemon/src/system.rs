@@ -1,12 +1,12 @@
 //! `/_ping`, `/version`, `/info`.
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::header::HeaderName;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::{Shared, API_VERSION, MIN_API_VERSION};
+use crate::{ApiResult, Shared, API_VERSION, MIN_API_VERSION};
 
 fn kernel() -> String {
     rustix::system::uname()
@@ -114,9 +114,79 @@ pub async fn info(State(d): State<Shared>) -> Json<Value> {
     }))
 }
 
-/// `GET /containers/json`: the daemon runs no containers yet, so the list is truly empty.
-pub async fn containers() -> Json<Value> {
-    Json(json!([]))
+/// `GET /events`: what happens from now on (`since` in the past is not replayed yet),
+/// one JSON object per line, filtered by type, event, container, image and label.
+pub async fn events(
+    State(d): State<Shared>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let ps = crate::images::params(q.as_deref());
+    let fs = crate::containers::api::filters(&ps)?;
+    let until = ps
+        .iter()
+        .find(|(k, _)| k == "until")
+        .and_then(|(_, v)| v.split('.').next().and_then(|s| s.parse::<u64>().ok()));
+    let rx = d.events.subscribe();
+    let keep = move |ev: &Value| {
+        fs.iter().all(|(k, vals)| {
+            let field = match k.as_str() {
+                "type" => ev["Type"].as_str().map(String::from),
+                "event" => ev["Action"].as_str().map(String::from),
+                "container" => {
+                    let id = ev["id"].as_str().unwrap_or("");
+                    let name = ev["Actor"]["Attributes"]["name"].as_str().unwrap_or("");
+                    return vals.iter().any(|v| v == name || id.starts_with(v.as_str()));
+                }
+                "image" => ev["from"].as_str().map(String::from),
+                "label" => {
+                    return vals.iter().any(|v| {
+                        let (k, want) = v.split_once('=').unwrap_or((v, ""));
+                        match ev["Actor"]["Attributes"][k].as_str() {
+                            Some(have) => want.is_empty() || have == want,
+                            None => false,
+                        }
+                    })
+                }
+                _ => return true,
+            };
+            field.is_some_and(|f| vals.contains(&f))
+        })
+    };
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+        let keep = keep.clone();
+        async move {
+            loop {
+                let deadline = until.map(|u| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    std::time::Duration::from_secs(u).saturating_sub(now)
+                });
+                let next = match deadline {
+                    Some(d) => match tokio::time::timeout(d, rx.recv()).await {
+                        Ok(r) => r,
+                        Err(_) => return None,
+                    },
+                    None => rx.recv().await,
+                };
+                match next {
+                    Ok(ev) if keep(&ev) => {
+                        let line = ev.to_string() + "\n";
+                        return Some((Ok::<_, std::io::Error>(line), rx));
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return None,
+                }
+            }
+        }
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 /// `GET /system/df`: images and the bytes their layers take.

@@ -1170,6 +1170,7 @@ fn finalize_and_exec(
     sys::umask(process.user().umask().unwrap_or(0o022));
     let args = process.args().as_deref().unwrap_or_default();
     let env = process.env().as_deref().unwrap_or_default();
+    sys::reset_signals();
     let e = sys::execve(path, args, env);
     Err(Error::Init(format!("exec {}: {e}", path.display())))
 }

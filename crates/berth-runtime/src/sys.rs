@@ -326,6 +326,48 @@ pub fn clone_process(flags: i32) -> Result<i32> {
     }
 }
 
+/// Gives the program about to be executed the signal state a fresh process has: Rust
+/// ignores SIGPIPE at start-up, and ignored signals survive execve (`yes | head` would
+/// then see EPIPE instead of dying quietly).
+pub fn reset_signals() {
+    // The kernel's struct sigaction (not libc's, whose mask is 128 bytes): glibc refuses to
+    // touch the real-time signals it reserves, and an ignored one would leak all the same.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a valid kernel sigaction with SIG_DFL; the old action is not requested.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+    }
+    // SAFETY: an empty set, initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Replaces the process image. Returns only on failure.
 pub fn execve(path: &Path, args: &[String], env: &[String]) -> io::Error {
     let to_c = |v: &[String]| -> Result<Vec<CString>> {

@@ -134,6 +134,9 @@ pub struct ImageStore {
     content: ContentStore,
     snapshots: Box<dyn Snapshotter + Send + Sync>,
     meta: Mutex<Meta>,
+    /// Container id -> the image ID it runs from: such images are not deleted (untagging
+    /// them needs force) and not pruned, so their layers stay under the containers.
+    in_use: Mutex<BTreeMap<String, Digest>>,
 }
 
 /// The chain ID of a layer stack (OCI image spec): the first layer's diffID, then
@@ -193,6 +196,7 @@ impl ImageStore {
             content,
             snapshots,
             meta: Mutex::new(meta),
+            in_use: Mutex::new(BTreeMap::new()),
         };
         if !meta_dir.join("images.json").exists() {
             store.persist(&store.meta.lock().expect("meta lock"))?;
@@ -290,6 +294,27 @@ impl ImageStore {
         self.persist(&meta)
     }
 
+    /// Records that container `user` runs image `config` (see `in_use`).
+    pub fn pin(&self, user: &str, config: &Digest) {
+        self.in_use
+            .lock()
+            .expect("in_use lock")
+            .insert(user.to_string(), config.clone());
+    }
+
+    pub fn unpin(&self, user: &str) {
+        self.in_use.lock().expect("in_use lock").remove(user);
+    }
+
+    fn user_of(&self, config: &Digest) -> Option<String> {
+        self.in_use
+            .lock()
+            .expect("in_use lock")
+            .iter()
+            .find(|(_, c)| *c == config)
+            .map(|(u, _)| u.clone())
+    }
+
     /// `docker rmi`: untags a reference, and deletes the image when no tag is left. By ID,
     /// an image with several tags needs `force` (as in Docker). Returns Docker's lines
     /// ("Untagged: ...", "Deleted: ..."). Disk space comes back with [`ImageStore::gc`].
@@ -311,6 +336,23 @@ impl ImageStore {
             .map(|r| r.to_string())
             .filter(|r| tags.contains(r));
         let mut out = Vec::new();
+        let user = self.user_of(&img.config);
+        let last_tag = by_tag.is_some() && tags.len() == 1 || by_tag.is_none();
+        if let (Some(u), true, false) = (&user, last_tag, force) {
+            let short = |s: &str| s.chars().take(12).collect::<String>();
+            return Err(ImageError::Conflict(match &by_tag {
+                Some(_) => format!(
+                    "unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
+                    short(u),
+                    img.short_id()
+                ),
+                None => format!(
+                    "unable to delete {} (must be forced) - image is being used by stopped container {}",
+                    img.short_id(),
+                    short(u)
+                ),
+            }));
+        }
         let untag: Vec<String> = match by_tag {
             Some(t) => vec![t],
             None if tags.len() > 1 && !force => {
@@ -329,7 +371,7 @@ impl ImageStore {
                 .unwrap_or_else(|_| t.clone());
             out.push(format!("Untagged: {familiar}"));
         }
-        if !meta.tags.values().any(|d| *d == manifest) {
+        if !meta.tags.values().any(|d| *d == manifest) && user.is_none() {
             meta.images.remove(&manifest);
             out.push(format!("Deleted: {}", img.config));
         }
@@ -343,11 +385,18 @@ impl ImageStore {
         let removed: Vec<Digest> = {
             let mut meta = self.meta.lock().expect("meta lock");
             let tagged: BTreeSet<String> = meta.tags.values().cloned().collect();
+            let used: BTreeSet<Digest> = self
+                .in_use
+                .lock()
+                .expect("in_use lock")
+                .values()
+                .cloned()
+                .collect();
             let doomed: Vec<String> = meta
                 .images
-                .keys()
-                .filter(|m| all || !tagged.contains(*m))
-                .cloned()
+                .iter()
+                .filter(|(m, img)| (all || !tagged.contains(*m)) && !used.contains(&img.config))
+                .map(|(m, _)| m.clone())
                 .collect();
             let mut ids = Vec::new();
             for m in doomed {
@@ -356,7 +405,8 @@ impl ImageStore {
                 }
             }
             if all {
-                meta.tags.clear();
+                let kept: BTreeSet<String> = meta.images.keys().cloned().collect();
+                meta.tags.retain(|_, d| kept.contains(d));
             }
             self.persist(&meta)?;
             ids

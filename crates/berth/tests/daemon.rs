@@ -13,26 +13,38 @@ struct Daemon {
     child: Child,
 }
 
+fn spawn_daemon(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .unwrap();
+    Command::new(common::berth())
+        .arg("daemon")
+        .arg("-H")
+        .arg(format!("unix://{}", dir.join("d.sock").display()))
+        .arg("--data-root")
+        .arg(dir.join("root"))
+        .arg("--exec-root")
+        .arg(dir.join("exec"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 impl Daemon {
     fn start() -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("berth-daemon-")
             .tempdir()
             .unwrap();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(common::berth())
-            .arg("daemon")
-            .arg("-H")
-            .arg(format!("unix://{}", dir.path().join("d.sock").display()))
-            .arg("--data-root")
-            .arg(dir.path().join("root"))
-            .arg("--exec-root")
-            .arg(dir.path().join("exec"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        Daemon::start_in(dir)
+    }
+
+    fn start_in(dir: tempfile::TempDir) -> Daemon {
+        let child = spawn_daemon(dir.path());
         let d = Daemon { dir, child };
         assert!(
             wait_for(10, || d.socket().exists()),
@@ -91,8 +103,28 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// `kill -9` of the daemon, then a new one on the same roots (live restore).
+    fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.socket());
+        self.child = spawn_daemon(self.dir.path());
+        assert!(
+            wait_for(10, || self.socket().exists()),
+            "the daemon did not start again: {}",
+            self.log()
+        );
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Containers outlive their daemon by design: remove them through it.
+        let (_, ids, _) = self.docker(&["ps", "-aq", "--no-trunc"]);
+        for id in ids.split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
         self.stop();
     }
 }
@@ -246,5 +278,324 @@ fn daemon_removes_its_socket_on_sigterm_and_refuses_a_second_instance() {
     assert!(
         d.dir.path().join("root/content/oci-layout").exists(),
         "the data root stays"
+    );
+}
+
+/// A daemon with busybox loaded, for the container tests.
+fn daemon_with_busybox() -> Option<Daemon> {
+    if !common::is_root() || !docker_cli() {
+        eprintln!("skipped: needs root and the docker CLI");
+        return None;
+    }
+    let d = Daemon::start();
+    let archive = busybox_archive(d.dir.path());
+    d.ok(&["load", "-i", archive.to_str().unwrap()]);
+    Some(d)
+}
+
+/// Sends raw bytes to the daemon's socket and returns (status, body).
+fn raw_request(d: &Daemon, req: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let _ = s.write_all(req);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn post_json(d: &Daemon, path: &str, body: &str) -> (u16, String) {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    raw_request(d, req.as_bytes())
+}
+
+#[test]
+fn docker_run_output_and_exit_codes() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    // stdout and stderr arrive separately; the exit code is the container's.
+    let (code, out, err) = d.docker(&["run", "--rm", "busybox", "echo", "hi"]);
+    assert_eq!((code, out.as_str()), (0, "hi\n"), "{err}");
+    let (code, out, err) = d.docker(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!((code, out.as_str(), err.as_str()), (3, "out\n", "err\n"));
+    // 127 not found, 126 not executable, 125 the daemon refuses: Docker's codes.
+    let (code, _, err) = d.docker(&["run", "--rm", "busybox", "nosuchcmd"]);
+    assert_eq!(code, 127, "{err}");
+    assert!(err.contains("executable file not found in $PATH"), "{err}");
+    let (code, _, err) = d.docker(&["run", "--rm", "busybox", "/etc/passwd"]);
+    assert_eq!(code, 126, "{err}");
+    let (code, _, err) = d.docker(&["run", "--rm", "--memory", "1k", "busybox", "true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("Minimum memory limit allowed is 6MB"), "{err}");
+    // --rm left nothing behind, failed starts included.
+    assert_eq!(d.ok(&["ps", "-aq"]).trim(), "");
+    // The container's view: its own pid 1, hostname = short id, env and user from flags.
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "FOO=bar",
+        "-u",
+        "nobody",
+        "-w",
+        "/tmp",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $$ $FOO $(id -u) $(pwd) $HOME; cat /proc/self/status | grep SigIgn",
+    ]);
+    let mut lines = out.lines();
+    assert_eq!(lines.next().unwrap(), "1 bar 65534 /tmp /nonexistent");
+    // Ignored signals of the engine must not leak into containers (SIGPIPE especially).
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().nth(1),
+        Some("0000000000000000")
+    );
+    // Input: -i passes stdin and closes it at its end.
+    let out = capture(
+        Command::new("docker")
+            .env("DOCKER_HOST", format!("unix://{}", d.socket().display()))
+            .args(["run", "-i", "--rm", "busybox", "sh", "-c", "cat; echo done"])
+            .stdin(std::fs::File::open("/etc/hostname").unwrap()),
+    );
+    let host = std::fs::read_to_string("/etc/hostname").unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{host}done\n")
+    );
+    // Limits reach the cgroup (v1 here; the container sees its own cgroup root).
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "-m",
+        "64m",
+        "--pids-limit",
+        "20",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max",
+    ]);
+    assert_eq!(out, "67108864\n20\n");
+}
+
+#[test]
+fn detached_containers_logs_stop_restart_remove() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        "--label",
+        "app=t",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo bye; exit 0' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+    ]);
+    let id = id.trim();
+    assert_eq!(id.len(), 64);
+    let ps = d.ok(&["ps", "--format", "{{.Names}} {{.Status}} {{.Image}}"]);
+    assert!(ps.starts_with("ticker Up "), "{ps}");
+    assert!(ps.trim().ends_with(" busybox"), "{ps}");
+    assert_eq!(
+        d.ok(&["ps", "-q", "--filter", "label=app=t"]).trim(),
+        &id[..12]
+    );
+    assert_eq!(d.ok(&["ps", "-q", "--filter", "status=exited"]).trim(), "");
+    assert!(wait_for(10, || d.ok(&["logs", "ticker"]).lines().count() >= 5));
+    let logs = d.ok(&["logs", "--tail", "2", "-t", "ticker"]);
+    assert_eq!(logs.lines().count(), 2, "{logs}");
+    assert!(logs.lines().all(|l| l.contains("Z tick ")), "{logs}");
+    // A name in use is Docker's 409 conflict.
+    let (code, _, err) = d.docker(&["run", "-d", "--name", "ticker", "busybox", "true"]);
+    assert_eq!(code, 125);
+    assert!(
+        err.contains("The container name \"/ticker\" is already in use"),
+        "{err}"
+    );
+    // An image in use stays: rmi refuses without force, prune skips it.
+    let (code, _, err) = d.docker(&["rmi", "busybox"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is using its referenced image"), "{err}");
+    d.ok(&["image", "prune", "-a", "-f"]);
+    assert_eq!(d.ok(&["images", "-q"]).lines().count(), 1);
+    // A running container is not removed without force.
+    let (code, _, err) = d.docker(&["rm", "ticker"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("container is running"), "{err}");
+    // stop: the trap runs, the exit code is the program's.
+    d.ok(&["stop", "ticker"]);
+    assert_eq!(
+        d.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}} {{.State.Running}}",
+            "ticker"
+        ])
+        .trim(),
+        "exited 0 false"
+    );
+    assert!(d.ok(&["logs", "ticker"]).trim_end().ends_with("bye"));
+    assert_eq!(
+        d.ok(&["ps", "-aq", "--filter", "exited=0"]).trim(),
+        &id[..12]
+    );
+    // start again; kill gives 137; wait reports it.
+    d.ok(&["start", "ticker"]);
+    assert!(
+        d.ok(&["inspect", "-f", "{{.State.Running}}", "ticker"])
+            .trim()
+            == "true"
+    );
+    d.ok(&["kill", "ticker"]);
+    assert_eq!(d.ok(&["wait", "ticker"]).trim(), "137");
+    let (code, _, err) = d.docker(&["kill", "ticker"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not running"), "{err}");
+    d.ok(&["rename", "ticker", "tocker"]);
+    d.ok(&["rm", "tocker"]);
+    assert_eq!(d.ok(&["ps", "-aq"]).trim(), "");
+    let (code, _, err) = d.docker(&["inspect", "tocker"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("No such object: tocker") || err.contains("No such container"),
+        "{err}"
+    );
+    // Restart policy: on-failure with a limit.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        "busybox",
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    assert!(wait_for(20, || d
+        .ok(&[
+            "inspect",
+            "-f",
+            "{{.RestartCount}} {{.State.Status}}",
+            "flaky"
+        ])
+        .trim()
+        == "2 exited"));
+}
+
+#[test]
+fn live_restore_keeps_containers_across_a_daemon_kill() {
+    let Some(mut d) = daemon_with_busybox() else {
+        return;
+    };
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "counter",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while true; do echo $i; i=$((i+1)); sleep 0.05; done",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "brief",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 1; exit 42",
+    ]);
+    let pid = d.ok(&["inspect", "-f", "{{.State.Pid}}", "counter"]);
+    d.crash_and_restart();
+    // While the daemon was away: one container kept running, the other exited.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(d.ok(&["inspect", "-f", "{{.State.Pid}}", "counter"]), pid);
+    assert!(d.ok(&["ps", "--format", "{{.Names}}"]).contains("counter"));
+    assert_eq!(
+        d.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "brief"
+        ])
+        .trim(),
+        "exited 42"
+    );
+    // The log has no gap: every number, in order.
+    d.ok(&["stop", "-t", "1", "counter"]);
+    let logs = d.ok(&["logs", "counter"]);
+    let nums: Vec<u64> = logs.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(nums.len() > 20, "{logs}");
+    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "gap in {logs}");
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let (status, body) = post_json(&d, "/v1.47/containers/create", "{not json");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"message\""), "{body}");
+    let (status, body) = post_json(
+        &d,
+        "/v1.47/containers/create",
+        r#"{"Image":"busybox","HostConfig":{"Memory":"lots"}}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid type"), "{body}");
+    let (status, body) = post_json(&d, "/v1.47/containers/create", r#"{"Image":"nosuch"}"#);
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("No such image: nosuch:latest"), "{body}");
+    let (status, body) = post_json(
+        &d,
+        "/v1.47/containers/create?name=bad/name",
+        r#"{"Image":"busybox"}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = post_json(&d, "/v1.47/containers/nosuch/start", "");
+    assert_eq!(status, 404);
+    // A 10 MB header is refused before it is buffered.
+    let mut req = b"GET /_ping HTTP/1.1\r\nHost: d\r\nX-Big: ".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 10 << 20));
+    req.extend_from_slice(b"\r\n\r\n");
+    let (status, _) = raw_request(&d, &req);
+    assert!(status == 431 || status == 0 || status == 400, "{status}");
+    // Nothing was created, and the daemon still answers.
+    assert_eq!(d.ok(&["ps", "-aq"]).trim(), "");
+    assert_eq!(
+        d.ok(&["version", "-f", "{{.Server.APIVersion}}"]).trim(),
+        "1.47"
     );
 }
