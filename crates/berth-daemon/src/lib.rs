@@ -28,6 +28,7 @@ pub const MIN_API_VERSION: &str = "1.24";
 pub struct Daemon {
     pub store: Arc<ImageStore>,
     pub containers: Arc<containers::Containers>,
+    pub execs: containers::exec::Execs,
     pub data_root: PathBuf,
     pub events: tokio::sync::broadcast::Sender<serde_json::Value>,
 }
@@ -141,6 +142,10 @@ pub fn router(daemon: Shared) -> Router {
         .route("/containers/{id}/top", get(containers::api::top))
         .route("/containers/{id}/attach", post(containers::attach::attach))
         .route("/containers/{id}/logs", get(containers::logs::logs))
+        .route("/containers/{id}/exec", post(containers::exec::create))
+        .route("/exec/{id}/start", post(containers::exec::start))
+        .route("/exec/{id}/json", get(containers::exec::inspect))
+        .route("/exec/{id}/resize", post(containers::exec::resize))
         .route(
             "/containers/{id}",
             axum::routing::delete(containers::api::remove),
@@ -248,6 +253,7 @@ async fn serve(opts: Options) -> Result<(), String> {
     let daemon = Arc::new(Daemon {
         store,
         containers,
+        execs: Default::default(),
         data_root: opts.data_root.clone(),
         events: tokio::sync::broadcast::channel(1024).0,
     });

@@ -213,9 +213,7 @@ impl Channel {
             Some(m) if m.starts_with(want) && m.as_bytes().get(want.len()) == Some(&b' ') => {
                 Ok(m[want.len() + 1..].to_string())
             }
-            Some(m) => Err(Error::Init(
-                m.strip_prefix("error ").unwrap_or(&m).to_string(),
-            )),
+            Some(m) => Err(Error::Init(child_error(&m))),
             None => Err(Error::Init("the container init exited during setup".into())),
         }
     }
@@ -459,9 +457,7 @@ impl Runtime {
         if mode == Mode::Run {
             // EOF: the program was exec'd (the socket is close-on-exec); a line: it was not.
             if let Some(m) = chan.recv().ctx(|| "talking to the container init".into())? {
-                return Err(Error::Init(
-                    m.strip_prefix("error ").unwrap_or(&m).to_string(),
-                ));
+                return Err(Error::Init(child_error(&m)));
             }
         }
         if let Some(p) = opts.pid_file {
@@ -746,9 +742,7 @@ impl Runtime {
         match chan.recv() {
             Ok(Some(m)) => {
                 let _ = sys::waitpid(pid, false);
-                return Err(Error::Init(
-                    m.strip_prefix("error ").unwrap_or(&m).to_string(),
-                ));
+                return Err(Error::Init(child_error(&m)));
             }
             Ok(None) => {}
             Err(e) => {
@@ -766,6 +760,15 @@ impl Runtime {
         }
         forward_signals_and_wait(pid)
     }
+}
+
+/// The message of an "error ..." line from the container's process, without the
+/// "container init failed: " its own error already carries (the caller adds it back).
+fn child_error(line: &str) -> String {
+    let m = line.strip_prefix("error ").unwrap_or(line);
+    m.strip_prefix("container init failed: ")
+        .unwrap_or(m)
+        .to_string()
 }
 
 fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
@@ -871,9 +874,7 @@ fn relay_seccomp_listener(chan: &mut Channel, spec: &Spec, pid: i32, state: &[u8
             chan.send("ok")
                 .ctx(|| "talking to the container process".into())
         }
-        (Some(m), _) => Err(Error::Init(
-            m.strip_prefix("error ").unwrap_or(m).to_string(),
-        )),
+        (Some(m), _) => Err(Error::Init(child_error(m))),
         (None, _) => Err(Error::Init(
             "the container process exited during setup".into(),
         )),

@@ -27,7 +27,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_runtime::{CreateOptions, Runtime};
+use berth_runtime::{CreateOptions, ExecOptions, Runtime};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,9 @@ pub struct Options {
     pub stdin: bool,
     /// Close the container's stdin when the first attached client closes its input.
     pub stdin_once: bool,
+    /// Exec mode: run this process (OCI `process` JSON) in the running container `id`
+    /// when `start` arrives, instead of creating a container.
+    pub exec: Option<PathBuf>,
 }
 
 /// What the shim records when the container exits.
@@ -206,6 +209,26 @@ fn run(opts: &Options, mut report: File) -> std::io::Result<()> {
         )
     })?;
     let con_path = PathBuf::from(format!("{}.con", opts.socket.display()));
+    let mut clients: Vec<Client> = Vec::new();
+    let process = match &opts.exec {
+        Some(path) => {
+            let p: berth_runtime::oci_spec::runtime::Process = std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                .map_err(|e| fail(&mut report, format!("exec process {}: {e}", path.display())))?;
+            write_line(&mut report, &serde_json::json!({ "pid": 0 }))?;
+            // Attaches come first; the process runs at "start" (its reply comes later).
+            loop {
+                let (s, _) = listener.accept()?;
+                match take_request(s, opts) {
+                    Some(Accepted::Client(c)) => clients.push(c),
+                    Some(Accepted::Start(s)) => break Some((p, s)),
+                    None => {}
+                }
+            }
+        }
+        None => None,
+    };
 
     // The container inherits fds 0-2 of this process while the runtime creates it.
     let mut io;
@@ -233,14 +256,34 @@ fn run(opts: &Options, mut report: File) -> std::io::Result<()> {
             stderr: Some(err_r),
         };
     }
-    let created = runtime.create(&CreateOptions {
-        id: &opts.id,
-        bundle: &opts.bundle,
-        console_socket: console.as_ref().map(|_| con_path.as_path()),
-        pid_file: None,
-        no_pivot: false,
-        preserve_fds: 0,
-    });
+    let pid_file = PathBuf::from(format!("{}.pid", opts.socket.display()));
+    let mut exec_start = None;
+    let created = match process {
+        Some((p, s)) => {
+            exec_start = Some(s);
+            runtime
+                .exec(
+                    &opts.id,
+                    p,
+                    &ExecOptions {
+                        console_socket: console.as_ref().map(|_| con_path.as_path()),
+                        pid_file: Some(&pid_file),
+                        detach: true,
+                        preserve_fds: 0,
+                        ignore_paused: false,
+                    },
+                )
+                .map(|_| ())
+        }
+        None => runtime.create(&CreateOptions {
+            id: &opts.id,
+            bundle: &opts.bundle,
+            console_socket: console.as_ref().map(|_| con_path.as_path()),
+            pid_file: None,
+            no_pivot: false,
+            preserve_fds: 0,
+        }),
+    };
     // From here on our stdio is /dev/null: the container holds the other ends.
     let _ = rustix::stdio::dup2_stdin(&null);
     let _ = rustix::stdio::dup2_stdout(&null);
@@ -248,6 +291,10 @@ fn run(opts: &Options, mut report: File) -> std::io::Result<()> {
     if let Err(e) = created {
         let _ = std::fs::remove_file(&opts.socket);
         let _ = std::fs::remove_file(&con_path);
+        if let Some(mut s) = exec_start {
+            let _ = write_line(&mut s, &serde_json::json!({ "error": e.to_string() }));
+            return Err(std::io::Error::other(e.to_string()));
+        }
         let _ = runtime.delete(&opts.id, true);
         return Err(fail(&mut report, e.to_string()));
     }
@@ -262,9 +309,18 @@ fn run(opts: &Options, mut report: File) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&con_path);
         io = Io::Tty(Some(File::from(master?)));
     }
-    let pid = match runtime.container(&opts.id) {
-        Ok(c) => c.pid,
-        Err(e) => return Err(fail(&mut report, e.to_string())),
+    let pid = if opts.exec.is_some() {
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0);
+        let _ = std::fs::remove_file(&pid_file);
+        pid
+    } else {
+        match runtime.container(&opts.id) {
+            Ok(c) => c.pid,
+            Err(e) => return Err(fail(&mut report, e.to_string())),
+        }
     };
     let pidfd = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(pid).expect("a container pid is positive"),
@@ -274,10 +330,20 @@ fn run(opts: &Options, mut report: File) -> std::io::Result<()> {
         Some((path, size, files)) => Some(log::JsonLog::new(path, *size, *files)?),
         None => None,
     };
-    write_line(&mut report, &serde_json::json!({ "pid": pid }))?;
+    match exec_start {
+        Some(mut s) => {
+            write_line(&mut s, &serde_json::json!({ "ok": true, "pid": pid }))?;
+            s.set_read_timeout(None)?;
+            clients.push(Client {
+                stream: s,
+                role: Role::Monitor,
+                reading: true,
+            });
+        }
+        None => write_line(&mut report, &serde_json::json!({ "pid": pid }))?,
+    }
     drop(report);
 
-    let mut clients: Vec<Client> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let exit_code = loop {
         // Descriptor order: listener, pidfd, stdout/pty, stderr, then one per client.
@@ -386,7 +452,9 @@ fn run(opts: &Options, mut report: File) -> std::io::Result<()> {
     if let Some(l) = &mut log {
         l.flush();
     }
-    let _ = runtime.delete(&opts.id, true);
+    if opts.exec.is_none() {
+        let _ = runtime.delete(&opts.id, true);
+    }
     let exit = Exit {
         exit_code,
         finished_at: berth_types::time::now_rfc3339(),
@@ -466,21 +534,63 @@ fn pump(
     true
 }
 
-/// Takes a new connection's request. Returns the client to keep, if any.
-fn accept(mut s: UnixStream, runtime: &Runtime, opts: &Options, io: &Io) -> Option<Client> {
+enum Accepted {
+    Client(Client),
+    /// An exec's `start`, answered once the process runs.
+    Start(UnixStream),
+}
+
+/// Before an exec starts: attaches and waits are kept, `start` ends the wait.
+fn take_request(mut s: UnixStream, opts: &Options) -> Option<Accepted> {
+    let req = read_request(&mut s)?;
+    let ok = serde_json::json!({ "ok": true });
+    match req.op.as_str() {
+        "start" => Some(Accepted::Start(s)),
+        "attach" | "wait" => {
+            write_line(&mut s, &ok).ok()?;
+            s.set_read_timeout(None).ok()?;
+            let role = if req.op == "wait" {
+                Role::Monitor
+            } else {
+                Role::Attach {
+                    stdin: req.stdin && opts.stdin,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                }
+            };
+            Some(Accepted::Client(Client {
+                stream: s,
+                role,
+                reading: true,
+            }))
+        }
+        _ => {
+            let _ = write_line(&mut s, &ok);
+            None
+        }
+    }
+}
+
+fn read_request(s: &mut UnixStream) -> Option<Request> {
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     // A client that stops reading must not stall the container's output for long.
     s.set_write_timeout(Some(Duration::from_secs(10))).ok()?;
-    let line = read_line(&mut s).ok()?;
-    let req: Request = match serde_json::from_slice(&line) {
-        Ok(r) => r,
+    let line = read_line(s).ok()?;
+    match serde_json::from_slice(&line) {
+        Ok(r) => Some(r),
         Err(e) => {
-            let _ = write_line(&mut s, &serde_json::json!({ "error": e.to_string() }));
-            return None;
+            let _ = write_line(s, &serde_json::json!({ "error": e.to_string() }));
+            None
         }
-    };
+    }
+}
+
+/// Takes a new connection's request. Returns the client to keep, if any.
+fn accept(mut s: UnixStream, runtime: &Runtime, opts: &Options, io: &Io) -> Option<Client> {
+    let req = read_request(&mut s)?;
     let ok = serde_json::json!({ "ok": true });
     match req.op.as_str() {
+        "start" if opts.exec.is_some() => None,
         "start" => match runtime.start(&opts.id) {
             Ok(()) => {
                 write_line(&mut s, &ok).ok()?;

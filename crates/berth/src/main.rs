@@ -74,6 +74,9 @@ struct ShimArgs {
     stdin: bool,
     #[arg(long = "stdin-once")]
     stdin_once: bool,
+    /// Run this OCI process (JSON) in the running container instead of creating one.
+    #[arg(long)]
+    exec: Option<PathBuf>,
 }
 
 fn shim_main(bin: &str, args: &[String]) -> i32 {
@@ -96,6 +99,7 @@ fn shim_main(bin: &str, args: &[String]) -> i32 {
         tty: a.tty,
         stdin: a.stdin,
         stdin_once: a.stdin_once,
+        exec: a.exec,
     })
 }
 

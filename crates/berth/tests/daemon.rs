@@ -599,3 +599,53 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         "1.47"
     );
 }
+
+#[test]
+fn exec_into_a_running_container() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    d.ok(&["run", "-d", "--name", "box", "busybox", "sleep", "60"]);
+    let (code, out, err) = d.docker(&[
+        "exec",
+        "-e",
+        "X=1",
+        "-u",
+        "nobody",
+        "-w",
+        "/tmp",
+        "box",
+        "sh",
+        "-c",
+        "echo $X $(id -u) $(pwd); echo oops >&2; exit 4",
+    ]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (4, "1 65534 /tmp\n", "oops\n")
+    );
+    // The exec sees the container's processes (its pid namespace), not the host's.
+    let ps = d.ok(&["exec", "box", "ps", "-o", "pid,args"]);
+    assert!(ps.contains("1 sleep 60"), "{ps}");
+    assert!(ps.lines().count() <= 3, "{ps}");
+    let (code, _, err) = d.docker(&["exec", "box", "nosuchcmd"]);
+    assert_eq!(code, 127, "{err}");
+    assert!(err.contains("executable file not found"), "{err}");
+    let out = capture(
+        Command::new("docker")
+            .env("DOCKER_HOST", format!("unix://{}", d.socket().display()))
+            .args(["exec", "-i", "box", "wc", "-c"])
+            .stdin(std::fs::File::open("/etc/hostname").unwrap()),
+    );
+    let n = std::fs::metadata("/etc/hostname").unwrap().len();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), n.to_string());
+    d.ok(&["exec", "-d", "box", "touch", "/tmp/from-detached"]);
+    assert!(wait_for(5, || d
+        .docker(&["exec", "box", "test", "-f", "/tmp/from-detached"])
+        .0
+        == 0));
+    // A stopped container takes no exec.
+    d.ok(&["kill", "box"]);
+    let (code, _, err) = d.docker(&["exec", "box", "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not running"), "{err}");
+}

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod attach;
+pub mod exec;
 pub mod logs;
 pub mod model;
 pub mod spec;
@@ -70,7 +71,7 @@ pub fn not_found(name: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("No such container: {name}"))
 }
 
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let mut b = [0u8; 32];
     let ok = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
@@ -765,7 +766,7 @@ pub fn parse_signal(s: &str) -> Option<i32> {
     })
 }
 
-async fn read_line(s: &mut UnixStream) -> Result<Vec<u8>, String> {
+pub(crate) async fn read_line(s: &mut UnixStream) -> Result<Vec<u8>, String> {
     // Byte by byte: what follows the line belongs to whoever uses the connection next.
     let mut r = BufReader::with_capacity(1, s);
     let mut line = Vec::new();
