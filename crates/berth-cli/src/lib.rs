@@ -1,3 +1,136 @@
-//! Docker-compatible command line and compose.
-//!
-//! Not built yet: see docs/STATUS.md for what exists today.
+//! `berth`'s docker-compatible command line: Docker's commands, flags, table columns,
+//! `--format` templates and exit codes, over the Engine API (the same calls the docker CLI
+//! makes, so either CLI works with either daemon). When nothing answers on the default
+//! socket, the CLI starts `berth daemon` in the background and waits for it.
+
+pub mod client;
+mod commands;
+pub mod format;
+mod stream;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+pub use commands::Cli;
+
+/// The default socket (`/run/berth/berth.sock`), as dockerd's is `/run/docker.sock`.
+pub const DEFAULT_HOST: &str = "unix:///run/berth/berth.sock";
+
+/// Exit statuses as Docker's CLI uses them.
+pub mod code {
+    /// The daemon or the flags failed (`run`, `create`).
+    pub const FAILED: i32 = 125;
+    pub const NOT_EXECUTABLE: i32 = 126;
+    pub const NOT_FOUND: i32 = 127;
+}
+
+/// Management commands (`container ls`, `image rm`, ...) as their top-level names.
+fn rewrite(mut args: Vec<String>) -> Vec<String> {
+    // Global flags may come first: find the command word.
+    let mut i = 1;
+    while i < args.len() && args[i].starts_with('-') {
+        if matches!(
+            args[i].as_str(),
+            "-H" | "--host" | "--config" | "-l" | "--log-level"
+        ) {
+            i += 1;
+        }
+        i += 1;
+    }
+    if i + 1 >= args.len() {
+        return args;
+    }
+    let sub = args[i + 1].clone();
+    let new: Option<&str> = match (args[i].as_str(), sub.as_str()) {
+        ("container", "ls" | "list" | "ps") => Some("ps"),
+        ("container", "prune") => Some("container-prune"),
+        ("container", "inspect") => Some("container-inspect"),
+        ("container", _) => Some(""),
+        ("image", "ls" | "list") => Some("images"),
+        ("image", "rm" | "remove") => Some("rmi"),
+        ("image", "prune") => Some("image-prune"),
+        ("image", "inspect") => Some("image-inspect"),
+        ("image", _) => Some(""),
+        ("system", "info") => Some("info"),
+        ("system", "events") => Some("events"),
+        _ => None,
+    };
+    match new {
+        Some("") => {
+            args.remove(i);
+        }
+        Some(n) => {
+            args.remove(i);
+            args[i] = n.to_string();
+        }
+        None => {}
+    }
+    args
+}
+
+/// Runs the CLI; returns the process exit status.
+pub fn main(args: Vec<String>) -> i32 {
+    let args = rewrite(args);
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { code::FAILED } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return code::FAILED;
+        }
+    };
+    let code = rt.block_on(commands::run(cli));
+    // A read of our stdin may still be blocked in a thread: do not wait for it.
+    rt.shutdown_background();
+    code
+}
+
+/// Which daemon to talk to: `-H`, then `BERTH_HOST`, then `DOCKER_HOST`, then the default.
+/// Returns the socket path and whether it was chosen explicitly.
+pub fn host(flag: Option<&str>) -> Result<(PathBuf, bool), String> {
+    let (h, explicit) = match flag {
+        Some(h) => (h.to_string(), true),
+        None => match std::env::var("BERTH_HOST").or_else(|_| std::env::var("DOCKER_HOST")) {
+            Ok(h) if !h.is_empty() => (h, true),
+            _ => (DEFAULT_HOST.to_string(), false),
+        },
+    };
+    match h.strip_prefix("unix://") {
+        Some(p) => Ok((PathBuf::from(p), explicit)),
+        None => Err(format!(
+            "host {h}: only unix:// sockets are supported so far"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn management_commands_map_to_top_level_ones() {
+        assert_eq!(rewrite(v("berth container ls -a")), v("berth ps -a"));
+        assert_eq!(rewrite(v("berth -H x image rm b")), v("berth -H x rmi b"));
+        assert_eq!(
+            rewrite(v("berth container run -it b")),
+            v("berth run -it b")
+        );
+        assert_eq!(rewrite(v("berth image ls")), v("berth images"));
+        assert_eq!(rewrite(v("berth ps")), v("berth ps"));
+    }
+}

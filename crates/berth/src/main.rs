@@ -118,7 +118,7 @@ fn main() {
     let code = match (argv0.as_str(), args.get(1).map(String::as_str)) {
         ("berth-runc" | "runc", _) => runtime_cli::main(&args[0], &args[1..]),
         (_, Some("runtime")) => runtime_cli::main(&format!("{} runtime", args[0]), &args[2..]),
-        (_, Some("--version" | "-v" | "version")) => {
+        (_, Some("--version" | "-v")) => {
             println!("Berth version {}", env!("CARGO_PKG_VERSION"));
             0
         }
@@ -129,19 +129,7 @@ fn main() {
             eprintln!("berth {role}: not built yet (see docs/STATUS.md)");
             125
         }
-        (_, other) => {
-            if let Some(cmd) = other.filter(|c| !matches!(*c, "--help" | "-h" | "help")) {
-                eprintln!("berth: '{cmd}' is not a berth command yet (see docs/STATUS.md)");
-            }
-            eprintln!(
-                "Usage: berth COMMAND\n\nA Docker-compatible container engine.\n\nRoles:\n  runtime   OCI runtime with runc's command line (also as argv[0] berth-runc)\n  daemon    Docker Engine API server (not built yet)\n  version   Show the version"
-            );
-            if other.is_none() || matches!(other, Some("--help" | "-h" | "help")) {
-                0
-            } else {
-                125
-            }
-        }
+        _ => berth_cli::main(args),
     };
     std::process::exit(code);
 }

@@ -649,3 +649,170 @@ fn exec_into_a_running_container() {
     assert_ne!(code, 0);
     assert!(err.contains("is not running"), "{err}");
 }
+
+impl Daemon {
+    /// Runs Berth's own CLI against this daemon: (exit code, stdout, stderr).
+    fn berth(&self, args: &[&str]) -> (i32, String, String) {
+        let out = capture(
+            Command::new(common::berth())
+                .env("BERTH_HOST", format!("unix://{}", self.socket().display()))
+                .args(args)
+                .stdin(Stdio::null()),
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn berth_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.berth(args);
+        assert_eq!(
+            code,
+            0,
+            "berth {args:?}: {err}\ndaemon log:\n{}",
+            self.log()
+        );
+        out
+    }
+}
+
+#[test]
+fn berth_cli_everyday_workflow() {
+    require_root!();
+    let d = Daemon::start();
+    let archive = busybox_archive(d.dir.path());
+    assert_eq!(
+        d.berth_ok(&["load", "-i", archive.to_str().unwrap()]),
+        "Loaded image: busybox:latest\n"
+    );
+    let images = d.berth_ok(&["images"]);
+    let mut lines = images.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "REPOSITORY   TAG       IMAGE ID       CREATED        SIZE"
+    );
+    assert!(lines.next().unwrap().starts_with("busybox      latest    "));
+    // run: output, separate streams, exit codes 0/3/127/126/125.
+    assert_eq!(
+        d.berth(&["run", "--rm", "busybox", "echo", "hi"]),
+        (0, "hi\n".into(), String::new())
+    );
+    let (code, out, err) = d.berth(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo o; echo e >&2; exit 3",
+    ]);
+    assert_eq!((code, out.as_str(), err.as_str()), (3, "o\n", "e\n"));
+    let (code, _, err) = d.berth(&["run", "--rm", "busybox", "nosuchcmd"]);
+    assert_eq!(code, 127, "{err}");
+    assert!(err.contains("executable file not found in $PATH"), "{err}");
+    assert_eq!(d.berth(&["run", "--rm", "busybox", "/etc/passwd"]).0, 126);
+    let (code, _, err) = d.berth(&["run", "--rm", "nosuch", "true"]);
+    assert_eq!(code, 125);
+    assert!(
+        err.contains("Unable to find image 'nosuch:latest' locally"),
+        "{err}"
+    );
+    let (code, _, err) = d.berth(&["run", "--bogus-flag", "busybox"]);
+    assert_eq!(code, 125, "{err}");
+    // Detached, ps (Docker's columns), exec, logs, inspect templates, stop, rm.
+    let id = d.berth_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-l",
+        "tier=front",
+        "busybox",
+        "sh",
+        "-c",
+        "echo started; exec sleep 60",
+    ]);
+    assert_eq!(id.trim().len(), 64);
+    let ps = d.berth_ok(&["ps"]);
+    let header = ps.lines().next().unwrap();
+    for col in [
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "PORTS",
+        "NAMES",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    let row = ps.lines().nth(1).unwrap();
+    assert!(row.starts_with(&id.trim()[..12]), "{row}");
+    assert!(row.contains("\"sh -c echo started;…\""), "{row}");
+    assert!(row.ends_with("web"), "{row}");
+    assert_eq!(
+        d.berth_ok(&[
+            "ps",
+            "--filter",
+            "label=tier=front",
+            "--format",
+            "{{.Names}} {{.Labels}}"
+        ]),
+        "web tier=front\n"
+    );
+    let (code, out, _) = d.berth(&["exec", "web", "sh", "-c", "echo $$; exit 5"]);
+    assert_eq!(code, 5);
+    assert_ne!(out.trim(), "1");
+    assert!(wait_for(5, || d.berth_ok(&["logs", "web"]) == "started\n"));
+    assert_eq!(
+        d.berth_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.Config.Labels.tier}}",
+            "web"
+        ]),
+        "running front\n"
+    );
+    let full = d.berth_ok(&["inspect", "web"]);
+    let v: serde_json::Value = serde_json::from_str(&full).unwrap();
+    assert_eq!(v[0]["Name"], "/web");
+    assert!(
+        full.contains("\n        \"Id\""),
+        "four-space indents like docker"
+    );
+    assert_eq!(d.berth_ok(&["stop", "-t", "1", "web"]), "web\n");
+    assert_eq!(
+        d.berth_ok(&["ps", "-a", "--format", "{{.Status}}"])
+            .split(' ')
+            .take(2)
+            .collect::<Vec<_>>(),
+        ["Exited", "(137)"]
+    );
+    assert_eq!(d.berth_ok(&["rm", "web"]), "web\n");
+    let (code, _, err) = d.berth(&["rm", "web"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "Error response from daemon: No such container: web"
+    );
+    let (code, _, err) = d.berth(&["inspect", "nothing"]);
+    assert_eq!((code, err.trim()), (1, "Error: No such object: nothing"));
+    // Management-command spellings, and the docker CLI sees what berth made.
+    d.berth_ok(&[
+        "container",
+        "run",
+        "-d",
+        "--name",
+        "m",
+        "busybox",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(d.berth_ok(&["container", "ls", "-q"]).trim().len(), 12);
+    if docker_cli() {
+        assert_eq!(d.ok(&["ps", "--format", "{{.Names}}"]), "m\n");
+    }
+    d.berth_ok(&["rm", "-f", "m"]);
+    assert_eq!(d.berth_ok(&["image", "ls", "-q"]).lines().count(), 1);
+}

@@ -174,7 +174,7 @@ fn spawn(d: &Shared, exec: &Exec) -> Result<(), String> {
     }
     let file = std::path::PathBuf::from(format!("{}.json", sock.display()));
     std::fs::write(&file, process.to_string()).map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = super::shim_binary()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("shim")
         .arg("--id")

@@ -544,7 +544,7 @@ impl Containers {
 
     fn spawn_shim(&self, rec: &Record) -> Result<i32, String> {
         use std::io::BufRead;
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let exe = shim_binary()?;
         let dir = self.dir(&rec.id);
         let c = &rec.config;
         let mut cmd = std::process::Command::new(exe);
@@ -689,6 +689,17 @@ impl Containers {
     pub fn images_in_use(&self) -> Vec<String> {
         self.all().iter().map(|e| e.snapshot().image).collect()
     }
+}
+
+/// The binary to run shims from: our own, or, once it was replaced on disk (an upgrade
+/// while the daemon runs), the new one at the same path.
+pub(crate) fn shim_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let s = exe.to_string_lossy();
+    Ok(match s.strip_suffix(" (deleted)") {
+        Some(p) => PathBuf::from(p),
+        None => exe,
+    })
 }
 
 /// `max-size` (Docker's units: k, m, g) and `max-file`; bounded by default.

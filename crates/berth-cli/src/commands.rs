@@ -1,0 +1,1682 @@
+//! The commands: Docker's names, flags and output.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use hyper::Method;
+use serde_json::{json, Value};
+
+use crate::client::{self, Client, Error};
+use crate::code;
+use crate::format::{self, Template};
+use crate::stream::{self, Ended};
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    about = "A Docker-compatible container engine",
+    version,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// Daemon socket to connect to (unix:///path).
+    #[arg(short = 'H', long = "host", global = true)]
+    host: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create and run a new container from an image
+    Run(RunArgs),
+    /// Create a new container
+    Create(RunArgs),
+    /// Start one or more stopped containers
+    Start {
+        #[arg(short, long)]
+        attach: bool,
+        #[arg(short, long)]
+        interactive: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop one or more running containers
+    Stop(StopArgs),
+    /// Restart one or more containers
+    Restart(StopArgs),
+    /// Kill one or more running containers
+    Kill {
+        #[arg(short, long)]
+        signal: Option<String>,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove one or more containers
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(short, long)]
+        volumes: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// List containers
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long = "no-trunc")]
+        no_trunc: bool,
+        #[arg(short, long = "filter")]
+        filter: Vec<String>,
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(short = 'n', long = "last")]
+        last: Option<i64>,
+        #[arg(short, long)]
+        latest: bool,
+        #[arg(short, long)]
+        size: bool,
+    },
+    /// Fetch the logs of a container
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(short = 'n', long)]
+        tail: Option<String>,
+        #[arg(short, long)]
+        timestamps: bool,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        container: String,
+    },
+    /// Execute a command in a running container
+    Exec(ExecArgs),
+    /// Return low-level information on Docker objects
+    Inspect(InspectArgs),
+    #[command(name = "container-inspect", hide = true)]
+    ContainerInspect(InspectArgs),
+    #[command(name = "image-inspect", hide = true)]
+    ImageInspect(InspectArgs),
+    /// Block until one or more containers stop, then print their exit codes
+    Wait {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Pause all processes within one or more containers
+    Pause {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Unpause all processes within one or more containers
+    Unpause {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Rename a container
+    Rename { container: String, new_name: String },
+    /// Display the running processes of a container
+    Top { container: String },
+    /// Remove all stopped containers
+    #[command(name = "container-prune", hide = true)]
+    ContainerPrune {
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List images
+    Images {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long = "no-trunc")]
+        no_trunc: bool,
+        #[arg(long)]
+        digests: bool,
+        #[arg(long)]
+        format: Option<String>,
+        repository: Option<String>,
+    },
+    /// Remove one or more images
+    Rmi {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    #[command(name = "image-prune", hide = true)]
+    ImagePrune {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag { source: String, target: String },
+    /// Load an image from a tar archive or STDIN
+    Load {
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save {
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Import the contents from a tarball to create a filesystem image
+    Import {
+        #[arg(short, long = "change")]
+        change: Vec<String>,
+        #[arg(short, long)]
+        message: Option<String>,
+        file: String,
+        reference: Option<String>,
+    },
+    /// Show the Berth version information
+    Version {
+        #[arg(short, long)]
+        format: Option<String>,
+    },
+    /// Display system-wide information
+    Info {
+        #[arg(short, long)]
+        format: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct StopArgs {
+    #[arg(short, long)]
+    signal: Option<String>,
+    #[arg(short, long)]
+    time: Option<i64>,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    #[arg(short, long)]
+    format: Option<String>,
+    #[arg(long = "type")]
+    kind: Option<String>,
+    #[arg(short, long)]
+    size: bool,
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    #[arg(short, long)]
+    detach: bool,
+    #[arg(short, long)]
+    interactive: bool,
+    #[arg(short, long)]
+    tty: bool,
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    #[arg(short, long)]
+    user: Option<String>,
+    #[arg(short, long)]
+    workdir: Option<String>,
+    #[arg(long)]
+    privileged: bool,
+    #[arg(long = "detach-keys")]
+    detach_keys: Option<String>,
+    container: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+#[command(disable_help_flag = true)]
+struct RunArgs {
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    #[arg(short, long)]
+    detach: bool,
+    #[arg(short, long)]
+    interactive: bool,
+    #[arg(short, long)]
+    tty: bool,
+    #[arg(long)]
+    rm: bool,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    #[arg(long = "env-file")]
+    env_file: Vec<PathBuf>,
+    #[arg(short, long)]
+    workdir: Option<String>,
+    #[arg(short, long)]
+    user: Option<String>,
+    #[arg(long)]
+    entrypoint: Option<String>,
+    #[arg(short, long = "label")]
+    label: Vec<String>,
+    #[arg(short = 'h', long)]
+    hostname: Option<String>,
+    #[arg(short, long)]
+    memory: Option<String>,
+    #[arg(long = "memory-swap")]
+    memory_swap: Option<String>,
+    #[arg(long)]
+    cpus: Option<f64>,
+    #[arg(short = 'c', long = "cpu-shares")]
+    cpu_shares: Option<i64>,
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<i64>,
+    #[arg(long = "read-only")]
+    read_only: bool,
+    #[arg(long = "cap-add")]
+    cap_add: Vec<String>,
+    #[arg(long = "cap-drop")]
+    cap_drop: Vec<String>,
+    #[arg(long)]
+    privileged: bool,
+    #[arg(long = "security-opt")]
+    security_opt: Vec<String>,
+    #[arg(long)]
+    restart: Option<String>,
+    #[arg(long = "log-driver")]
+    log_driver: Option<String>,
+    #[arg(long = "log-opt")]
+    log_opt: Vec<String>,
+    #[arg(long)]
+    tmpfs: Vec<String>,
+    #[arg(long = "shm-size")]
+    shm_size: Option<String>,
+    #[arg(long)]
+    ulimit: Vec<String>,
+    #[arg(long)]
+    sysctl: Vec<String>,
+    #[arg(long = "add-host")]
+    add_host: Vec<String>,
+    #[arg(long)]
+    dns: Vec<String>,
+    #[arg(long = "dns-search")]
+    dns_search: Vec<String>,
+    #[arg(long = "dns-option")]
+    dns_option: Vec<String>,
+    #[arg(long, visible_alias = "net")]
+    network: Option<String>,
+    #[arg(long)]
+    pid: Option<String>,
+    #[arg(long)]
+    ipc: Option<String>,
+    #[arg(long)]
+    uts: Option<String>,
+    #[arg(short, long = "volume")]
+    volume: Vec<String>,
+    #[arg(long)]
+    mount: Vec<String>,
+    #[arg(long = "stop-signal")]
+    stop_signal: Option<String>,
+    #[arg(long = "stop-timeout")]
+    stop_timeout: Option<i64>,
+    #[arg(long)]
+    init: bool,
+    #[arg(long = "detach-keys")]
+    detach_keys: Option<String>,
+    /// Accepted for compatibility; images are local until pulling is built.
+    #[arg(long)]
+    platform: Option<String>,
+    image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Docker's `units.RAMInBytes`.
+fn ram_in_bytes(s: &str) -> Result<i64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mul) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|n| *n >= 0.0)
+        .map(|n| (n * mul as f64) as i64)
+        .ok_or_else(|| format!("invalid size: '{s}'"))
+}
+
+fn key_values(list: &[String]) -> BTreeMap<String, String> {
+    list.iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.clone(), String::new()),
+        })
+        .collect()
+}
+
+/// `--mount type=bind,source=/a,target=/b,readonly` as the API's Mount object.
+fn parse_mount(s: &str) -> Result<Value, String> {
+    let mut m = serde_json::Map::new();
+    let mut kind = "volume".to_string();
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').unwrap_or((part, "true"));
+        match k {
+            "type" => kind = v.to_string(),
+            "source" | "src" => {
+                m.insert("Source".into(), json!(v));
+            }
+            "target" | "destination" | "dst" => {
+                m.insert("Target".into(), json!(v));
+            }
+            "readonly" | "ro" => {
+                m.insert("ReadOnly".into(), json!(v != "false" && v != "0"));
+            }
+            "bind-propagation" => {
+                m.insert("BindOptions".into(), json!({"Propagation": v}));
+            }
+            "tmpfs-size" => {
+                m.insert(
+                    "TmpfsOptions".into(),
+                    json!({"SizeBytes": ram_in_bytes(v)?}),
+                );
+            }
+            other => return Err(format!("invalid field '{other}' must be a key=value pair")),
+        }
+    }
+    m.insert("Type".into(), json!(kind));
+    Ok(Value::Object(m))
+}
+
+/// The create body the docker CLI would send for these flags.
+fn create_body(a: &RunArgs) -> Result<Value, String> {
+    let mut env = Vec::new();
+    for f in &a.env_file {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("open {}: {e}", f.display()))?;
+        for line in text.lines() {
+            let line = line.trim();
+            if !line.is_empty() && !line.starts_with('#') {
+                env.push(line.to_string());
+            }
+        }
+    }
+    for e in &a.env {
+        // `-e NAME` takes the value from our environment, as Docker does.
+        if e.contains('=') {
+            env.push(e.clone());
+        } else if let Ok(v) = std::env::var(e) {
+            env.push(format!("{e}={v}"));
+        }
+    }
+    let memory = a.memory.as_deref().map(ram_in_bytes).transpose()?;
+    let swap = match a.memory_swap.as_deref() {
+        Some("-1") => Some(-1),
+        Some(s) => Some(ram_in_bytes(s)?),
+        None => None,
+    };
+    let (restart, retries) = match a.restart.as_deref() {
+        None => ("no".to_string(), 0),
+        Some(r) => match r.split_once(':') {
+            Some((n, c)) => (
+                n.to_string(),
+                c.parse::<i64>()
+                    .map_err(|_| format!("invalid restart policy format: {r}"))?,
+            ),
+            None => (r.to_string(), 0),
+        },
+    };
+    let mut log_config = json!({"Type": a.log_driver.clone().unwrap_or_else(|| "json-file".into()), "Config": key_values(&a.log_opt)});
+    if log_config["Config"]
+        .as_object()
+        .is_some_and(|m| m.is_empty())
+    {
+        log_config["Config"] = json!({});
+    }
+    let mut tmpfs = serde_json::Map::new();
+    for t in &a.tmpfs {
+        let (dst, opts) = t.split_once(':').unwrap_or((t, ""));
+        tmpfs.insert(dst.to_string(), json!(opts));
+    }
+    let mut ulimits = Vec::new();
+    for u in &a.ulimit {
+        let (name, vals) = u
+            .split_once('=')
+            .ok_or_else(|| format!("invalid ulimit argument: {u}"))?;
+        let (soft, hard) = vals.split_once(':').unwrap_or((vals, vals));
+        let n = |s: &str| {
+            s.parse::<i64>()
+                .map_err(|_| format!("invalid ulimit argument: {u}"))
+        };
+        ulimits.push(json!({"Name": name, "Soft": n(soft)?, "Hard": n(hard)?}));
+    }
+    let mounts: Vec<Value> = a
+        .mount
+        .iter()
+        .map(|m| parse_mount(m))
+        .collect::<Result<_, _>>()?;
+    let mut body = json!({
+        "Hostname": a.hostname.clone().unwrap_or_default(),
+        "User": a.user.clone().unwrap_or_default(),
+        "AttachStdin": a.interactive && !a.detach,
+        "AttachStdout": !a.detach,
+        "AttachStderr": !a.detach,
+        "Tty": a.tty,
+        "OpenStdin": a.interactive,
+        "StdinOnce": a.interactive && !a.detach,
+        "Env": env,
+        "Cmd": if a.command.is_empty() { Value::Null } else { json!(a.command) },
+        "Image": a.image,
+        "WorkingDir": a.workdir.clone().unwrap_or_default(),
+        "Entrypoint": match &a.entrypoint { Some(e) if e.is_empty() => json!([""]), Some(e) => json!([e]), None => Value::Null },
+        "Labels": key_values(&a.label),
+        "StopSignal": a.stop_signal,
+        "StopTimeout": a.stop_timeout,
+    });
+    body["HostConfig"] = json!({
+            "Binds": a.volume,
+            "Mounts": mounts,
+            "NetworkMode": a.network.clone().unwrap_or_else(|| "default".into()),
+            "RestartPolicy": {"Name": restart, "MaximumRetryCount": retries},
+            "AutoRemove": a.rm,
+            "LogConfig": log_config,
+            "CapAdd": a.cap_add,
+            "CapDrop": a.cap_drop,
+            "Dns": a.dns,
+            "DnsOptions": a.dns_option,
+            "DnsSearch": a.dns_search,
+            "ExtraHosts": a.add_host,
+            "IpcMode": a.ipc.clone().unwrap_or_default(),
+            "PidMode": a.pid.clone().unwrap_or_default(),
+            "UTSMode": a.uts.clone().unwrap_or_default(),
+            "Privileged": a.privileged,
+            "ReadonlyRootfs": a.read_only,
+            "SecurityOpt": a.security_opt,
+            "Tmpfs": tmpfs,
+            "ShmSize": a.shm_size.as_deref().map(ram_in_bytes).transpose()?.unwrap_or(0),
+            "Sysctls": key_values(&a.sysctl),
+            "Init": if a.init { json!(true) } else { Value::Null },
+            "Memory": memory.unwrap_or(0),
+            "MemorySwap": swap.unwrap_or(0),
+            "NanoCpus": a.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
+            "CpuShares": a.cpu_shares.unwrap_or(0),
+            "PidsLimit": a.pids_limit,
+            "Ulimits": ulimits
+    });
+    if body["HostConfig"]["NetworkMode"] == "default" {
+        body["HostConfig"]["NetworkMode"] = json!("bridge");
+    }
+    Ok(body)
+}
+
+/// Starts `berth daemon` in the background when nothing answers on the default socket,
+/// and waits for it.
+async fn ensure_daemon(socket: &std::path::Path) -> Result<(), String> {
+    if tokio::net::UnixStream::connect(socket).await.is_ok() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let data_root = PathBuf::from("/var/lib/berth");
+    std::fs::create_dir_all(&data_root).map_err(|e| format!("creating /var/lib/berth: {e}"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_root.join("daemon.log"))
+        .map_err(|e| e.to_string())?;
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(exe)
+        .arg("daemon")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        // Its own process group: ctrl-c at this terminal is not for the daemon.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("starting berth daemon: {e}"))?;
+    for _ in 0..200 {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("berth daemon did not come up (see /var/lib/berth/daemon.log)".into())
+}
+
+pub async fn run(cli: Cli) -> i32 {
+    let (socket, explicit) = match crate::host(cli.host.as_deref()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return code::FAILED;
+        }
+    };
+    if !explicit {
+        if let Err(e) = ensure_daemon(&socket).await {
+            eprintln!("berth: {e}");
+            return code::FAILED;
+        }
+    }
+    let c = Client { socket };
+    let fails_with_125 = matches!(cli.cmd, Cmd::Run(_) | Cmd::Create(_));
+    match dispatch(&c, cli.cmd).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e}");
+            if fails_with_125 {
+                code::FAILED
+            } else {
+                1
+            }
+        }
+    }
+}
+
+/// For commands over several objects: each failure is reported, and the status is 1 if
+/// any failed.
+async fn each<F, Fut>(names: &[String], f: F) -> Result<i32, Error>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, Error>>,
+{
+    let mut status = 0;
+    for n in names {
+        match f(n.clone()).await {
+            Ok(Some(line)) => println!("{line}"),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("{e}");
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+fn q(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn filters_json(list: &[String]) -> String {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in list {
+        let (k, v) = f.split_once('=').unwrap_or((f, ""));
+        m.entry(k.to_string()).or_default().push(v.to_string());
+    }
+    q(&json!(m).to_string())
+}
+
+async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
+    match cmd {
+        Cmd::Run(a) => run_container(c, a).await,
+        Cmd::Create(a) => {
+            let id = create(c, &a).await?;
+            println!("{id}");
+            Ok(0)
+        }
+        Cmd::Start {
+            attach,
+            interactive,
+            containers,
+        } => {
+            if attach || interactive {
+                let name = &containers[0];
+                let info = c
+                    .json(Method::GET, &format!("/containers/{}/json", q(name)), None)
+                    .await?;
+                let id = info["Id"].as_str().unwrap_or(name).to_string();
+                let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+                return attach_start_wait(c, &id, tty, interactive, "next-exit").await;
+            }
+            each(&containers, |n| async move {
+                c.json(Method::POST, &format!("/containers/{}/start", q(&n)), None)
+                    .await?;
+                Ok(Some(n))
+            })
+            .await
+        }
+        Cmd::Stop(a) => stop_like(c, "stop", a).await,
+        Cmd::Restart(a) => stop_like(c, "restart", a).await,
+        Cmd::Kill { signal, containers } => {
+            let sig = signal
+                .map(|s| format!("?signal={}", q(&s)))
+                .unwrap_or_default();
+            each(&containers, |n| {
+                let sig = sig.clone();
+                async move {
+                    c.json(
+                        Method::POST,
+                        &format!("/containers/{}/kill{sig}", q(&n)),
+                        None,
+                    )
+                    .await?;
+                    Ok(Some(n))
+                }
+            })
+            .await
+        }
+        Cmd::Rm {
+            force,
+            volumes,
+            containers,
+        } => {
+            each(&containers, |n| async move {
+                c.json(
+                    Method::DELETE,
+                    &format!("/containers/{}?force={force}&v={volumes}", q(&n)),
+                    None,
+                )
+                .await?;
+                Ok(Some(n))
+            })
+            .await
+        }
+        Cmd::Ps {
+            all,
+            quiet,
+            no_trunc,
+            filter,
+            format,
+            last,
+            latest,
+            size,
+        } => {
+            let limit = if latest { Some(1) } else { last };
+            let mut path = format!("/containers/json?all={all}&size={size}");
+            if let Some(l) = limit {
+                path.push_str(&format!("&limit={l}"));
+            }
+            if !filter.is_empty() {
+                path.push_str(&format!("&filters={}", filters_json(&filter)));
+            }
+            let list = c.json(Method::GET, &path, None).await?;
+            let items: Vec<Value> = list
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|v| ps_view(v, no_trunc))
+                .collect();
+            let default = if quiet {
+                "{{.ID}}"
+            } else if size {
+                "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}\t{{.Size}}"
+            } else {
+                "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"
+            };
+            let fmt = if quiet { None } else { format.as_deref() };
+            print_list(&items, fmt, default, ps_title)
+        }
+        Cmd::Logs {
+            follow,
+            tail,
+            timestamps,
+            since,
+            until,
+            container,
+        } => {
+            let info = c
+                .json(
+                    Method::GET,
+                    &format!("/containers/{}/json", q(&container)),
+                    None,
+                )
+                .await?;
+            let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+            let mut path = format!(
+                "/containers/{}/logs?stdout=1&stderr=1&follow={follow}&timestamps={timestamps}",
+                q(&container)
+            );
+            if let Some(t) = tail {
+                path.push_str(&format!("&tail={}", q(&t)));
+            }
+            if let Some(s) = since {
+                path.push_str(&format!("&since={}", q(&s)));
+            }
+            if let Some(u) = until {
+                path.push_str(&format!("&until={}", q(&u)));
+            }
+            let resp = c
+                .send(Method::GET, &path, client::empty(), None, false)
+                .await?;
+            copy_body(resp.into_body(), tty).await;
+            Ok(0)
+        }
+        Cmd::Exec(a) => exec(c, a).await,
+        Cmd::Inspect(a) => inspect(c, a, None).await,
+        Cmd::ContainerInspect(a) => inspect(c, a, Some("container")).await,
+        Cmd::ImageInspect(a) => inspect(c, a, Some("image")).await,
+        Cmd::Wait { containers } => {
+            each(&containers, |n| async move {
+                let v = c
+                    .json(Method::POST, &format!("/containers/{}/wait", q(&n)), None)
+                    .await?;
+                Ok(Some(v["StatusCode"].to_string()))
+            })
+            .await
+        }
+        Cmd::Pause { containers } => simple_each(c, &containers, "pause").await,
+        Cmd::Unpause { containers } => simple_each(c, &containers, "unpause").await,
+        Cmd::Rename {
+            container,
+            new_name,
+        } => {
+            c.json(
+                Method::POST,
+                &format!("/containers/{}/rename?name={}", q(&container), q(&new_name)),
+                None,
+            )
+            .await?;
+            Ok(0)
+        }
+        Cmd::Top { container } => {
+            let v = c
+                .json(
+                    Method::GET,
+                    &format!("/containers/{}/top", q(&container)),
+                    None,
+                )
+                .await?;
+            let mut rows: Vec<Vec<String>> = vec![v["Titles"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(format::plain)
+                .collect()];
+            for p in v["Processes"].as_array().into_iter().flatten() {
+                rows.push(
+                    p.as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(format::plain)
+                        .collect(),
+                );
+            }
+            print!("{}", format::table(&rows));
+            Ok(0)
+        }
+        Cmd::ContainerPrune { force } => {
+            if !force && !confirm("WARNING! This will remove all stopped containers.") {
+                return Ok(0);
+            }
+            let v = c.json(Method::POST, "/containers/prune", None).await?;
+            let ids = v["ContainersDeleted"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !ids.is_empty() {
+                println!("Deleted Containers:");
+                for id in ids {
+                    println!("{}", format::plain(&id));
+                }
+                println!();
+            }
+            println!(
+                "Total reclaimed space: {}",
+                human_size(v["SpaceReclaimed"].as_f64().unwrap_or(0.0))
+            );
+            Ok(0)
+        }
+        Cmd::Images {
+            all,
+            quiet,
+            no_trunc,
+            digests,
+            format,
+            repository,
+        } => {
+            let list = c
+                .json(Method::GET, &format!("/images/json?all={all}"), None)
+                .await?;
+            let mut items = Vec::new();
+            for img in list.as_array().cloned().unwrap_or_default() {
+                for v in image_views(&img, no_trunc) {
+                    if let Some(r) = &repository {
+                        if v["Repository"] != r.as_str() {
+                            continue;
+                        }
+                    }
+                    items.push(v);
+                }
+            }
+            if quiet {
+                let mut seen = std::collections::HashSet::new();
+                items.retain(|v| seen.insert(v["ID"].to_string()));
+            }
+            let default = if quiet {
+                "{{.ID}}"
+            } else if digests {
+                "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+            } else {
+                "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+            };
+            let fmt = if quiet { None } else { format.as_deref() };
+            print_list(&items, fmt, default, image_title)
+        }
+        Cmd::Rmi { force, images } => {
+            let mut status = 0;
+            for n in images {
+                match c
+                    .json(
+                        Method::DELETE,
+                        &format!("/images/{}?force={force}", q(&n)),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(v) => {
+                        for item in v.as_array().into_iter().flatten() {
+                            if let Some(m) = item.as_object() {
+                                for (k, v) in m {
+                                    println!("{k}: {}", format::plain(v));
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        status = 1;
+                    }
+                }
+            }
+            Ok(status)
+        }
+        Cmd::ImagePrune { all, force } => {
+            if !force
+                && !confirm(if all {
+                    "WARNING! This will remove all images without at least one container associated to them."
+                } else {
+                    "WARNING! This will remove all dangling images."
+                })
+            {
+                return Ok(0);
+            }
+            let filters = if all {
+                format!("?filters={}", q(r#"{"dangling":["false"]}"#))
+            } else {
+                String::new()
+            };
+            let v = c
+                .json(Method::POST, &format!("/images/prune{filters}"), None)
+                .await?;
+            let deleted = v["ImagesDeleted"].as_array().cloned().unwrap_or_default();
+            if !deleted.is_empty() {
+                println!("Deleted Images:");
+                for d in deleted {
+                    for (k, v) in d.as_object().into_iter().flatten() {
+                        println!("{}: {}", k.to_lowercase(), format::plain(v));
+                    }
+                }
+                println!();
+            }
+            println!(
+                "Total reclaimed space: {}",
+                human_size(v["SpaceReclaimed"].as_f64().unwrap_or(0.0))
+            );
+            Ok(0)
+        }
+        Cmd::Tag { source, target } => {
+            let (repo, tag) = split_tag(&target);
+            c.json(
+                Method::POST,
+                &format!(
+                    "/images/{}/tag?repo={}&tag={}",
+                    q(&source),
+                    q(&repo),
+                    q(&tag)
+                ),
+                None,
+            )
+            .await?;
+            Ok(0)
+        }
+        Cmd::Load { input, quiet } => {
+            let body = match input {
+                Some(p) => client::reader(
+                    tokio::fs::File::open(&p)
+                        .await
+                        .map_err(|e| Error::Other(format!("open {}: {e}", p.display())))?,
+                ),
+                None => {
+                    if stream::is_terminal(std::io::stdin()) {
+                        return Err(Error::Other(
+                            "requested load from stdin, but stdin is empty".into(),
+                        ));
+                    }
+                    client::reader(tokio::io::stdin())
+                }
+            };
+            let resp = c
+                .send(
+                    Method::POST,
+                    &format!("/images/load?quiet={quiet}"),
+                    body,
+                    Some("application/x-tar"),
+                    false,
+                )
+                .await?;
+            print_json_stream(resp.into_body()).await
+        }
+        Cmd::Save { output, images } => {
+            let names: Vec<String> = images.iter().map(|n| format!("names={}", q(n))).collect();
+            let resp = c
+                .send(
+                    Method::GET,
+                    &format!("/images/get?{}", names.join("&")),
+                    client::empty(),
+                    None,
+                    false,
+                )
+                .await?;
+            let out: Box<dyn std::io::Write> = match &output {
+                Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
+                    Error::Other(format!("failed to save image: open {}: {e}", p.display()))
+                })?),
+                None => {
+                    if stream::is_terminal(std::io::stdout()) {
+                        return Err(Error::Other(
+                            "cowardly refusing to save to a terminal. Use the -o flag or redirect"
+                                .into(),
+                        ));
+                    }
+                    Box::new(std::io::stdout())
+                }
+            };
+            write_body(resp.into_body(), out).await?;
+            Ok(0)
+        }
+        Cmd::Import {
+            change,
+            message,
+            file,
+            reference,
+        } => {
+            let body = if file == "-" {
+                client::reader(tokio::io::stdin())
+            } else {
+                client::reader(
+                    tokio::fs::File::open(&file)
+                        .await
+                        .map_err(|e| Error::Other(format!("open {file}: {e}")))?,
+                )
+            };
+            let mut path = "/images/create?fromSrc=-".to_string();
+            if let Some(r) = reference {
+                let (repo, tag) = split_tag(&r);
+                path.push_str(&format!("&repo={}&tag={}", q(&repo), q(&tag)));
+            }
+            for ch in change {
+                path.push_str(&format!("&changes={}", q(&ch)));
+            }
+            if let Some(m) = message {
+                path.push_str(&format!("&message={}", q(&m)));
+            }
+            let resp = c
+                .send(Method::POST, &path, body, Some("application/x-tar"), false)
+                .await?;
+            print_json_stream(resp.into_body()).await
+        }
+        Cmd::Version { format } => {
+            let v = c.json(Method::GET, "/version", None).await?;
+            let all = json!({
+                "Client": {"Version": env!("CARGO_PKG_VERSION"), "ApiVersion": "1.47",
+                           "Os": "linux", "Arch": std::env::consts::ARCH},
+                "Server": v
+            });
+            if let Some(f) = format {
+                let t = Template::parse(&f).map_err(Error::Other)?;
+                println!("{}", t.render(&all));
+                return Ok(0);
+            }
+            println!(
+                "Client:\n Version:           {}\n API version:       1.47\n OS/Arch:           linux/{}\n\nServer: Berth\n Engine:\n  Version:          {}\n  API version:      {} (minimum version {})\n  OS/Arch:          {}/{}\n  Kernel Version:   {}",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::ARCH,
+                format::plain(&v["Version"]),
+                format::plain(&v["ApiVersion"]),
+                format::plain(&v["MinAPIVersion"]),
+                format::plain(&v["Os"]),
+                format::plain(&v["Arch"]),
+                format::plain(&v["KernelVersion"]),
+            );
+            Ok(0)
+        }
+        Cmd::Info { format } => {
+            let v = c.json(Method::GET, "/info", None).await?;
+            if let Some(f) = format {
+                let t = Template::parse(&f).map_err(Error::Other)?;
+                println!("{}", t.render(&v));
+                return Ok(0);
+            }
+            let p = |k: &str| format::plain(&v[k]);
+            println!("Server:");
+            println!(" Containers: {}", p("Containers"));
+            println!("  Running: {}", p("ContainersRunning"));
+            println!("  Paused: {}", p("ContainersPaused"));
+            println!("  Stopped: {}", p("ContainersStopped"));
+            println!(" Images: {}", p("Images"));
+            println!(" Server Version: {}", p("ServerVersion"));
+            println!(" Storage Driver: {}", p("Driver"));
+            println!(" Logging Driver: {}", p("LoggingDriver"));
+            println!(" Cgroup Driver: {}", p("CgroupDriver"));
+            println!(" Cgroup Version: {}", p("CgroupVersion"));
+            println!(" Kernel Version: {}", p("KernelVersion"));
+            println!(" Operating System: {}", p("OperatingSystem"));
+            println!(" CPUs: {}", p("NCPU"));
+            println!(
+                " Total Memory: {}",
+                human_binary(v["MemTotal"].as_f64().unwrap_or(0.0))
+            );
+            println!(" Name: {}", p("Name"));
+            println!(" Docker Root Dir: {}", p("DockerRootDir"));
+            Ok(0)
+        }
+    }
+}
+
+async fn simple_each(c: &Client, names: &[String], action: &str) -> Result<i32, Error> {
+    each(names, |n| async move {
+        c.json(
+            Method::POST,
+            &format!("/containers/{}/{action}", q(&n)),
+            None,
+        )
+        .await?;
+        Ok(Some(n))
+    })
+    .await
+}
+
+async fn stop_like(c: &Client, action: &str, a: StopArgs) -> Result<i32, Error> {
+    let mut query = Vec::new();
+    if let Some(t) = a.time {
+        query.push(format!("t={t}"));
+    }
+    if let Some(s) = &a.signal {
+        query.push(format!("signal={}", q(s)));
+    }
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
+    each(&a.containers, |n| {
+        let query = query.clone();
+        async move {
+            c.json(
+                Method::POST,
+                &format!("/containers/{}/{action}{query}", q(&n)),
+                None,
+            )
+            .await?;
+            Ok(Some(n))
+        }
+    })
+    .await
+}
+
+fn confirm(warning: &str) -> bool {
+    eprint!("{warning}\nAre you sure you want to continue? [y/N] ");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    matches!(line.trim(), "y" | "Y" | "yes")
+}
+
+fn split_tag(r: &str) -> (String, String) {
+    // A colon after the last slash separates the tag (a registry port comes before it).
+    let slash = r.rfind('/').map_or(0, |i| i + 1);
+    match r[slash..].rfind(':') {
+        Some(i) => (r[..slash + i].to_string(), r[slash + i + 1..].to_string()),
+        None => (r.to_string(), "latest".to_string()),
+    }
+}
+
+async fn create(c: &Client, a: &RunArgs) -> Result<String, Error> {
+    let body = create_body(a).map_err(|e| Error::Other(format!("invalid argument: {e}")))?;
+    let path = match &a.name {
+        Some(n) => format!("/containers/create?name={}", q(n)),
+        None => "/containers/create".to_string(),
+    };
+    match c.json(Method::POST, &path, Some(&body)).await {
+        Ok(v) => Ok(v["Id"].as_str().unwrap_or("").to_string()),
+        Err(e) if e.status() == 404 && e.to_string().contains("No such image") => {
+            let shown = if a.image.contains(':') || a.image.contains('@') {
+                a.image.clone()
+            } else {
+                format!("{}:latest", a.image)
+            };
+            eprintln!("Unable to find image '{shown}' locally");
+            Err(Error::Other(format!(
+                "berth: pulling '{shown}' is not built yet: load or import the image first (berth load -i FILE)"
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Docker's exit status for a container that could not be started.
+fn start_failure_code(e: &Error) -> i32 {
+    let m = e.to_string();
+    if m.contains("executable file not found") || m.contains("no such file or directory") {
+        code::NOT_FOUND
+    } else if m.contains("permission denied") {
+        code::NOT_EXECUTABLE
+    } else {
+        code::FAILED
+    }
+}
+
+async fn run_container(c: &Client, a: RunArgs) -> Result<i32, Error> {
+    if a.detach && a.rm && a.restart.as_deref().is_some_and(|r| r != "no") {
+        return Err(Error::Other(
+            "Conflicting options: --restart and --rm".into(),
+        ));
+    }
+    let id = create(c, &a).await?;
+    if a.detach {
+        if let Err(e) = c
+            .json(Method::POST, &format!("/containers/{id}/start"), None)
+            .await
+        {
+            eprintln!("{e}");
+            return Ok(start_failure_code(&e));
+        }
+        println!("{id}");
+        return Ok(0);
+    }
+    let cond = if a.rm { "removed" } else { "next-exit" };
+    attach_start_wait(c, &id, a.tty, a.interactive, cond).await
+}
+
+/// attach, wait, start, pump, and the container's exit status.
+async fn attach_start_wait(
+    c: &Client,
+    id: &str,
+    tty: bool,
+    stdin: bool,
+    condition: &str,
+) -> Result<i32, Error> {
+    let conn = stream::attach(c, id, stdin).await?;
+    let waiter = stream::wait_for_exit(c, id, condition);
+    let raw = if tty && stdin && stream::is_terminal(std::io::stdin()) {
+        stream::RawMode::enter()
+    } else {
+        None
+    };
+    if let Err(e) = c
+        .json(Method::POST, &format!("/containers/{id}/start"), None)
+        .await
+    {
+        drop(raw);
+        waiter.abort();
+        eprintln!("{e}");
+        return Ok(start_failure_code(&e));
+    }
+    let resize = tty.then(|| stream::follow_resize(c, format!("/containers/{id}/resize")));
+    let ended = stream::pump(conn, tty, stdin).await;
+    drop(raw);
+    if let Some(r) = resize {
+        r.abort();
+    }
+    if let Ended::Detached = ended {
+        waiter.abort();
+        return Ok(0);
+    }
+    match waiter.await {
+        Ok(Ok(code)) => Ok(code),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(Error::Other(e.to_string())),
+    }
+}
+
+async fn exec(c: &Client, a: ExecArgs) -> Result<i32, Error> {
+    let body = json!({
+        "AttachStdin": a.interactive && !a.detach,
+        "AttachStdout": !a.detach,
+        "AttachStderr": !a.detach,
+        "Tty": a.tty,
+        "Env": a.env,
+        "Cmd": a.command,
+        "User": a.user.unwrap_or_default(),
+        "WorkingDir": a.workdir.unwrap_or_default(),
+        "Privileged": a.privileged,
+        "DetachKeys": a.detach_keys.unwrap_or_default(),
+    });
+    let v = c
+        .json(
+            Method::POST,
+            &format!("/containers/{}/exec", q(&a.container)),
+            Some(&body),
+        )
+        .await?;
+    let id = v["Id"].as_str().unwrap_or("").to_string();
+    if a.detach {
+        c.json(
+            Method::POST,
+            &format!("/exec/{id}/start"),
+            Some(&stream::exec_start_body(true, a.tty)),
+        )
+        .await?;
+        return Ok(0);
+    }
+    let conn = c
+        .hijack(
+            &format!("/exec/{id}/start"),
+            Some(&stream::exec_start_body(false, a.tty)),
+        )
+        .await?;
+    let raw = if a.tty && a.interactive && stream::is_terminal(std::io::stdin()) {
+        stream::RawMode::enter()
+    } else {
+        None
+    };
+    let resize = a
+        .tty
+        .then(|| stream::follow_resize(c, format!("/exec/{id}/resize")));
+    let ended = stream::pump(conn, a.tty, a.interactive).await;
+    drop(raw);
+    if let Some(r) = resize {
+        r.abort();
+    }
+    if let Ended::Detached = ended {
+        return Ok(0);
+    }
+    let v = c
+        .json(Method::GET, &format!("/exec/{id}/json"), None)
+        .await?;
+    Ok(v["ExitCode"].as_i64().unwrap_or(0) as i32)
+}
+
+async fn inspect(c: &Client, a: InspectArgs, kind: Option<&str>) -> Result<i32, Error> {
+    let kind = kind.or(a.kind.as_deref());
+    let template = a
+        .format
+        .as_deref()
+        .map(Template::parse)
+        .transpose()
+        .map_err(Error::Other)?;
+    let mut found = Vec::new();
+    let mut status = 0;
+    for n in &a.names {
+        let container = if kind != Some("image") {
+            c.json(
+                Method::GET,
+                &format!("/containers/{}/json?size={}", q(n), a.size),
+                None,
+            )
+            .await
+            .ok()
+        } else {
+            None
+        };
+        let v = match container {
+            Some(v) => Some(v),
+            None if kind != Some("container") => c
+                .json(Method::GET, &format!("/images/{}/json", q(n)), None)
+                .await
+                .ok(),
+            None => None,
+        };
+        match v {
+            Some(v) => found.push(v),
+            None => {
+                eprintln!("Error: No such object: {n}");
+                status = 1;
+            }
+        }
+    }
+    match template {
+        Some(t) => {
+            for v in &found {
+                println!("{}", t.render(v));
+            }
+        }
+        None => println!("{}", pretty(&Value::Array(found))),
+    }
+    Ok(status)
+}
+
+/// JSON indented with four spaces, as docker inspect prints it.
+fn pretty(v: &Value) -> String {
+    use serde::Serialize;
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    let _ = v.serialize(&mut ser);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn print_list(
+    items: &[Value],
+    fmt: Option<&str>,
+    default: &str,
+    title: fn(&str) -> String,
+) -> Result<i32, Error> {
+    let out = format::render_list(items, fmt, default, &title).map_err(Error::Other)?;
+    print!("{out}");
+    Ok(0)
+}
+
+fn ps_title(f: &str) -> String {
+    match f {
+        "ID" => "CONTAINER ID",
+        "Image" => "IMAGE",
+        "Command" => "COMMAND",
+        "RunningFor" => "CREATED",
+        "CreatedAt" => "CREATED AT",
+        "Status" => "STATUS",
+        "Ports" => "PORTS",
+        "Names" => "NAMES",
+        "Size" => "SIZE",
+        "Labels" => "LABELS",
+        "State" => "STATE",
+        "Mounts" => "MOUNTS",
+        "Networks" => "NETWORKS",
+        other => return other.to_uppercase(),
+    }
+    .to_string()
+}
+
+fn image_title(f: &str) -> String {
+    match f {
+        "Repository" => "REPOSITORY",
+        "Tag" => "TAG",
+        "ID" => "IMAGE ID",
+        "CreatedSince" => "CREATED",
+        "CreatedAt" => "CREATED AT",
+        "Size" => "SIZE",
+        "Digest" => "DIGEST",
+        other => return other.to_uppercase(),
+    }
+    .to_string()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Docker's `units.HumanDuration`.
+fn human_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".into(),
+        _ if s < 3600 => format!("{} minutes", s / 60),
+        _ if s < 7200 => "About an hour".into(),
+        _ if s < 48 * 3600 => format!("{} hours", s / 3600),
+        _ if s < 14 * 86400 => format!("{} days", s / 86400),
+        _ if s < 60 * 86400 => format!("{} weeks", s / (7 * 86400)),
+        _ if s < 365 * 86400 => format!("{} months", s / (30 * 86400)),
+        _ => format!("{} years", s / (365 * 86400)),
+    }
+}
+
+/// Docker's `units.HumanSizeWithPrecision(size, 3)`: decimal units.
+fn human_size(n: f64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = n;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    // %.3g: three significant digits, trailing zeros dropped.
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let s = format!("{v:.digits$}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
+    format!("{s}{}", units[i])
+}
+
+fn human_binary(n: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.4}{}", units[i])
+        .replace(".0000", "")
+        .to_string()
+}
+
+fn ps_view(v: &Value, no_trunc: bool) -> Value {
+    let id = v["Id"].as_str().unwrap_or("");
+    let cmd = v["Command"].as_str().unwrap_or("");
+    let command = if no_trunc || cmd.chars().count() <= 20 {
+        format!("\"{cmd}\"")
+    } else {
+        format!("\"{}…\"", cmd.chars().take(19).collect::<String>())
+    };
+    let created = v["Created"].as_i64().unwrap_or(0);
+    let names: Vec<String> = v["Names"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str().map(|n| n.trim_start_matches('/').to_string()))
+        .collect();
+    let labels: Vec<String> = v["Labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", format::plain(v)))
+        .collect();
+    let size = match (v["SizeRw"].as_f64(), v["SizeRootFs"].as_f64()) {
+        (Some(rw), Some(root)) => format!("{} (virtual {})", human_size(rw), human_size(root)),
+        _ => String::new(),
+    };
+    json!({
+        "ID": if no_trunc { id.to_string() } else { id.chars().take(12).collect() },
+        "Image": v["Image"],
+        "Command": command,
+        "CreatedAt": berth_types::time::rfc3339(created, 0).replace('T', " ").replace(".000000000Z", " +0000 UTC"),
+        "RunningFor": format!("{} ago", human_duration(now() - created)),
+        "Ports": "",
+        "Status": v["Status"],
+        "State": v["State"],
+        "Names": names.join(","),
+        "Labels": labels.join(","),
+        "Size": size,
+        "Mounts": "",
+        "Networks": v["HostConfig"]["NetworkMode"],
+    })
+}
+
+fn image_views(img: &Value, no_trunc: bool) -> Vec<Value> {
+    let id = img["Id"].as_str().unwrap_or("");
+    let short = if no_trunc {
+        id.to_string()
+    } else {
+        id.trim_start_matches("sha256:").chars().take(12).collect()
+    };
+    let created = img["Created"].as_i64().unwrap_or(0);
+    let size = human_size(img["Size"].as_f64().unwrap_or(0.0));
+    let digest = img["RepoDigests"]
+        .as_array()
+        .and_then(|d| d.first())
+        .and_then(|d| d.as_str())
+        .and_then(|d| d.split_once('@').map(|(_, h)| h.to_string()))
+        .unwrap_or_else(|| "<none>".into());
+    let view = |repo: &str, tag: &str| {
+        json!({
+            "Repository": repo, "Tag": tag, "ID": short, "Digest": digest,
+            "CreatedSince": format!("{} ago", human_duration(now() - created)),
+            "CreatedAt": berth_types::time::rfc3339(created, 0).replace('T', " ").replace(".000000000Z", " +0000 UTC"),
+            "Size": size,
+        })
+    };
+    let tags: Vec<&str> = img["RepoTags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str())
+        .filter(|t| *t != "<none>:<none>")
+        .collect();
+    if tags.is_empty() {
+        return vec![view("<none>", "<none>")];
+    }
+    tags.iter()
+        .map(|t| {
+            let (r, tag) = split_tag(t);
+            view(&r, &tag)
+        })
+        .collect()
+}
+
+/// Streams a logs/attach body to stdout/stderr (demultiplexed unless tty).
+async fn copy_body(mut body: hyper::body::Incoming, tty: bool) {
+    use http_body_util::BodyExt;
+    use std::io::Write;
+    let mut demux = client::Demux::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if tty {
+            let _ = std::io::stdout().write_all(&data);
+            let _ = std::io::stdout().flush();
+            continue;
+        }
+        for (stream, payload) in demux.push(&data) {
+            if stream == 2 {
+                let _ = std::io::stderr().write_all(&payload);
+            } else {
+                let _ = std::io::stdout().write_all(&payload);
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+}
+
+async fn write_body(
+    mut body: hyper::body::Incoming,
+    mut out: Box<dyn std::io::Write>,
+) -> Result<(), Error> {
+    use http_body_util::BodyExt;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::Other(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            out.write_all(&data)
+                .map_err(|e| Error::Other(e.to_string()))?;
+        }
+    }
+    out.flush().map_err(|e| Error::Other(e.to_string()))
+}
+
+/// Progress streams (`{"stream": ...}`, `{"status": ...}`, `{"errorDetail": ...}`).
+async fn print_json_stream(body: hyper::body::Incoming) -> Result<i32, Error> {
+    use http_body_util::BodyExt;
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    let mut status = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            println!("{line}");
+            continue;
+        };
+        if let Some(e) = v["error"].as_str() {
+            eprintln!("{e}");
+            status = 1;
+        } else if let Some(s) = v["stream"].as_str() {
+            print!("{s}");
+        } else if let Some(s) = v["status"].as_str() {
+            println!("{s}");
+        }
+    }
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_and_print_like_docker() {
+        assert_eq!(ram_in_bytes("64m").unwrap(), 64 << 20);
+        assert_eq!(ram_in_bytes("1g").unwrap(), 1 << 30);
+        assert!(ram_in_bytes("x").is_err());
+        assert_eq!(human_size(4_260_000.0), "4.26MB");
+        assert_eq!(human_size(999.0), "999B");
+        assert_eq!(human_size(12_345.0), "12.3kB");
+        assert_eq!(human_size(0.0), "0B");
+    }
+
+    #[test]
+    fn tags_split_after_the_registry_port() {
+        assert_eq!(split_tag("busybox"), ("busybox".into(), "latest".into()));
+        assert_eq!(split_tag("a/b:1"), ("a/b".into(), "1".into()));
+        assert_eq!(
+            split_tag("localhost:5000/a"),
+            ("localhost:5000/a".into(), "latest".into())
+        );
+    }
+
+    #[test]
+    fn run_flags_make_docker_s_create_body() {
+        let cli = Cli::try_parse_from([
+            "berth",
+            "run",
+            "--rm",
+            "-e",
+            "A=1",
+            "-m",
+            "64m",
+            "--cpus",
+            "1.5",
+            "--restart",
+            "no",
+            "-v",
+            "/a:/b:ro",
+            "--name",
+            "x",
+            "busybox",
+            "sh",
+            "-c",
+            "echo -n hi",
+        ])
+        .unwrap();
+        let Cmd::Run(a) = cli.cmd else { panic!() };
+        let b = create_body(&a).unwrap();
+        assert_eq!(b["Cmd"], json!(["sh", "-c", "echo -n hi"]));
+        assert_eq!(b["HostConfig"]["Memory"], 64 << 20);
+        assert_eq!(b["HostConfig"]["NanoCpus"], 1_500_000_000i64);
+        assert_eq!(b["HostConfig"]["AutoRemove"], true);
+        assert_eq!(b["HostConfig"]["Binds"], json!(["/a:/b:ro"]));
+        assert_eq!(b["Env"], json!(["A=1"]));
+    }
+}

@@ -1,0 +1,178 @@
+//! The interactive part: attaching to a container or an exec, pumping its streams to the
+//! terminal (raw mode with a tty, resized on SIGWINCH, detached with ctrl-p ctrl-q) and
+//! waiting for its exit code.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::client::{Client, Demux};
+
+/// The terminal's settings, restored when dropped.
+pub struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl RawMode {
+    pub fn enter() -> Option<RawMode> {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(stdin.as_fd()).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(stdin.as_fd(), rustix::termios::OptionalActions::Now, &raw)
+            .ok()?;
+        Some(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin().as_fd(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
+}
+
+pub fn is_terminal(fd: impl AsFd) -> bool {
+    rustix::termios::isatty(fd)
+}
+
+pub fn terminal_size() -> Option<(u16, u16)> {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdout().as_fd()).ok()?;
+    (ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Tells the daemon the terminal's size now and whenever it changes (until dropped).
+pub fn follow_resize(client: &Client, path: String) -> tokio::task::JoinHandle<()> {
+    let socket = client.socket.clone();
+    tokio::spawn(async move {
+        let c = Client { socket };
+        resize_once(&c, &path).await;
+        let Ok(mut winch) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+        else {
+            return;
+        };
+        while winch.recv().await.is_some() {
+            resize_once(&c, &path).await;
+        }
+    })
+}
+
+async fn resize_once(c: &Client, path: &str) {
+    if let Some((h, w)) = terminal_size() {
+        let _ = c
+            .json(hyper::Method::POST, &format!("{path}?h={h}&w={w}"), None)
+            .await;
+    }
+}
+
+/// How a stream ended.
+pub enum Ended {
+    /// The other side closed the output.
+    Closed,
+    /// The user typed the detach keys.
+    Detached,
+}
+
+/// Pumps an attached connection: output to stdout/stderr (demultiplexed without a tty),
+/// and, with `stdin`, our input to it (ctrl-p ctrl-q detaches on a tty).
+pub async fn pump(conn: TokioIo<Upgraded>, tty: bool, stdin: bool) -> Ended {
+    let (mut r, mut w) = tokio::io::split(conn);
+    let output = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut demux = Demux::new();
+        let mut out = std::io::stdout();
+        let mut err = std::io::stderr();
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if tty {
+                let _ = out.write_all(&buf[..n]);
+                let _ = out.flush();
+                continue;
+            }
+            for (stream, payload) in demux.push(&buf[..n]) {
+                if stream == 2 {
+                    let _ = err.write_all(&payload);
+                    let _ = err.flush();
+                } else {
+                    let _ = out.write_all(&payload);
+                    let _ = out.flush();
+                }
+            }
+        }
+    };
+    let input = async {
+        if !stdin {
+            return std::future::pending::<Ended>().await;
+        }
+        let mut inp = tokio::io::stdin();
+        let mut buf = vec![0u8; 8192];
+        let mut after_ctrl_p = false;
+        loop {
+            let n = match inp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if tty {
+                for &b in &buf[..n] {
+                    if after_ctrl_p && b == 0x11 {
+                        return Ended::Detached;
+                    }
+                    after_ctrl_p = b == 0x10;
+                }
+            }
+            if w.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = w.shutdown().await;
+        std::future::pending::<Ended>().await
+    };
+    tokio::select! {
+        _ = output => Ended::Closed,
+        e = input => e,
+    }
+}
+
+/// `POST /containers/{id}/wait` started before the container is, so no exit is missed.
+pub fn wait_for_exit(
+    client: &Client,
+    id: &str,
+    condition: &str,
+) -> tokio::task::JoinHandle<Result<i32, crate::client::Error>> {
+    let socket = client.socket.clone();
+    let path = format!("/containers/{id}/wait?condition={condition}");
+    tokio::spawn(async move {
+        let c = Client { socket };
+        let v = c.json(hyper::Method::POST, &path, None).await?;
+        Ok(v["StatusCode"].as_i64().unwrap_or(255) as i32)
+    })
+}
+
+/// Attaches to a created container before starting it.
+pub async fn attach(
+    client: &Client,
+    id: &str,
+    stdin: bool,
+) -> Result<TokioIo<Upgraded>, crate::client::Error> {
+    let path = format!(
+        "/containers/{id}/attach?stream=1&stdout=1&stderr=1{}",
+        if stdin { "&stdin=1" } else { "" }
+    );
+    client.hijack(&path, None).await
+}
+
+/// The body of an exec's start.
+pub fn exec_start_body(detach: bool, tty: bool) -> serde_json::Value {
+    json!({"Detach": detach, "Tty": tty})
+}
