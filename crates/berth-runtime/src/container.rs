@@ -496,7 +496,6 @@ impl Runtime {
         // the program: EOF after the byte means the program runs, so `start` returns only
         // then (a signal sent right after `start` must find the program, not our setup).
         let mut buf = [0u8; 1];
-        let mut nap = Duration::from_micros(50);
         let mut got_byte = false;
         loop {
             match f.read(&mut buf) {
@@ -512,8 +511,14 @@ impl Runtime {
                 }
                 return Err(Error::Init("the container init died before start".into()));
             }
-            std::thread::sleep(nap);
-            nap = (nap * 2).min(Duration::from_millis(10));
+            // The byte, or the hang-up when the init's exec closes its end; the timeout
+            // only bounds how late a dead init is noticed.
+            let mut fds = [rustix::event::PollFd::new(&f, rustix::event::PollFlags::IN)];
+            let slice = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 10_000_000,
+            };
+            let _ = rustix::event::poll(&mut fds, Some(&slice));
         }
         let _ = std::fs::remove_file(&fifo);
         if let Some(h) = c.spec.hooks().as_ref().and_then(|h| h.poststart().as_ref()) {

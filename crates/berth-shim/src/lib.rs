@@ -32,6 +32,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use serde::{Deserialize, Serialize};
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
     pub id: String,
     pub bundle: PathBuf,
@@ -176,8 +177,14 @@ pub fn main(opts: Options) -> i32 {
         0 => {}
         _ => return 0,
     }
+    become_shim(&opts, report)
+}
+
+fn become_shim(opts: &Options, report: File) -> ! {
     let _ = rustix::process::setsid();
-    let code = match run(&opts, report) {
+    // Named for ps/top: forked shims otherwise show the server's name.
+    let _ = rustix::thread::set_name(c"berth-shim");
+    let code = match run(opts, report) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("berth shim: {e}");
@@ -185,6 +192,96 @@ pub fn main(opts: Options) -> i32 {
         }
     };
     std::process::exit(code)
+}
+
+/// [`serve`] on stdin, where the daemon puts the control socket of `berth shim-server`.
+pub fn serve_inherited() -> i32 {
+    let is_socket = rustix::fs::fstat(std::io::stdin())
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
+        .unwrap_or(false);
+    if !is_socket {
+        eprintln!("berth shim-server: stdin is not the daemon's control socket");
+        return 125;
+    }
+    match rustix::io::fcntl_dupfd_cloexec(std::io::stdin(), 3) {
+        Ok(control) => {
+            // The socket now lives above stdio; stdin becomes /dev/null for the shims.
+            if let Ok(null) = File::open("/dev/null") {
+                let _ = rustix::stdio::dup2_stdin(&null);
+            }
+            serve(control)
+        }
+        Err(e) => {
+            eprintln!("berth shim-server: {e}");
+            1
+        }
+    }
+}
+
+/// `berth shim-server`: forks shims on request, so they start without an exec and share
+/// this process's relocated pages (a PIE binary dirties ~350 KiB at load; forked shims
+/// share them instead of each paying for them). Requests come on `control` (a
+/// SOCK_SEQPACKET socket): one message each, the [`Options`] as JSON with the write
+/// end of the shim's report pipe attached. Returns when the daemon closes its end.
+pub fn serve(control: OwnedFd) -> i32 {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut anc = RecvAncillaryBuffer::new(&mut space);
+        let n = match recvmsg(
+            &control,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut anc,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(m) if m.bytes == 0 => return 0,
+            Ok(m) => m.bytes,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                eprintln!("berth shim-server: {e}");
+                return 1;
+            }
+        };
+        let mut report: Option<File> = None;
+        for msg in anc.drain() {
+            if let RecvAncillaryMessage::ScmRights(mut fds) = msg {
+                report = fds.next().map(File::from);
+            }
+        }
+        let (Some(report), Ok(opts)) = (report, serde_json::from_slice::<Options>(&buf[..n]))
+        else {
+            eprintln!("berth shim-server: malformed request");
+            continue;
+        };
+        // SAFETY: this process is single-threaded, so the child may run Rust code after
+        // fork. The child forks again and exits, so the shim belongs to no one (as with
+        // `main`), and this process reaps the intermediate at once.
+        match unsafe { libc::fork() } {
+            -1 => {
+                let mut report = report;
+                let _ = fail(
+                    &mut report,
+                    format!("fork: {}", std::io::Error::last_os_error()),
+                );
+            }
+            0 => {
+                drop(control);
+                // SAFETY: as above; still single-threaded.
+                match unsafe { libc::fork() } {
+                    0 => become_shim(&opts, report),
+                    -1 => std::process::exit(1),
+                    _ => std::process::exit(0),
+                }
+            }
+            pid => {
+                drop(report);
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ =
+                        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+                }
+            }
+        }
+    }
 }
 
 fn fail(report: &mut File, msg: String) -> std::io::Error {
@@ -344,6 +441,7 @@ fn run(opts: &Options, mut report: File) -> std::io::Result<()> {
     }
     drop(report);
 
+    trim_heap();
     let mut buf = vec![0u8; 64 * 1024];
     let exit_code = loop {
         // Descriptor order: listener, pidfd, stdout/pty, stderr, then one per client.
@@ -473,6 +571,16 @@ fn run(opts: &Options, mut report: File) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Gives the heap the runtime used to create the container back to the system: a shim
+/// lives as long as its container, and hundreds of them may run.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator; no pointers change.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Reads what one output stream has and hands it to the log and the attached clients.

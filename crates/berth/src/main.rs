@@ -124,6 +124,7 @@ fn main() {
         }
         ("berthd", _) => daemon_main(&args[0], &args[1..]),
         (_, Some("daemon")) => daemon_main(&format!("{} daemon", args[0]), &args[2..]),
+        (_, Some("shim-server")) => berth_shim::serve_inherited(),
         (_, Some("shim")) => shim_main(&format!("{} shim", args[0]), &args[2..]),
         (_, Some(role @ "registry")) => {
             eprintln!("berth {role}: not built yet (see docs/STATUS.md)");

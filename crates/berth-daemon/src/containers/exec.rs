@@ -166,7 +166,6 @@ fn process_json(d: &Shared, exec: &Exec) -> Result<Value, String> {
 
 /// Writes the process file and starts the exec's shim (which waits for `start`).
 fn spawn(d: &Shared, exec: &Exec) -> Result<(), String> {
-    use std::io::BufRead;
     let process = process_json(d, exec)?;
     let sock = d.containers.socket(&exec.id);
     if let Some(dir) = sock.parent() {
@@ -174,39 +173,21 @@ fn spawn(d: &Shared, exec: &Exec) -> Result<(), String> {
     }
     let file = std::path::PathBuf::from(format!("{}.json", sock.display()));
     std::fs::write(&file, process.to_string()).map_err(|e| e.to_string())?;
-    let exe = super::shim_binary()?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("shim")
-        .arg("--id")
-        .arg(&exec.container)
-        .arg("--bundle")
-        .arg(d.containers.dir(&exec.container))
-        .arg("--runtime-root")
-        .arg(&d.containers.runtime.root)
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--exit-file")
-        .arg(format!("{}.exit", sock.display()))
-        .arg("--exec")
-        .arg(&file)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped());
-    if exec.config.tty {
-        cmd.arg("--tty");
-    }
-    if exec.config.attach_stdin {
-        cmd.args(["--stdin", "--stdin-once"]);
-    }
-    let mut child = cmd.spawn().map_err(|e| format!("starting the shim: {e}"))?;
-    let mut line = String::new();
-    let _ = std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line);
-    let _ = child.wait();
-    let v: Value = serde_json::from_str(&line)
-        .map_err(|_| "the exec shim exited without reporting".to_string())?;
-    match v["error"].as_str() {
-        Some(e) => Err(e.to_string()),
-        None => Ok(()),
-    }
+    d.containers
+        .spawner
+        .spawn(&berth_shim::Options {
+            id: exec.container.clone(),
+            bundle: d.containers.dir(&exec.container),
+            runtime_root: d.containers.runtime.root.clone(),
+            socket: sock.clone(),
+            exit_file: std::path::PathBuf::from(format!("{}.exit", sock.display())),
+            log: None,
+            tty: exec.config.tty,
+            stdin: exec.config.attach_stdin,
+            stdin_once: exec.config.attach_stdin,
+            exec: Some(file),
+        })
+        .map(|_| ())
 }
 
 fn cleanup(d: &Shared, exec: &Exec) {

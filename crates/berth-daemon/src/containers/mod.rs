@@ -12,6 +12,7 @@ pub mod attach;
 pub mod exec;
 pub mod logs;
 pub mod model;
+pub mod spawner;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -64,6 +65,7 @@ pub struct Containers {
     pub data_root: PathBuf,
     pub exec_root: PathBuf,
     pub runtime: Runtime,
+    pub spawner: spawner::Spawner,
     by_id: Mutex<HashMap<String, Arc<Entry>>>,
 }
 
@@ -136,6 +138,7 @@ impl Containers {
                 root: exec_root.join("runtime"),
                 systemd_cgroup: false,
             },
+            spawner: spawner::Spawner::default(),
             by_id: Mutex::new(HashMap::new()),
         }
     }
@@ -289,8 +292,12 @@ impl Containers {
         for rec in recs {
             let running = rec.state.running || rec.state.status == "restarting";
             let id = rec.id.clone();
+            let auto_remove = rec.host_config.auto_remove;
             let e = self.insert(rec);
             if !running {
+                if auto_remove {
+                    let _ = self.remove_stopped(&e).await;
+                }
                 continue;
             }
             match self.connect(&id, json!({"op": "wait"})).await {
@@ -299,6 +306,8 @@ impl Containers {
                     tokio::spawn(async move { me.monitor(e, conn).await });
                 }
                 Err(_) => {
+                    // The shim is gone: its runtime state may be left.
+                    let _ = self.runtime.delete(&id, true);
                     let exit = self.read_exit(&id);
                     self.exited(&e, exit).await;
                 }
@@ -341,9 +350,13 @@ impl Containers {
         mut conn: UnixStream,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(async move {
-            let _ = read_line(&mut conn).await;
+            // A clean exit line means the shim also removed the runtime state and cgroup.
+            let clean = read_line(&mut conn).await.is_ok();
             let id = e.rec.lock().expect("lock").id.clone();
             let exit = self.read_exit(&id);
+            if !clean {
+                let _ = self.runtime.delete(&id, true);
+            }
             self.exited(&e, exit).await;
         })
     }
@@ -360,17 +373,12 @@ impl Containers {
             r.state.finished_at = exit.finished_at;
             r.clone()
         };
-        let _ = self.persist(&rec);
-        let me = self.clone();
-        let id = rec.id.clone();
-        let _ = tokio::task::spawn_blocking(move || me.unmount(&id)).await;
-        // Leftovers of a shim that died abnormally (its container went with it).
-        let _ = self.runtime.delete(&rec.id, true);
-        e.progress.send_modify(|p| {
-            p.exits += 1;
-            p.code = exit.exit_code;
-        });
         if rec.host_config.auto_remove {
+            // Going anyway: no record to update (a restarted daemon removes it too).
+            e.progress.send_modify(|p| {
+                p.exits += 1;
+                p.code = exit.exit_code;
+            });
             let me = self.clone();
             let e = e.clone();
             tokio::spawn(async move {
@@ -379,6 +387,14 @@ impl Containers {
             });
             return;
         }
+        let _ = self.persist(&rec);
+        let me = self.clone();
+        let id = rec.id.clone();
+        let _ = tokio::task::spawn_blocking(move || me.unmount(&id)).await;
+        e.progress.send_modify(|p| {
+            p.exits += 1;
+            p.code = exit.exit_code;
+        });
         if self.should_restart(&rec) {
             let delay = Duration::from_millis(100u64 << rec.restart_count.min(9));
             {
@@ -543,57 +559,31 @@ impl Containers {
     }
 
     fn spawn_shim(&self, rec: &Record) -> Result<i32, String> {
-        use std::io::BufRead;
-        let exe = shim_binary()?;
         let dir = self.dir(&rec.id);
         let c = &rec.config;
-        let mut cmd = std::process::Command::new(exe);
-        cmd.arg("shim")
-            .arg("--id")
-            .arg(&rec.id)
-            .arg("--bundle")
-            .arg(&dir)
-            .arg("--runtime-root")
-            .arg(&self.runtime.root)
-            .arg("--socket")
-            .arg(self.socket(&rec.id))
-            .arg("--exit-file")
-            .arg(dir.join("exit.json"));
         let lc = &rec.host_config.log_config;
-        if lc.kind != "none" {
+        let log = if lc.kind == "none" {
+            None
+        } else {
             let (size, files) = log_limits(&lc.config)?;
-            cmd.arg("--log")
-                .arg(self.log_path(&rec.id))
-                .arg("--log-max-size")
-                .arg(size.to_string())
-                .arg("--log-max-file")
-                .arg(files.to_string());
-        }
-        if c.tty {
-            cmd.arg("--tty");
-        }
-        if c.open_stdin {
-            cmd.arg("--stdin");
-        }
-        if c.stdin_once {
-            cmd.arg("--stdin-once");
-        }
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| format!("starting the shim: {e}"))?;
-        let out = child.stdout.take().expect("piped");
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(out).read_line(&mut line);
-        let _ = child.wait();
-        let v: Value = serde_json::from_str(&line)
-            .map_err(|_| "the shim exited without reporting".to_string())?;
-        if let Some(err) = v["error"].as_str() {
-            return Err(err.to_string());
-        }
-        v["pid"]
+            Some((self.log_path(&rec.id), size, files))
+        };
+        let report = self.spawner.spawn(&berth_shim::Options {
+            id: rec.id.clone(),
+            bundle: dir.clone(),
+            runtime_root: self.runtime.root.clone(),
+            socket: self.socket(&rec.id),
+            exit_file: dir.join("exit.json"),
+            log,
+            tty: c.tty,
+            stdin: c.open_stdin,
+            stdin_once: c.stdin_once,
+            exec: None,
+        })?;
+        report["pid"]
             .as_i64()
             .map(|p| p as i32)
-            .ok_or_else(|| format!("bad report from the shim: {line}"))
+            .ok_or_else(|| format!("bad report from the shim: {report}"))
     }
 
     /// Sends a signal to a running container.
