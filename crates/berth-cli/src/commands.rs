@@ -182,6 +182,48 @@ enum Cmd {
         file: String,
         reference: Option<String>,
     },
+    #[command(name = "volume-create", hide = true)]
+    VolumeCreate {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(short, long, default_value = "local")]
+        driver: String,
+        #[arg(short, long = "opt")]
+        opt: Vec<String>,
+        #[arg(long)]
+        label: Vec<String>,
+        volume: Option<String>,
+    },
+    #[command(name = "volume-ls", hide = true)]
+    VolumeLs {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(short, long = "filter")]
+        filter: Vec<String>,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    #[command(name = "volume-inspect", hide = true)]
+    VolumeInspect {
+        #[arg(short, long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    #[command(name = "volume-rm", hide = true)]
+    VolumeRm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    #[command(name = "volume-prune", hide = true)]
+    VolumePrune {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(short, long)]
+        force: bool,
+    },
     /// Show the Berth version information
     Version {
         #[arg(short, long)]
@@ -1031,6 +1073,109 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
                 .send(Method::POST, &path, body, Some("application/x-tar"), false)
                 .await?;
             print_json_stream(resp.into_body()).await
+        }
+        Cmd::VolumeCreate {
+            name,
+            driver,
+            opt,
+            label,
+            volume,
+        } => {
+            let body = json!({
+                "Name": name.or(volume).unwrap_or_default(),
+                "Driver": driver,
+                "DriverOpts": key_values(&opt),
+                "Labels": key_values(&label),
+            });
+            let v = c.json(Method::POST, "/volumes/create", Some(&body)).await?;
+            println!("{}", format::plain(&v["Name"]));
+            Ok(0)
+        }
+        Cmd::VolumeLs {
+            quiet,
+            filter,
+            format,
+        } => {
+            let mut path = "/volumes".to_string();
+            if !filter.is_empty() {
+                path.push_str(&format!("?filters={}", filters_json(&filter)));
+            }
+            let v = c.json(Method::GET, &path, None).await?;
+            let items: Vec<Value> = v["Volumes"].as_array().cloned().unwrap_or_default();
+            let default = if quiet {
+                "{{.Name}}"
+            } else {
+                "table {{.Driver}}\t{{.Name}}"
+            };
+            let fmt = if quiet { None } else { format.as_deref() };
+            print_list(&items, fmt, default, |f| match f {
+                "Name" => "VOLUME NAME".into(),
+                other => other.to_uppercase(),
+            })
+        }
+        Cmd::VolumeInspect { format, volumes } => {
+            let mut found = Vec::new();
+            let mut status = 0;
+            for n in &volumes {
+                match c
+                    .json(Method::GET, &format!("/volumes/{}", q(n)), None)
+                    .await
+                {
+                    Ok(v) => found.push(v),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        status = 1;
+                    }
+                }
+            }
+            match format {
+                Some(f) => {
+                    let t = Template::parse(&f).map_err(Error::Other)?;
+                    for v in &found {
+                        println!("{}", t.render(v));
+                    }
+                }
+                None => println!("{}", pretty(&Value::Array(found))),
+            }
+            Ok(status)
+        }
+        Cmd::VolumeRm { force, volumes } => {
+            each(&volumes, |n| async move {
+                c.json(
+                    Method::DELETE,
+                    &format!("/volumes/{}?force={force}", q(&n)),
+                    None,
+                )
+                .await?;
+                Ok(Some(n))
+            })
+            .await
+        }
+        Cmd::VolumePrune { all, force } => {
+            if !force && !confirm("WARNING! This will remove anonymous local volumes not used by at least one container.") {
+                return Ok(0);
+            }
+            let filters = if all {
+                format!("?filters={}", q(r#"{"all":["true"]}"#))
+            } else {
+                String::new()
+            };
+            let v = c
+                .json(Method::POST, &format!("/volumes/prune{filters}"), None)
+                .await?;
+            let deleted = v["VolumesDeleted"].as_array().cloned().unwrap_or_default();
+            if !deleted.is_empty() {
+                println!("Deleted Volumes:");
+                for d in deleted {
+                    println!("{}", format::plain(&d));
+                }
+                println!();
+            }
+            println!(
+                "Total reclaimed space: {}",
+                human_size(v["SpaceReclaimed"].as_f64().unwrap_or(0.0))
+            );
+            Ok(0)
         }
         Cmd::Version { format } => {
             let v = c.json(Method::GET, "/version", None).await?;

@@ -52,6 +52,11 @@ fn rewrite(mut args: Vec<String>) -> Vec<String> {
         ("image", "prune") => Some("image-prune"),
         ("image", "inspect") => Some("image-inspect"),
         ("image", _) => Some(""),
+        ("volume", "create") => Some("volume-create"),
+        ("volume", "ls" | "list") => Some("volume-ls"),
+        ("volume", "inspect") => Some("volume-inspect"),
+        ("volume", "rm" | "remove") => Some("volume-rm"),
+        ("volume", "prune") => Some("volume-prune"),
         ("system", "info") => Some("info"),
         ("system", "events") => Some("events"),
         _ => None,
@@ -132,5 +137,6 @@ mod tests {
         );
         assert_eq!(rewrite(v("berth image ls")), v("berth images"));
         assert_eq!(rewrite(v("berth ps")), v("berth ps"));
+        assert_eq!(rewrite(v("berth volume ls -q")), v("berth volume-ls -q"));
     }
 }

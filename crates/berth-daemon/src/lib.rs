@@ -9,6 +9,7 @@
 pub mod containers;
 mod images;
 mod system;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub struct Daemon {
     pub store: Arc<ImageStore>,
     pub containers: Arc<containers::Containers>,
     pub execs: containers::exec::Execs,
+    pub volumes: Arc<volumes::Volumes>,
     pub data_root: PathBuf,
     pub events: tokio::sync::broadcast::Sender<serde_json::Value>,
 }
@@ -126,6 +128,13 @@ pub fn router(daemon: Shared) -> Router {
         .route("/version", get(system::version))
         .route("/info", get(system::info))
         .route("/events", get(system::events))
+        .route("/volumes", get(volumes::list))
+        .route("/volumes/create", post(volumes::create))
+        .route("/volumes/prune", post(volumes::prune))
+        .route(
+            "/volumes/{name}",
+            get(volumes::inspect).delete(volumes::remove),
+        )
         .route("/containers/json", get(containers::api::list))
         .route("/containers/create", post(containers::api::create))
         .route("/containers/prune", post(containers::api::prune))
@@ -252,6 +261,7 @@ async fn serve(opts: Options) -> Result<(), String> {
     containers.restore().await;
     let daemon = Arc::new(Daemon {
         store,
+        volumes: containers.volumes.clone(),
         containers,
         execs: Default::default(),
         data_root: opts.data_root.clone(),

@@ -125,6 +125,11 @@ impl Drop for Daemon {
         for id in ids.split_whitespace() {
             let _ = self.docker(&["rm", "-f", id]);
         }
+        // Volumes may hold mounts (tmpfs volumes).
+        let (_, vols, _) = self.docker(&["volume", "ls", "-q"]);
+        for v in vols.split_whitespace() {
+            let _ = self.docker(&["volume", "rm", "-f", v]);
+        }
         self.stop();
     }
 }
@@ -250,7 +255,7 @@ fn docker_cli_image_workflow_against_berth() {
     // No containers exist (they are not served yet): ps is empty, df counts the images.
     assert_eq!(d.ok(&["ps", "-a", "-q"]).trim(), "");
     // Unknown endpoints answer 404 with Docker's JSON error body.
-    let (code, _, err) = d.docker(&["volume", "ls"]);
+    let (code, _, err) = d.docker(&["plugin", "ls"]);
     assert_ne!(code, 0);
     assert!(err.contains("page not found"), "{err}");
 }
@@ -815,4 +820,142 @@ fn berth_cli_everyday_workflow() {
     }
     d.berth_ok(&["rm", "-f", "m"]);
     assert_eq!(d.berth_ok(&["image", "ls", "-q"]).lines().count(), 1);
+}
+
+#[test]
+fn volumes_named_anonymous_copy_up_and_in_use() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    // Named: data outlives containers.
+    assert_eq!(d.ok(&["volume", "create", "data"]), "data\n");
+    d.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "data:/data:ro",
+            "busybox",
+            "cat",
+            "/data/f"
+        ]),
+        "kept\n"
+    );
+    let (code, _, _) = d.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data:ro",
+        "busybox",
+        "touch",
+        "/data/g",
+    ]);
+    assert_ne!(code, 0, "a read-only volume took a write");
+    // A new volume over image content gets a copy of it (not for an existing one).
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "etc:/etc",
+            "busybox",
+            "grep",
+            "-c",
+            "root",
+            "/etc/passwd"
+        ]),
+        "1\n"
+    );
+    d.ok(&[
+        "run",
+        "--rm",
+        "--mount",
+        "type=volume,source=etc,target=/x",
+        "busybox",
+        "test",
+        "-f",
+        "/x/group",
+    ]);
+    let ls = d.ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
+    assert_eq!(ls, "local data\nlocal etc\n");
+    assert!(d
+        .ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", "data"])
+        .trim()
+        .ends_with("/volumes/data/_data"));
+    // In use by a (stopped) container: not removed; rm -v takes anonymous ones only.
+    d.ok(&[
+        "create",
+        "--name",
+        "user",
+        "-v",
+        "data:/data",
+        "-v",
+        "/scratch",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(d.ok(&["volume", "ls", "-q"]).lines().count(), 3);
+    let (code, _, err) = d.docker(&["volume", "rm", "data"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("volume is in use"), "{err}");
+    let mounts = d.ok(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{.Type}}:{{.Destination}} {{end}}",
+        "user",
+    ]);
+    assert!(
+        mounts.contains("volume:/data") && mounts.contains("volume:/scratch"),
+        "{mounts}"
+    );
+    d.ok(&["rm", "-v", "user"]);
+    assert_eq!(d.ok(&["volume", "ls", "-q"]), "data\netc\n");
+    d.ok(&["volume", "rm", "data", "etc"]);
+    let (code, _, err) = d.docker(&["volume", "inspect", "data"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no such volume"), "{err}");
+    // Options of the local driver: a tmpfs volume.
+    d.ok(&[
+        "volume",
+        "create",
+        "-o",
+        "type=tmpfs",
+        "-o",
+        "device=tmpfs",
+        "-o",
+        "o=size=1m",
+        "tv",
+    ]);
+    let fs = d.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "tv:/t",
+        "busybox",
+        "sh",
+        "-c",
+        "grep ' /t ' /proc/mounts | cut -d' ' -f3",
+    ]);
+    assert_eq!(fs, "tmpfs\n");
+    d.ok(&["volume", "rm", "tv"]);
+    // Berth's CLI shows the same.
+    assert_eq!(d.berth_ok(&["volume", "create", "b1"]), "b1\n");
+    assert_eq!(
+        d.berth_ok(&["volume", "ls"]),
+        "DRIVER    VOLUME NAME\nlocal     b1\n"
+    );
+    assert_eq!(d.berth_ok(&["volume", "rm", "b1"]), "b1\n");
+    let (code, _, err) = d.docker(&["volume", "create", "bad/name"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("includes invalid characters"), "{err}");
 }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::model::{strip_nulls, CreateBody, Record, State as CState, ZERO_TIME};
+use super::model::{strip_nulls, CreateBody, Record, State as CState, VolumeMount, ZERO_TIME};
 use super::{parse_signal, Containers, Entry};
 use crate::images::params;
 use crate::{ApiError, ApiResult, Shared};
@@ -169,6 +169,10 @@ pub async fn create(
     if hc.network_mode.is_empty() {
         hc.network_mode = "bridge".into();
     }
+    let volumes = {
+        let (d2, config2, hc2) = (d.clone(), config.clone(), hc.clone());
+        crate::blocking(move || container_volumes(&d2, &config2, &hc2)).await?
+    };
     let rec = Record {
         id: String::new(),
         name: String::new(),
@@ -182,6 +186,7 @@ pub async fn create(
         restart_count: 0,
         layers: img.snapshot_ids(),
         stopped_by_user: false,
+        volumes,
     };
     let c = d.containers.clone();
     let name = name.map(String::from);
@@ -189,6 +194,74 @@ pub async fn create(
     let id = e.snapshot().id;
     d.event("container", "create", &id, &e.snapshot());
     Ok((StatusCode::CREATED, Json(json!({"Id": id, "Warnings": []}))))
+}
+
+/// The volumes a new container mounts: named ones from binds and `--mount` (made if
+/// missing), and an anonymous one for every VOLUME (image or config) nothing else covers.
+fn container_volumes(
+    d: &Shared,
+    config: &super::model::Config,
+    hc: &super::model::HostConfig,
+) -> ApiResult<Vec<VolumeMount>> {
+    use std::collections::BTreeMap;
+    let mut out: Vec<VolumeMount> = Vec::new();
+    let mut taken: Vec<String> = Vec::new();
+    let mut named = |name: Option<String>, dst: String, rw: bool, nocopy: bool| -> ApiResult<()> {
+        let anonymous = name.is_none();
+        let v = d.volumes.create(
+            name.as_deref(),
+            "local",
+            BTreeMap::new(),
+            BTreeMap::new(),
+            anonymous,
+        )?;
+        out.push(VolumeMount {
+            name: v.name,
+            destination: dst,
+            rw,
+            anonymous,
+            nocopy,
+        });
+        Ok(())
+    };
+    for b in hc.binds.iter().flatten() {
+        match super::spec::volume_bind(b).map_err(ApiError::bad_request)? {
+            Some((name, dst, rw, nocopy)) => {
+                taken.push(dst.clone());
+                named(Some(name), dst, rw, nocopy)?;
+            }
+            None => {
+                if let Some(dst) = b.split(':').nth(1) {
+                    taken.push(dst.to_string());
+                }
+            }
+        }
+    }
+    for m in hc.mounts.iter().flatten() {
+        let target = m["Target"].as_str().unwrap_or("").to_string();
+        if m["Type"] == "volume" {
+            if !target.starts_with('/') {
+                return Err(ApiError::bad_request(format!(
+                    "invalid mount config for type \"volume\": invalid mount path: '{target}' mount path must be absolute"
+                )));
+            }
+            let name = m["Source"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(String::from);
+            let rw = !m["ReadOnly"].as_bool().unwrap_or(false);
+            let nocopy = m["VolumeOptions"]["NoCopy"].as_bool().unwrap_or(false);
+            named(name, target.clone(), rw, nocopy)?;
+        }
+        taken.push(target);
+    }
+    for dst in config.volumes.iter().flat_map(|v| v.keys()) {
+        if !taken.iter().any(|t| t == dst) {
+            taken.push(dst.clone());
+            named(None, dst.clone(), true, false)?;
+        }
+    }
+    Ok(out)
 }
 
 fn lookup(d: &Shared, name: &str) -> ApiResult<Arc<Entry>> {
@@ -351,6 +424,15 @@ pub async fn remove(
     }
     d.containers.remove_stopped(&e).await?;
     d.event("container", "destroy", &id, &rec);
+    if truthy(param(&ps, "v")) {
+        let used = crate::volumes::users(&d);
+        for v in rec.volumes.iter().filter(|v| v.anonymous) {
+            if !used.contains_key(&v.name) {
+                let (d2, name) = (d.clone(), v.name.clone());
+                let _ = crate::blocking(move || d2.volumes.remove(&name)).await;
+            }
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -482,7 +564,7 @@ pub fn inspect_json(c: &Containers, r: &Record) -> Value {
         "ExecIDs": null,
         "HostConfig": r.host_config,
         "GraphDriver": {"Name": "overlay2", "Data": {"MergedDir": dir.join("rootfs")}},
-        "Mounts": mounts_json(r),
+        "Mounts": mounts_json(c, r),
         "Config": r.config,
         "NetworkSettings": {
             "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": false,
@@ -492,22 +574,31 @@ pub fn inspect_json(c: &Containers, r: &Record) -> Value {
     })
 }
 
-fn mounts_json(r: &Record) -> Value {
+fn mounts_json(c: &Containers, r: &Record) -> Value {
     let mut out = Vec::new();
     for b in r.host_config.binds.iter().flatten() {
         let p: Vec<&str> = b.split(':').collect();
-        if p.len() >= 2 {
+        if p.len() >= 2 && p[0].starts_with('/') {
             let mode = p.get(2).copied().unwrap_or("");
             out.push(json!({"Type": "bind", "Source": p[0], "Destination": p[1],
                 "Mode": mode, "RW": !mode.split(',').any(|o| o == "ro"), "Propagation": "rprivate"}));
         }
     }
     for m in r.host_config.mounts.iter().flatten() {
+        if m["Type"] == "volume" {
+            continue;
+        }
         out.push(
             json!({"Type": m["Type"], "Source": m["Source"].as_str().unwrap_or(""),
             "Destination": m["Target"], "Mode": "", "RW": !m["ReadOnly"].as_bool().unwrap_or(false),
             "Propagation": ""}),
         );
+    }
+    for v in &r.volumes {
+        out.push(json!({"Type": "volume", "Name": v.name,
+            "Source": c.data_root.join("volumes").join(&v.name).join("_data"),
+            "Destination": v.destination, "Driver": "local", "Mode": "z", "RW": v.rw,
+            "Propagation": ""}));
     }
     Value::Array(out)
 }
@@ -602,7 +693,7 @@ fn matches(d: &Shared, r: &Record, key: &str, vals: &[String]) -> ApiResult<bool
     })
 }
 
-pub fn summary(r: &Record, now: i64) -> Value {
+pub fn summary(c: &Containers, r: &Record, now: i64) -> Value {
     let mut command = r.path.clone();
     for a in &r.args {
         command.push(' ');
@@ -621,7 +712,7 @@ pub fn summary(r: &Record, now: i64) -> Value {
         "Status": r.status_text(now),
         "HostConfig": {"NetworkMode": r.host_config.network_mode},
         "NetworkSettings": {"Networks": {}},
-        "Mounts": mounts_json(r)
+        "Mounts": mounts_json(c, r)
     })
 }
 
@@ -658,7 +749,7 @@ pub async fn list(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<J
         if !keep {
             continue;
         }
-        let mut s = summary(&r, now);
+        let mut s = summary(&d.containers, &r, now);
         if size {
             let upper = d.store.snapshots().upper(&r.id);
             let rw = upper.as_deref().map(dir_size).unwrap_or(0);

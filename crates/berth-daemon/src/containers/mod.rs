@@ -62,6 +62,7 @@ impl Entry {
 
 pub struct Containers {
     pub store: Arc<ImageStore>,
+    pub volumes: Arc<crate::volumes::Volumes>,
     pub data_root: PathBuf,
     pub exec_root: PathBuf,
     pub runtime: Runtime,
@@ -132,6 +133,7 @@ impl Containers {
     pub fn new(store: Arc<ImageStore>, data_root: &Path, exec_root: &Path) -> Containers {
         Containers {
             store,
+            volumes: Arc::new(crate::volumes::Volumes::new(data_root)),
             data_root: data_root.to_path_buf(),
             exec_root: exec_root.to_path_buf(),
             runtime: Runtime {
@@ -546,7 +548,8 @@ impl Containers {
             .map_err(|e| e.to_string())?;
         let result = (|| {
             spec::write_etc_files(rec, &dir).map_err(|e| e.to_string())?;
-            let config = spec::build(rec, &rootfs, &dir)?;
+            let volumes = self.attach_volumes(rec, &rootfs)?;
+            let config = spec::build(rec, &rootfs, &dir, &volumes)?;
             berth_types::fs::atomic_write(&dir.join("config.json"), config.to_string().as_bytes())
                 .map_err(|e| e.to_string())?;
             let _ = std::fs::remove_file(dir.join("exit.json"));
@@ -556,6 +559,34 @@ impl Containers {
             self.unmount(&rec.id);
         }
         result
+    }
+
+    /// The container's volumes as (host path, destination, rw); a volume used for the
+    /// first time gets the image's content at its destination (unless `nocopy`).
+    fn attach_volumes(
+        &self,
+        rec: &Record,
+        rootfs: &Path,
+    ) -> Result<Vec<(PathBuf, String, bool)>, String> {
+        let mut out = Vec::new();
+        let root = std::fs::canonicalize(rootfs).map_err(|e| e.to_string())?;
+        for v in &rec.volumes {
+            let (path, fresh) = self.volumes.attach(&v.name)?;
+            if fresh && !v.nocopy {
+                // Only content truly inside the image: a path whose links lead out of the
+                // root filesystem (resolved here, on the host) is not copied.
+                let inside = rootfs.join(v.destination.trim_start_matches('/'));
+                if let Ok(real) = std::fs::canonicalize(&inside) {
+                    if real.starts_with(&root) {
+                        crate::volumes::copy_up(&real, &path).map_err(|e| {
+                            format!("copying {} into volume {}: {e}", v.destination, v.name)
+                        })?;
+                    }
+                }
+            }
+            out.push((path, v.destination.clone(), v.rw));
+        }
+        Ok(out)
     }
 
     fn spawn_shim(&self, rec: &Record) -> Result<i32, String> {

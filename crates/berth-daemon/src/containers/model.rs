@@ -177,6 +177,19 @@ impl State {
     }
 }
 
+/// A volume mounted into a container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub name: String,
+    pub destination: String,
+    pub rw: bool,
+    /// Created for this container (removed with it by `rm -v`).
+    pub anonymous: bool,
+    /// `nocopy`: do not copy the image's content into a new volume.
+    #[serde(default)]
+    pub nocopy: bool,
+}
+
 /// What the daemon keeps of a container (`<data-root>/containers/<id>/container.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
@@ -197,6 +210,8 @@ pub struct Record {
     /// Set by stop/kill from a user, so restart policies leave the container down.
     #[serde(default)]
     pub stopped_by_user: bool,
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
 }
 
 impl Record {

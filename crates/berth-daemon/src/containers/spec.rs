@@ -193,7 +193,7 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<User, String> {
 
 /// Docker's binds: `src:dst[:opts]`, where opts mix `ro`/`rw`, propagation and SELinux
 /// labels (ignored).
-fn bind_mount(spec: &str) -> Result<Value, String> {
+fn bind_mount(spec: &str) -> Result<Option<Value>, String> {
     let parts: Vec<&str> = spec.split(':').collect();
     let (src, dst, opts) = match parts.as_slice() {
         [s, d] => (*s, *d, ""),
@@ -206,9 +206,7 @@ fn bind_mount(spec: &str) -> Result<Value, String> {
         ));
     }
     if !src.starts_with('/') {
-        return Err(format!(
-            "invalid volume specification: '{spec}': named volumes are not supported yet"
-        ));
+        return Ok(None); // a named volume: mounted from the record's volumes
     }
     if dst == "/" {
         return Err(format!(
@@ -232,7 +230,35 @@ fn bind_mount(spec: &str) -> Result<Value, String> {
     if std::fs::symlink_metadata(src).is_err() {
         std::fs::create_dir_all(src).map_err(|e| format!("creating {src}: {e}"))?;
     }
-    Ok(json!({"destination": dst, "type": "bind", "source": src, "options": options}))
+    Ok(Some(
+        json!({"destination": dst, "type": "bind", "source": src, "options": options}),
+    ))
+}
+
+/// A named or anonymous volume's part of a bind spec: (name, destination, rw, nocopy).
+/// None for host paths. Checked at create, so errors come back to the client there.
+pub fn volume_bind(spec: &str) -> Result<Option<(String, String, bool, bool)>, String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (src, dst, opts) = match parts.as_slice() {
+        [s, d] => (*s, *d, ""),
+        [s, d, o] => (*s, *d, *o),
+        _ => return Err(format!("invalid volume specification: '{spec}'")),
+    };
+    if src.starts_with('/') {
+        return Ok(None);
+    }
+    if !dst.starts_with('/') {
+        return Err(format!(
+            "invalid volume specification: '{spec}': invalid mount config for type \"volume\": invalid mount path: '{dst}' mount path must be absolute"
+        ));
+    }
+    let opts: Vec<&str> = opts.split(',').collect();
+    Ok(Some((
+        src.to_string(),
+        dst.to_string(),
+        !opts.contains(&"ro"),
+        opts.contains(&"nocopy"),
+    )))
 }
 
 /// `--mount` entries of type bind and tmpfs.
@@ -262,6 +288,7 @@ fn api_mount(m: &Value) -> Result<Value, String> {
             }
             Ok(json!({"destination": target, "type": "bind", "source": src, "options": options}))
         }
+        "volume" => Ok(Value::Null), // from the record's volumes
         "tmpfs" => {
             let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
             if let Some(size) = m["TmpfsOptions"]["SizeBytes"].as_i64().filter(|&s| s > 0) {
@@ -290,7 +317,13 @@ fn env_unset(env: &[String], key: &str) -> bool {
 
 /// The runtime config for `rec`, whose root filesystem is mounted at `rootfs` and whose
 /// /etc/hostname, /etc/hosts and /etc/resolv.conf are in `dir`.
-pub fn build(rec: &Record, rootfs: &Path, dir: &Path) -> Result<Value, String> {
+/// `volumes` are the container's volumes as (host path, destination, rw).
+pub fn build(
+    rec: &Record,
+    rootfs: &Path,
+    dir: &Path,
+    volumes: &[(std::path::PathBuf, String, bool)],
+) -> Result<Value, String> {
     let hc = &rec.host_config;
     let c = &rec.config;
     let user = resolve_user(rootfs, &c.user)?;
@@ -368,10 +401,20 @@ pub fn build(rec: &Record, rootfs: &Path, dir: &Path) -> Result<Value, String> {
             "source": dir.join(f), "options": ["rbind", "rprivate"]}));
     }
     for b in hc.binds.iter().flatten() {
-        mounts.push(bind_mount(b)?);
+        mounts.extend(bind_mount(b)?);
     }
     for m in hc.mounts.iter().flatten() {
-        mounts.push(api_mount(m)?);
+        let m = api_mount(m)?;
+        if !m.is_null() {
+            mounts.push(m);
+        }
+    }
+    for (src, dst, rw) in volumes {
+        let mut options = vec!["rbind", "rprivate"];
+        if !rw {
+            options.push("ro");
+        }
+        mounts.push(json!({"destination": dst, "type": "bind", "source": src, "options": options}));
     }
     for (dst, opts) in hc.tmpfs.iter().flatten() {
         let mut options = vec![
@@ -622,11 +665,22 @@ mod tests {
     }
 
     #[test]
+    fn volume_binds_are_told_apart() {
+        assert_eq!(bind_mount("data:/x").unwrap(), None);
+        assert_eq!(
+            volume_bind("data:/x:ro,nocopy").unwrap(),
+            Some(("data".into(), "/x".into(), false, true))
+        );
+        assert_eq!(volume_bind("/host:/x").unwrap(), None);
+        assert!(volume_bind("data:rel").is_err());
+    }
+
+    #[test]
     fn binds_are_checked() {
         assert!(bind_mount("/tmp:relative").is_err());
         assert!(bind_mount("/tmp:/").is_err());
         assert!(bind_mount("/tmp:/x:bogus").is_err());
-        let m = bind_mount("/tmp:/x:ro").unwrap();
+        let m = bind_mount("/tmp:/x:ro").unwrap().unwrap();
         assert_eq!(m["options"], json!(["rbind", "ro", "rprivate"]));
     }
 }
