@@ -224,6 +224,15 @@ enum Cmd {
         #[arg(short, long)]
         force: bool,
     },
+    /// Copy files/folders between a container and the local filesystem
+    Cp {
+        #[arg(short = 'L', long = "follow-link")]
+        follow_link: bool,
+        #[arg(short, long)]
+        archive: bool,
+        src: String,
+        dst: String,
+    },
     /// Show the Berth version information
     Version {
         #[arg(short, long)]
@@ -1177,6 +1186,7 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             );
             Ok(0)
         }
+        Cmd::Cp { src, dst, .. } => cp(c, &src, &dst).await,
         Cmd::Version { format } => {
             let v = c.json(Method::GET, "/version", None).await?;
             let all = json!({
@@ -1233,6 +1243,180 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
     }
+}
+
+/// `container:path`, or None for a local path. A name has no '/' before its colon.
+fn container_path(s: &str) -> Option<(&str, &str)> {
+    let (c, p) = s.split_once(':')?;
+    (!c.is_empty() && !c.contains('/')).then_some((c, p))
+}
+
+async fn cp(c: &Client, src: &str, dst: &str) -> Result<i32, Error> {
+    use http_body_util::BodyExt;
+    match (container_path(src), container_path(dst)) {
+        (Some((ctr, path)), None) => {
+            let resp = c
+                .send(
+                    Method::GET,
+                    &format!("/containers/{}/archive?path={}", q(ctr), q(path)),
+                    client::empty(),
+                    None,
+                    false,
+                )
+                .await?;
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?
+                .to_bytes();
+            if dst == "-" {
+                use std::io::Write;
+                std::io::stdout()
+                    .write_all(&bytes)
+                    .map_err(|e| Error::Other(e.to_string()))?;
+                return Ok(0);
+            }
+            let target = std::path::Path::new(dst);
+            // Into an existing directory: under its own name; otherwise: as `dst`.
+            let (into, rename) = if target.is_dir() {
+                (target.to_path_buf(), None)
+            } else {
+                let parent = target
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                if !parent.is_dir() {
+                    return Err(Error::Other(format!(
+                        "destination directory {} does not exist",
+                        parent.display()
+                    )));
+                }
+                (parent.to_path_buf(), target.file_name().map(PathBuf::from))
+            };
+            let mut ar = tar::Archive::new(std::io::Cursor::new(bytes));
+            ar.set_preserve_permissions(true);
+            let err = |e: std::io::Error| Error::Other(e.to_string());
+            match rename {
+                // Archive::unpack keeps every entry (and links it makes) inside `into`.
+                None => ar.unpack(&into).map_err(err)?,
+                Some(name) => {
+                    let tmp = tempfile::Builder::new()
+                        .prefix(".berth-cp-")
+                        .tempdir_in(&into)
+                        .map_err(err)?;
+                    ar.unpack(tmp.path()).map_err(err)?;
+                    let top = std::fs::read_dir(tmp.path())
+                        .map_err(err)?
+                        .next()
+                        .ok_or_else(|| Error::Other("empty archive".into()))?
+                        .map_err(err)?;
+                    std::fs::rename(top.path(), into.join(name)).map_err(err)?;
+                }
+            }
+            Ok(0)
+        }
+        (None, Some((ctr, path))) => {
+            let (body, dest) = if src == "-" {
+                (client::reader(tokio::io::stdin()), path.to_string())
+            } else {
+                let source = std::path::Path::new(src);
+                if std::fs::symlink_metadata(source).is_err() {
+                    return Err(Error::Other(format!(
+                        "lstat {}: no such file or directory",
+                        source.display()
+                    )));
+                }
+                // Where it lands: into an existing directory under its own name, else as
+                // the last component of the destination, in its parent.
+                let stat = c
+                    .send(
+                        Method::HEAD,
+                        &format!("/containers/{}/archive?path={}", q(ctr), q(path)),
+                        client::empty(),
+                        None,
+                        false,
+                    )
+                    .await;
+                let is_dir = match &stat {
+                    Ok(r) => r
+                        .headers()
+                        .get("x-docker-container-path-stat")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(decode_stat)
+                        .is_some_and(|m| m & (1 << 31) != 0),
+                    Err(_) => false,
+                };
+                let (dir, name) = if is_dir {
+                    (
+                        path.to_string(),
+                        source
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_else(|| ".".into()),
+                    )
+                } else {
+                    let p = std::path::Path::new(path);
+                    (
+                        p.parent()
+                            .map(|x| x.to_string_lossy().into_owned())
+                            .filter(|x| !x.is_empty())
+                            .unwrap_or_else(|| "/".into()),
+                        p.file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    )
+                };
+                let mut b = tar::Builder::new(Vec::new());
+                b.follow_symlinks(false);
+                let md =
+                    std::fs::symlink_metadata(source).map_err(|e| Error::Other(e.to_string()))?;
+                let r = if md.is_dir() {
+                    b.append_dir_all(&name, source)
+                } else {
+                    b.append_path_with_name(source, &name)
+                };
+                r.map_err(|e| Error::Other(e.to_string()))?;
+                let bytes = b.into_inner().map_err(|e| Error::Other(e.to_string()))?;
+                (client::full(bytes), dir)
+            };
+            c.send(
+                Method::PUT,
+                &format!("/containers/{}/archive?path={}", q(ctr), q(&dest)),
+                body,
+                Some("application/x-tar"),
+                false,
+            )
+            .await?;
+            Ok(0)
+        }
+        (Some(_), Some(_)) => Err(Error::Other(
+            "copying between containers is not supported".into(),
+        )),
+        (None, None) => Err(Error::Other(
+            "must specify at least one container source".into(),
+        )),
+    }
+}
+
+/// The `mode` of Docker's base64 path stat header.
+fn decode_stat(b64: &str) -> Option<u64> {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for ch in b64.bytes().filter(|&c| c != b'=') {
+        let v = T.iter().position(|&t| t == ch)? as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    let v: Value = serde_json::from_slice(&out).ok()?;
+    v["mode"].as_u64()
 }
 
 async fn simple_each(c: &Client, names: &[String], action: &str) -> Result<i32, Error> {

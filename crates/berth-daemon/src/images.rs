@@ -284,7 +284,7 @@ pub async fn prune(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<
 
 /// Writes a request body to a temporary file under the data root (loads and imports can be
 /// far bigger than memory should hold).
-async fn body_to_file(d: &Shared, body: Body) -> ApiResult<std::path::PathBuf> {
+pub(crate) async fn body_to_file(d: &Shared, body: Body) -> ApiResult<std::path::PathBuf> {
     let dir = d.data_root.join("tmp");
     let path = dir.join(format!(
         "upload-{}-{}",

@@ -151,6 +151,12 @@ pub fn router(daemon: Shared) -> Router {
         .route("/containers/{id}/top", get(containers::api::top))
         .route("/containers/{id}/attach", post(containers::attach::attach))
         .route("/containers/{id}/logs", get(containers::logs::logs))
+        .route(
+            "/containers/{id}/archive",
+            get(containers::archive::archive)
+                .head(containers::archive::archive)
+                .put(containers::archive::archive),
+        )
         .route("/containers/{id}/exec", post(containers::exec::create))
         .route("/exec/{id}/start", post(containers::exec::start))
         .route("/exec/{id}/json", get(containers::exec::inspect))

@@ -191,13 +191,32 @@ fn rx_sync(root_fd: &OwnedFd) -> Result<()> {
 
 /// Parses the tar stream and applies each entry; returns the number of entries.
 fn apply_tar(root_fd: &OwnedFd, reader: impl Read) -> Result<u64> {
+    apply_tar_with(root_fd, reader, true)
+}
+
+/// Extracts a plain tar (no compression, no whiteouts: `.wh.` names are files like any
+/// other) under `root` with the applier's path safety: what `docker cp` into a container
+/// needs. Returns the number of entries.
+pub fn extract(root: &Path, input: impl Read) -> Result<u64> {
+    let root_fd: OwnedFd = io_ctx(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags_dir()
+            .open(root),
+        || format!("opening {}", root.display()),
+    )?
+    .into();
+    apply_tar_with(&root_fd, input, false)
+}
+
+fn apply_tar_with(root_fd: &OwnedFd, reader: impl Read, whiteouts: bool) -> Result<u64> {
     let mut archive = tar::Archive::new(reader);
     let mut dirs: Vec<(String, Timestamps)> = Vec::new();
     let mut entries = 0u64;
     for entry in io_ctx(archive.entries(), || "reading the layer".into())? {
         let mut entry = io_ctx(entry, || "reading the layer".into())?;
         entries += 1;
-        apply_entry(root_fd, &mut entry, &mut dirs)?;
+        apply_entry(root_fd, &mut entry, &mut dirs, whiteouts)?;
     }
     // The diffID covers the whole stream, end-of-archive padding included: read it all.
     let mut rest = archive.into_inner();
@@ -349,6 +368,7 @@ fn apply_entry<R: Read>(
     root: &OwnedFd,
     entry: &mut tar::Entry<'_, R>,
     dirs: &mut Vec<(String, Timestamps)>,
+    whiteouts: bool,
 ) -> Result<()> {
     let raw_path = entry
         .path()
@@ -392,7 +412,7 @@ fn apply_entry<R: Read>(
     let name_str = name.to_string_lossy();
 
     // Whiteouts become overlayfs whiteouts.
-    if name_str == ".wh..wh..opq" {
+    if whiteouts && name_str == ".wh..wh..opq" {
         let dir = format!("/proc/self/fd/{}", parent.as_raw_fd());
         return rx(
             rustix::fs::setxattr(
@@ -404,7 +424,7 @@ fn apply_entry<R: Read>(
             || format!("marking {shown} opaque"),
         );
     }
-    if let Some(hidden) = name_str.strip_prefix(".wh.") {
+    if let Some(hidden) = name_str.strip_prefix(".wh.").filter(|_| whiteouts) {
         let hidden = OsString::from(hidden);
         io_ctx(remove_existing(&parent, &hidden), || {
             format!("whiting out {shown}")

@@ -959,3 +959,75 @@ fn volumes_named_anonymous_copy_up_and_in_use() {
     assert_ne!(code, 0);
     assert!(err.contains("includes invalid characters"), "{err}");
 }
+
+#[test]
+fn cp_both_ways_stays_inside_the_container() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    std::fs::write(w.join("hello.txt"), "hello\n").unwrap();
+    std::fs::create_dir(w.join("tree")).unwrap();
+    std::fs::write(w.join("tree/a"), "a\n").unwrap();
+    d.ok(&["run", "-d", "--name", "box", "busybox", "sleep", "60"]);
+    // Host to container: into a directory, and as a new name.
+    d.ok(&["cp", w.join("hello.txt").to_str().unwrap(), "box:/tmp"]);
+    d.ok(&["cp", w.join("tree").to_str().unwrap(), "box:/tmp/copied"]);
+    assert_eq!(
+        d.ok(&["exec", "box", "cat", "/tmp/hello.txt", "/tmp/copied/a"]),
+        "hello\na\n"
+    );
+    // Container to host (Berth's CLI too), a file and a directory.
+    d.ok(&["cp", "box:/etc/passwd", w.join("passwd").to_str().unwrap()]);
+    assert!(std::fs::read_to_string(w.join("passwd"))
+        .unwrap()
+        .starts_with("root:"));
+    d.berth_ok(&["cp", "box:/tmp/copied", w.join("back").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(w.join("back/a")).unwrap(), "a\n");
+    d.berth_ok(&[
+        "cp",
+        w.join("hello.txt").to_str().unwrap(),
+        "box:/tmp/from-berth",
+    ]);
+    assert_eq!(d.ok(&["exec", "box", "cat", "/tmp/from-berth"]), "hello\n");
+    // Paths resolve inside the container: an absolute symlink to /etc means the
+    // container's /etc, and `..` stops at its root.
+    d.ok(&["exec", "box", "ln", "-s", "/etc", "/tmp/etc-link"]);
+    d.ok(&[
+        "cp",
+        "box:/tmp/etc-link/../../../etc/group",
+        w.join("group").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(w.join("group")).unwrap(),
+        std::fs::read_to_string(common::template_rootfs().join("etc/group")).unwrap()
+    );
+    d.ok(&[
+        "cp",
+        w.join("hello.txt").to_str().unwrap(),
+        "box:/tmp/etc-link/",
+    ]);
+    assert_eq!(d.ok(&["exec", "box", "cat", "/etc/hello.txt"]), "hello\n");
+    assert!(
+        !Path::new("/etc/hello.txt").exists(),
+        "cp escaped to the host"
+    );
+    let (code, _, err) = d.docker(&["cp", "box:/nonexistent", w.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Could not find the file /nonexistent"),
+        "{err}"
+    );
+    // A stopped container: its root filesystem is mounted for the copy.
+    d.ok(&["kill", "box"]);
+    d.ok(&[
+        "cp",
+        "box:/tmp/hello.txt",
+        w.join("after-stop").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(w.join("after-stop")).unwrap(),
+        "hello\n"
+    );
+}

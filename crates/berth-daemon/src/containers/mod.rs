@@ -8,6 +8,7 @@
 //! leaves containers running, and a new daemon picks them up again (live restore).
 
 pub mod api;
+pub mod archive;
 pub mod attach;
 pub mod exec;
 pub mod logs;
