@@ -224,6 +224,18 @@ enum Cmd {
         #[arg(short, long)]
         force: bool,
     },
+    /// Display a live stream of container(s) resource usage statistics
+    Stats {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(long = "no-stream")]
+        no_stream: bool,
+        #[arg(long = "no-trunc")]
+        no_trunc: bool,
+        #[arg(long)]
+        format: Option<String>,
+        containers: Vec<String>,
+    },
     /// Copy files/folders between a container and the local filesystem
     Cp {
         #[arg(short = 'L', long = "follow-link")]
@@ -1187,6 +1199,13 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
         Cmd::Cp { src, dst, .. } => cp(c, &src, &dst).await,
+        Cmd::Stats {
+            all,
+            no_stream,
+            no_trunc,
+            format,
+            containers,
+        } => stats(c, all, no_stream, no_trunc, format, containers).await,
         Cmd::Version { format } => {
             let v = c.json(Method::GET, "/version", None).await?;
             let all = json!({
@@ -1242,6 +1261,105 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             println!(" Docker Root Dir: {}", p("DockerRootDir"));
             Ok(0)
         }
+    }
+}
+
+/// One row of `docker stats` from a stats sample, with Docker's arithmetic.
+fn stats_view(v: &Value, no_trunc: bool) -> Value {
+    let cpu = &v["cpu_stats"];
+    let pre = &v["precpu_stats"];
+    let f = |x: &Value| x.as_f64().unwrap_or(0.0);
+    let cpu_delta = f(&cpu["cpu_usage"]["total_usage"]) - f(&pre["cpu_usage"]["total_usage"]);
+    let sys_delta = f(&cpu["system_cpu_usage"]) - f(&pre["system_cpu_usage"]);
+    let online = f(&cpu["online_cpus"]).max(1.0);
+    let cpu_pct = if sys_delta > 0.0 && cpu_delta > 0.0 {
+        cpu_delta / sys_delta * online * 100.0
+    } else {
+        0.0
+    };
+    let mem = &v["memory_stats"];
+    // Docker leaves the page cache out: total_inactive_file on v1, inactive_file on v2.
+    let cache = f(&mem["stats"]["total_inactive_file"]).max(f(&mem["stats"]["inactive_file"]));
+    let used = (f(&mem["usage"]) - cache).max(0.0);
+    let limit = f(&mem["limit"]);
+    let mem_pct = if limit > 0.0 {
+        used / limit * 100.0
+    } else {
+        0.0
+    };
+    let id = v["id"].as_str().unwrap_or("");
+    json!({
+        "ID": if no_trunc { id.to_string() } else { id.chars().take(12).collect() },
+        "Container": if no_trunc { id.to_string() } else { id.chars().take(12).collect() },
+        "Name": v["name"].as_str().unwrap_or("").trim_start_matches('/'),
+        "CPUPerc": format!("{cpu_pct:.2}%"),
+        "MemUsage": format!("{} / {}", human_binary(used), human_binary(limit)),
+        "MemPerc": format!("{mem_pct:.2}%"),
+        "NetIO": "0B / 0B",
+        "BlockIO": "0B / 0B",
+        "PIDs": format::plain(&v["pids_stats"]["current"]).replace("<no value>", "0"),
+    })
+}
+
+async fn stats(
+    c: &Client,
+    all: bool,
+    no_stream: bool,
+    no_trunc: bool,
+    format: Option<String>,
+    containers: Vec<String>,
+) -> Result<i32, Error> {
+    let names: Vec<String> = if containers.is_empty() {
+        let list = c
+            .json(Method::GET, &format!("/containers/json?all={all}"), None)
+            .await?;
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["Id"].as_str().map(String::from))
+            .collect()
+    } else {
+        containers
+    };
+    let default = "table {{.Container}}\t{{.Name}}\t{{.CPUPerc}}\t{{.MemUsage}}\t{{.MemPerc}}\t{{.NetIO}}\t{{.BlockIO}}\t{{.PIDs}}";
+    let title = |f: &str| -> String {
+        match f {
+            "Container" => "CONTAINER ID",
+            "ID" => "ID",
+            "Name" => "NAME",
+            "CPUPerc" => "CPU %",
+            "MemUsage" => "MEM USAGE / LIMIT",
+            "MemPerc" => "MEM %",
+            "NetIO" => "NET I/O",
+            "BlockIO" => "BLOCK I/O",
+            "PIDs" => "PIDS",
+            other => return other.to_uppercase(),
+        }
+        .to_string()
+    };
+    loop {
+        let mut rows = Vec::new();
+        for n in &names {
+            let v = c
+                .json(
+                    Method::GET,
+                    &format!("/containers/{}/stats?stream=false", q(n)),
+                    None,
+                )
+                .await?;
+            rows.push(stats_view(&v, no_trunc));
+        }
+        let out =
+            format::render_list(&rows, format.as_deref(), default, &title).map_err(Error::Other)?;
+        if no_stream {
+            print!("{out}");
+            return Ok(0);
+        }
+        // Redraw in place, as docker stats does.
+        print!("\x1b[2J\x1b[H{out}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(Duration::from_millis(800)).await;
     }
 }
 

@@ -149,6 +149,7 @@ pub fn router(daemon: Shared) -> Router {
         .route("/containers/{id}/rename", post(containers::api::rename))
         .route("/containers/{id}/resize", post(containers::api::resize))
         .route("/containers/{id}/top", get(containers::api::top))
+        .route("/containers/{id}/stats", get(containers::stats::stats))
         .route("/containers/{id}/attach", post(containers::attach::attach))
         .route("/containers/{id}/logs", get(containers::logs::logs))
         .route(

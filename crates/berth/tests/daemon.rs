@@ -1031,3 +1031,39 @@ fn cp_both_ways_stays_inside_the_container() {
         "hello\n"
     );
 }
+
+#[test]
+fn stats_come_from_the_containers_cgroup() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "busy",
+        "-m",
+        "64m",
+        "busybox",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    let fmt = "{{.Name}} {{.CPUPerc}} {{.MemUsage}} {{.PIDs}}";
+    let out = d.ok(&["stats", "--no-stream", "--format", fmt]);
+    let f: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(f[0], "busy", "{out}");
+    let cpu: f64 = f[1].trim_end_matches('%').parse().unwrap();
+    assert!(cpu > 10.0, "a spinning shell shows CPU use: {out}");
+    assert_eq!(f[4], "64MiB", "{out}");
+    assert_eq!(f[5], "1", "{out}");
+    // Berth's CLI reads the same numbers the same way.
+    let out = d.berth_ok(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.Name}} {{.PIDs}}",
+        "busy",
+    ]);
+    assert_eq!(out, "busy 1\n");
+}

@@ -15,6 +15,7 @@ pub mod logs;
 pub mod model;
 pub mod spawner;
 pub mod spec;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
