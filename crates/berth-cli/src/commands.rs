@@ -224,6 +224,42 @@ enum Cmd {
         #[arg(short, long)]
         force: bool,
     },
+    /// Inspect changes to files or directories on a container's filesystem
+    Diff { container: String },
+    /// Export a container's filesystem as a tar archive
+    Export {
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        container: String,
+    },
+    /// Create a new image from a container's changes
+    Commit {
+        #[arg(short, long = "change")]
+        change: Vec<String>,
+        #[arg(short, long)]
+        message: Option<String>,
+        #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
+        pause: bool,
+        container: String,
+        reference: Option<String>,
+    },
+    /// Update configuration of one or more containers
+    Update {
+        #[arg(short, long)]
+        memory: Option<String>,
+        #[arg(long = "memory-swap")]
+        memory_swap: Option<String>,
+        #[arg(long)]
+        cpus: Option<f64>,
+        #[arg(short = 'c', long = "cpu-shares")]
+        cpu_shares: Option<i64>,
+        #[arg(long = "pids-limit")]
+        pids_limit: Option<i64>,
+        #[arg(long)]
+        restart: Option<String>,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// Display a live stream of container(s) resource usage statistics
     Stats {
         #[arg(short, long)]
@@ -1199,6 +1235,111 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
         Cmd::Cp { src, dst, .. } => cp(c, &src, &dst).await,
+        Cmd::Diff { container } => {
+            let v = c
+                .json(
+                    Method::GET,
+                    &format!("/containers/{}/changes", q(&container)),
+                    None,
+                )
+                .await?;
+            for ch in v.as_array().into_iter().flatten() {
+                let kind = match ch["Kind"].as_u64() {
+                    Some(1) => 'A',
+                    Some(2) => 'D',
+                    _ => 'C',
+                };
+                println!("{kind} {}", format::plain(&ch["Path"]));
+            }
+            Ok(0)
+        }
+        Cmd::Export { output, container } => {
+            let resp = c
+                .send(
+                    Method::GET,
+                    &format!("/containers/{}/export", q(&container)),
+                    client::empty(),
+                    None,
+                    false,
+                )
+                .await?;
+            let out: Box<dyn std::io::Write> = match &output {
+                Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
+                    Error::Other(format!("failed to export container: {}: {e}", p.display()))
+                })?),
+                None => {
+                    if stream::is_terminal(std::io::stdout()) {
+                        return Err(Error::Other(
+                            "cowardly refusing to save to a terminal. Use the -o flag or redirect"
+                                .into(),
+                        ));
+                    }
+                    Box::new(std::io::stdout())
+                }
+            };
+            write_body(resp.into_body(), out).await?;
+            Ok(0)
+        }
+        Cmd::Commit {
+            change,
+            message,
+            pause,
+            container,
+            reference,
+        } => {
+            let mut path = format!("/commit?container={}&pause={pause}", q(&container));
+            if let Some(r) = reference {
+                let (repo, tag) = split_tag(&r);
+                path.push_str(&format!("&repo={}&tag={}", q(&repo), q(&tag)));
+            }
+            if let Some(m) = message {
+                path.push_str(&format!("&comment={}", q(&m)));
+            }
+            for ch in change {
+                path.push_str(&format!("&changes={}", q(&ch)));
+            }
+            let v = c.json(Method::POST, &path, None).await?;
+            println!("{}", format::plain(&v["Id"]));
+            Ok(0)
+        }
+        Cmd::Update {
+            memory,
+            memory_swap,
+            cpus,
+            cpu_shares,
+            pids_limit,
+            restart,
+            containers,
+        } => {
+            let size = |s: Option<String>| -> Result<i64, Error> {
+                s.map(|s| ram_in_bytes(&s).map_err(Error::Other))
+                    .transpose()
+                    .map(|v| v.unwrap_or(0))
+            };
+            let mut body = json!({
+                "Memory": size(memory)?,
+                "MemorySwap": size(memory_swap)?,
+                "NanoCpus": cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
+                "CpuShares": cpu_shares.unwrap_or(0),
+                "PidsLimit": pids_limit,
+            });
+            if let Some(r) = restart {
+                let (n, count) = r.split_once(':').unwrap_or((&r, "0"));
+                body["RestartPolicy"] =
+                    json!({"Name": n, "MaximumRetryCount": count.parse::<i64>().unwrap_or(0)});
+            }
+            let body = &body;
+            each(&containers, |n| async move {
+                c.json(
+                    Method::POST,
+                    &format!("/containers/{}/update", q(&n)),
+                    Some(body),
+                )
+                .await?;
+                Ok(Some(n))
+            })
+            .await
+        }
         Cmd::Stats {
             all,
             no_stream,

@@ -150,6 +150,48 @@ pub fn router(daemon: Shared) -> Router {
         .route("/containers/{id}/resize", post(containers::api::resize))
         .route("/containers/{id}/top", get(containers::api::top))
         .route("/containers/{id}/stats", get(containers::stats::stats))
+        .route(
+            "/containers/{id}/changes",
+            get(containers::changes::changes),
+        )
+        .route("/containers/{id}/export", get(containers::changes::export))
+        .route("/containers/{id}/update", post(containers::changes::update))
+        .route("/commit", post(containers::changes::commit))
+        .route("/swarm", get(containers::changes::not_a_swarm))
+        .route(
+            "/swarm/{*rest}",
+            get(containers::changes::not_a_swarm).post(containers::changes::not_a_swarm),
+        )
+        .route("/services", get(containers::changes::not_a_swarm))
+        .route(
+            "/services/{*rest}",
+            get(containers::changes::not_a_swarm)
+                .post(containers::changes::not_a_swarm)
+                .delete(containers::changes::not_a_swarm),
+        )
+        .route("/nodes", get(containers::changes::not_a_swarm))
+        .route(
+            "/nodes/{*rest}",
+            get(containers::changes::not_a_swarm)
+                .post(containers::changes::not_a_swarm)
+                .delete(containers::changes::not_a_swarm),
+        )
+        .route("/tasks", get(containers::changes::not_a_swarm))
+        .route("/tasks/{*rest}", get(containers::changes::not_a_swarm))
+        .route("/secrets", get(containers::changes::not_a_swarm))
+        .route(
+            "/secrets/{*rest}",
+            get(containers::changes::not_a_swarm)
+                .post(containers::changes::not_a_swarm)
+                .delete(containers::changes::not_a_swarm),
+        )
+        .route("/configs", get(containers::changes::not_a_swarm))
+        .route(
+            "/configs/{*rest}",
+            get(containers::changes::not_a_swarm)
+                .post(containers::changes::not_a_swarm)
+                .delete(containers::changes::not_a_swarm),
+        )
         .route("/containers/{id}/attach", post(containers::attach::attach))
         .route("/containers/{id}/logs", get(containers::logs::logs))
         .route(

@@ -81,6 +81,12 @@ fn os_name() -> String {
 
 pub async fn info(State(d): State<Shared>) -> Json<Value> {
     let images = d.store.list().len();
+    let recs: Vec<_> = d.containers.all().iter().map(|e| e.snapshot()).collect();
+    let running = recs
+        .iter()
+        .filter(|r| r.state.running && !r.state.paused)
+        .count();
+    let paused = recs.iter().filter(|r| r.state.paused).count();
     let cgroup_version = if std::fs::metadata("/sys/fs/cgroup/cgroup.controllers").is_ok() {
         "2"
     } else {
@@ -88,7 +94,8 @@ pub async fn info(State(d): State<Shared>) -> Json<Value> {
     };
     Json(json!({
         "ID": "",
-        "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0, "ContainersStopped": 0,
+        "Containers": recs.len(), "ContainersRunning": running, "ContainersPaused": paused,
+        "ContainersStopped": recs.len() - running - paused,
         "Images": images,
         "Driver": "overlay2",
         "DriverStatus": [["Backing Filesystem", "extfs"]],
@@ -218,7 +225,14 @@ pub async fn disk_usage(State(d): State<Shared>) -> Json<Value> {
     Json(json!({
         "LayersSize": layers.values().sum::<u64>(),
         "Images": images,
-        "Containers": [],
+        "Containers": d.containers.all().iter().map(|e| {
+            let r = e.snapshot();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|t| t.as_secs() as i64)
+                .unwrap_or(0);
+            crate::containers::api::summary(&d.containers, &r, now)
+        }).collect::<Vec<_>>(),
         "Volumes": [],
         "BuildCache": []
     }))

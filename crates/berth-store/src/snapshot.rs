@@ -61,6 +61,8 @@ pub trait Snapshotter {
     /// The directory holding only the container's changes (overlay's upper directory), for
     /// committing them as a layer; None where the snapshotter keeps no such record.
     fn upper(&self, key: &str) -> Option<PathBuf>;
+    /// The unpacked contents of layer `id` (read-only for callers).
+    fn layer_dir(&self, id: &str) -> Option<PathBuf>;
 }
 
 /// overlayfs over layer directories.
@@ -249,6 +251,11 @@ impl Snapshotter for Overlay {
         check_id(key).ok()?;
         Some(self.active(key).join("upper")).filter(|p| p.is_dir())
     }
+
+    fn layer_dir(&self, id: &str) -> Option<PathBuf> {
+        check_id(id).ok()?;
+        Some(self.layer_fs(id)).filter(|p| p.is_dir())
+    }
 }
 
 /// A 10-character name for a layer's link: 50 bits of its id's hash in base32.
@@ -339,6 +346,11 @@ impl Snapshotter for Copy {
 
     fn upper(&self, _key: &str) -> Option<PathBuf> {
         None // a full copy records no changes
+    }
+
+    fn layer_dir(&self, id: &str) -> Option<PathBuf> {
+        check_id(id).ok()?;
+        Some(self.root.join(id).join("fs")).filter(|p| p.is_dir())
     }
 }
 

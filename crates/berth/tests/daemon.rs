@@ -1067,3 +1067,89 @@ fn stats_come_from_the_containers_cgroup() {
     ]);
     assert_eq!(out, "busy 1\n");
 }
+
+#[test]
+fn diff_export_commit_update_and_swarm_refusal() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    d.ok(&[
+        "run",
+        "--name",
+        "changer",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir /new && echo x > /new/f && rm /etc/group && echo y >> /etc/passwd",
+    ]);
+    let diff = d.ok(&["diff", "changer"]);
+    for want in [
+        "A /new",
+        "A /new/f",
+        "D /etc/group",
+        "C /etc/passwd",
+        "C /etc",
+    ] {
+        assert!(
+            diff.lines().any(|l| l == want),
+            "{want} missing in:\n{diff}"
+        );
+    }
+    // export: the whole root filesystem as a tar, with the changes.
+    let work = tempfile::tempdir().unwrap();
+    let tarball = work.path().join("fs.tar");
+    d.ok(&["export", "-o", tarball.to_str().unwrap(), "changer"]);
+    let listing = capture(Command::new("tar").arg("-tf").arg(&tarball));
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert!(names.lines().any(|l| l == "new/f"), "{names}");
+    assert!(names.lines().any(|l| l == "bin/busybox"), "{names}");
+    assert!(!names.lines().any(|l| l == "etc/group"), "{names}");
+    // commit: the changes become an image that runs.
+    let id = d.ok(&[
+        "commit",
+        "-c",
+        "CMD [\"cat\", \"/new/f\"]",
+        "changer",
+        "changed:1",
+    ]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(d.ok(&["run", "--rm", "changed:1"]), "x\n");
+    // update: new limits reach the running container's cgroup.
+    d.ok(&[
+        "run", "-d", "--name", "limited", "-m", "64m", "busybox", "sleep", "60",
+    ]);
+    d.ok(&["update", "-m", "128m", "--memory-swap", "256m", "limited"]);
+    assert_eq!(
+        d.ok(&[
+            "exec",
+            "limited",
+            "cat",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+        ]),
+        "134217728\n"
+    );
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.HostConfig.Memory}}", "limited"]),
+        "134217728\n"
+    );
+    // info counts containers; swarm endpoints answer 503 as a daemon outside a swarm.
+    assert_eq!(
+        d.ok(&[
+            "info",
+            "-f",
+            "{{.Containers}} {{.ContainersRunning}} {{.ContainersStopped}}"
+        ]),
+        "2 1 1\n"
+    );
+    let (code, _, err) = d.docker(&["service", "ls"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("This node is not a swarm manager"), "{err}");
+    // Berth's CLI: the same diff and commit.
+    assert_eq!(d.berth_ok(&["diff", "changer"]), d.ok(&["diff", "changer"]));
+    d.berth_ok(&["commit", "changer", "changed:2"]);
+    d.berth_ok(&["update", "--pids-limit", "50", "limited"]);
+    assert_eq!(
+        d.ok(&["exec", "limited", "cat", "/sys/fs/cgroup/pids/pids.max"]),
+        "50\n"
+    );
+}

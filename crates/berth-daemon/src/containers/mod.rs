@@ -10,6 +10,7 @@
 pub mod api;
 pub mod archive;
 pub mod attach;
+pub mod changes;
 pub mod exec;
 pub mod logs;
 pub mod model;
