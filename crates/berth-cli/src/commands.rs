@@ -427,6 +427,18 @@ struct RunArgs {
     stop_timeout: Option<i64>,
     #[arg(long)]
     init: bool,
+    #[arg(long = "health-cmd")]
+    health_cmd: Option<String>,
+    #[arg(long = "health-interval")]
+    health_interval: Option<String>,
+    #[arg(long = "health-timeout")]
+    health_timeout: Option<String>,
+    #[arg(long = "health-retries")]
+    health_retries: Option<u64>,
+    #[arg(long = "health-start-period")]
+    health_start_period: Option<String>,
+    #[arg(long = "no-healthcheck")]
+    no_healthcheck: bool,
     #[arg(long = "detach-keys")]
     detach_keys: Option<String>,
     /// Accepted for compatibility; images are local until pulling is built.
@@ -495,6 +507,60 @@ fn parse_mount(s: &str) -> Result<Value, String> {
     }
     m.insert("Type".into(), json!(kind));
     Ok(Value::Object(m))
+}
+
+/// Go's time.ParseDuration for the forms people write: `30s`, `1m30s`, `500ms`, `2h`.
+fn go_duration(s: &str) -> Result<u64, String> {
+    let bad = || format!("time: invalid duration \"{s}\"");
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest == "0" {
+        return Ok(0);
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let v: f64 = rest[..n].parse().map_err(|_| bad())?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mul = match &rest[..u] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        total += v * mul;
+        rest = &rest[u..];
+    }
+    Ok(total as u64)
+}
+
+fn healthcheck(a: &RunArgs) -> Result<Value, String> {
+    if a.no_healthcheck {
+        return Ok(json!({"Test": ["NONE"]}));
+    }
+    let any = a.health_cmd.is_some()
+        || a.health_interval.is_some()
+        || a.health_timeout.is_some()
+        || a.health_retries.is_some()
+        || a.health_start_period.is_some();
+    if !any {
+        return Ok(Value::Null);
+    }
+    let d = |x: &Option<String>| x.as_deref().map(go_duration).transpose();
+    Ok(json!({
+        "Test": a.health_cmd.as_ref().map(|c| json!(["CMD-SHELL", c])).unwrap_or(Value::Null),
+        "Interval": d(&a.health_interval)?.unwrap_or(0),
+        "Timeout": d(&a.health_timeout)?.unwrap_or(0),
+        "StartPeriod": d(&a.health_start_period)?.unwrap_or(0),
+        "Retries": a.health_retries.unwrap_or(0),
+    }))
 }
 
 /// The create body the docker CLI would send for these flags.
@@ -580,6 +646,7 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
         "Labels": key_values(&a.label),
         "StopSignal": a.stop_signal,
         "StopTimeout": a.stop_timeout,
+        "Healthcheck": healthcheck(a)?,
     });
     body["HostConfig"] = json!({
             "Binds": a.volume,
@@ -2222,6 +2289,15 @@ mod tests {
         assert_eq!(human_size(999.0), "999B");
         assert_eq!(human_size(12_345.0), "12.3kB");
         assert_eq!(human_size(0.0), "0B");
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration("1s").unwrap(), 1_000_000_000);
+        assert_eq!(go_duration("1m30s").unwrap(), 90_000_000_000);
+        assert_eq!(go_duration("250ms").unwrap(), 250_000_000);
+        assert!(go_duration("5").is_err());
+        assert!(go_duration("3x").is_err());
     }
 
     #[test]

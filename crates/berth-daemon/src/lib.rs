@@ -307,7 +307,6 @@ async fn serve(opts: Options) -> Result<(), String> {
         &opts.data_root,
         &opts.exec_root,
     ));
-    containers.restore().await;
     let daemon = Arc::new(Daemon {
         store,
         volumes: containers.volumes.clone(),
@@ -316,6 +315,8 @@ async fn serve(opts: Options) -> Result<(), String> {
         data_root: opts.data_root.clone(),
         events: tokio::sync::broadcast::channel(1024).0,
     });
+    let _ = daemon.containers.daemon.set(Arc::downgrade(&daemon));
+    daemon.containers.restore().await;
     let listener = tokio::net::UnixListener::bind(socket)
         .map_err(|e| format!("binding {}: {e}", socket.display()))?;
     use std::os::unix::fs::PermissionsExt;

@@ -1153,3 +1153,65 @@ fn diff_export_commit_update_and_swarm_refusal() {
         "50\n"
     );
 }
+
+#[test]
+fn healthchecks_follow_the_probe() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "h",
+        "--health-cmd",
+        "test -f /tmp/ok && echo fine",
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "2",
+        "busybox",
+        "sleep",
+        "60",
+    ]);
+    let status = |d: &Daemon| d.ok(&["inspect", "-f", "{{.State.Health.Status}}", "h"]);
+    assert_eq!(status(&d), "starting\n");
+    assert!(
+        wait_for(10, || status(&d) == "unhealthy\n"),
+        "{}",
+        status(&d)
+    );
+    assert!(d
+        .ok(&["ps", "--format", "{{.Status}}"])
+        .contains("(unhealthy)"));
+    d.ok(&["exec", "h", "touch", "/tmp/ok"]);
+    assert!(wait_for(10, || status(&d) == "healthy\n"), "{}", status(&d));
+    let log = d.ok(&[
+        "inspect",
+        "-f",
+        "{{range .State.Health.Log}}{{.ExitCode}}:{{.Output}}|{{end}}",
+        "h",
+    ]);
+    assert!(log.contains("0:fine"), "{log}");
+    assert_eq!(
+        d.ok(&["ps", "-q", "--filter", "health=healthy"])
+            .lines()
+            .count(),
+        1
+    );
+    // --no-healthcheck: no Health at all.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "n",
+        "--no-healthcheck",
+        "busybox",
+        "sleep",
+        "60",
+    ]);
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Health}}", "n"]).trim(),
+        "<nil>"
+    );
+}

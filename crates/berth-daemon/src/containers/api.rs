@@ -157,8 +157,18 @@ pub async fn create(
             .as_object()
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     }
-    if config.healthcheck.is_none() && ic["Healthcheck"].is_object() {
-        config.healthcheck = Some(ic["Healthcheck"].clone());
+    // The image's healthcheck, with what the flags set taking precedence.
+    if ic["Healthcheck"].is_object() {
+        let mut merged = ic["Healthcheck"].clone();
+        if let Some(Value::Object(given)) = &config.healthcheck {
+            for (k, v) in given {
+                let unset = v.is_null() || v == &json!(0) || v == &json!([]);
+                if !unset {
+                    merged[k] = v.clone();
+                }
+            }
+        }
+        config.healthcheck = Some(merged);
     }
     if let Some(sig) = &config.stop_signal {
         if parse_signal(sig).is_none() {
@@ -663,6 +673,15 @@ fn matches(d: &Shared, r: &Record, key: &str, vals: &[String]) -> ApiResult<bool
                 r.state.status.as_str()
             };
             any(&|v| v == s)
+        }
+        "health" => {
+            let h = r
+                .state
+                .health
+                .as_ref()
+                .and_then(|h| h["Status"].as_str())
+                .unwrap_or("none");
+            any(&|v| v == h)
         }
         "label" => any(&|v| match v.split_once('=') {
             Some((k, val)) => r.config.labels.get(k).is_some_and(|x| x == val),

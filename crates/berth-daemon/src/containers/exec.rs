@@ -165,7 +165,7 @@ fn process_json(d: &Shared, exec: &Exec) -> Result<Value, String> {
 }
 
 /// Writes the process file and starts the exec's shim (which waits for `start`).
-fn spawn(d: &Shared, exec: &Exec) -> Result<(), String> {
+pub(crate) fn spawn(d: &Shared, exec: &Exec) -> Result<(), String> {
     let process = process_json(d, exec)?;
     let sock = d.containers.socket(&exec.id);
     if let Some(dir) = sock.parent() {
@@ -190,7 +190,7 @@ fn spawn(d: &Shared, exec: &Exec) -> Result<(), String> {
         .map(|_| ())
 }
 
-fn cleanup(d: &Shared, exec: &Exec) {
+pub(crate) fn cleanup(d: &Shared, exec: &Exec) {
     let sock = d.containers.socket(&exec.id);
     for ext in ["json", "exit"] {
         let _ = std::fs::remove_file(format!("{}.{ext}", sock.display()));

@@ -12,6 +12,7 @@ pub mod archive;
 pub mod attach;
 pub mod changes;
 pub mod exec;
+pub mod health;
 pub mod logs;
 pub mod model;
 pub mod spawner;
@@ -70,6 +71,8 @@ pub struct Containers {
     pub exec_root: PathBuf,
     pub runtime: Runtime,
     pub spawner: spawner::Spawner,
+    /// The daemon, for what runs on its own (healthchecks, events); set once at start.
+    pub daemon: std::sync::OnceLock<std::sync::Weak<crate::Daemon>>,
     by_id: Mutex<HashMap<String, Arc<Entry>>>,
 }
 
@@ -144,6 +147,7 @@ impl Containers {
                 systemd_cgroup: false,
             },
             spawner: spawner::Spawner::default(),
+            daemon: std::sync::OnceLock::new(),
             by_id: Mutex::new(HashMap::new()),
         }
     }
@@ -308,7 +312,9 @@ impl Containers {
             match self.connect(&id, json!({"op": "wait"})).await {
                 Ok(conn) => {
                     let me = self.clone();
-                    tokio::spawn(async move { me.monitor(e, conn).await });
+                    let e2 = e.clone();
+                    tokio::spawn(async move { me.monitor(e2, conn).await });
+                    self.watch_health(&e);
                 }
                 Err(_) => {
                     // The shim is gone: its runtime state may be left.
@@ -367,6 +373,10 @@ impl Containers {
     }
 
     async fn exited(self: &Arc<Self>, e: &Arc<Entry>, exit: berth_shim::Exit) {
+        if let Some(d) = self.daemon.get().and_then(std::sync::Weak::upgrade) {
+            let rec = e.snapshot();
+            d.event("container", "die", &rec.id, &rec);
+        }
         let rec = {
             let mut r = e.rec.lock().expect("lock");
             r.state.status = "exited".into();
@@ -493,7 +503,14 @@ impl Containers {
         let me = self.clone();
         let e2 = e.clone();
         tokio::spawn(async move { me.monitor(e2, conn).await });
+        self.watch_health(e);
         Ok(true)
+    }
+
+    fn watch_health(&self, e: &Arc<Entry>) {
+        if let Some(d) = self.daemon.get().and_then(std::sync::Weak::upgrade) {
+            health::watch(d, e.clone());
+        }
     }
 
     /// Records a failed start as Docker does (the error, exit code 127/126/128) and turns

@@ -162,6 +162,8 @@ pub struct State {
     pub error: String,
     pub started_at: String,
     pub finished_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Value>,
 }
 
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
@@ -226,7 +228,20 @@ impl Record {
             "running" if self.state.paused => {
                 format!("Up {} (Paused)", since(&self.state.started_at))
             }
-            "running" => format!("Up {}", since(&self.state.started_at)),
+            "running" => {
+                let health = match self
+                    .state
+                    .health
+                    .as_ref()
+                    .and_then(|h| h["Status"].as_str())
+                {
+                    Some("starting") => " (health: starting)",
+                    Some("healthy") => " (healthy)",
+                    Some("unhealthy") => " (unhealthy)",
+                    _ => "",
+                };
+                format!("Up {}{health}", since(&self.state.started_at))
+            }
             "exited" => format!(
                 "Exited ({}) {} ago",
                 self.state.exit_code,
