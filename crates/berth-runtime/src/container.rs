@@ -25,6 +25,11 @@ use crate::seccomp;
 use crate::state::{self, Container, Status, EXEC_FIFO};
 use crate::sys::{self, LinuxSyscall, Syscall};
 
+/// With this annotation set to "true", the container's pid 1 is a reaper that runs the
+/// program as its child (`docker run --init`), forwarding signals and reaping orphans. It
+/// is the runtime's own code, so nothing is added to the container's filesystem.
+pub const INIT_ANNOTATION: &str = "org.berth.init";
+
 pub struct Runtime {
     /// Where container state lives (runc's --root).
     pub root: PathBuf,
@@ -1084,10 +1089,16 @@ fn init(plan: InitPlan, chan: &mut Channel) -> Result<()> {
             process.env().as_deref().unwrap_or_default(),
         )?;
     }
+    let reaper = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(INIT_ANNOTATION))
+        .is_some_and(|v| v == "true");
     finalize_and_exec(
         process,
         &path,
         if loaded { None } else { plan.seccomp.as_ref() },
+        reaper,
     )
 }
 
@@ -1149,6 +1160,7 @@ fn finalize_and_exec(
     process: &Process,
     path: &Path,
     filter: Option<&seccomp::Program>,
+    reaper: bool,
 ) -> Result<()> {
     let caps = process.capabilities().as_ref();
     let nnp = process.no_new_privileges().unwrap_or(false);
@@ -1176,6 +1188,14 @@ fn finalize_and_exec(
     sys::umask(process.user().umask().unwrap_or(0o022));
     let args = process.args().as_deref().unwrap_or_default();
     let env = process.env().as_deref().unwrap_or_default();
+    if reaper {
+        // `--init`: this process stays as pid 1 and reaps; a child runs the program.
+        sys::block_all_signals();
+        let child = sys::fork().ctx(|| "forking the program under the init".into())?;
+        if child > 0 {
+            sys::reap_as_init(child);
+        }
+    }
     sys::reset_signals();
     let e = sys::execve(path, args, env);
     Err(Error::Init(format!("exec {}: {e}", path.display())))
@@ -1196,5 +1216,6 @@ fn exec_process(plan: InitPlan, chan: &mut Channel) -> Result<()> {
         process,
         &path,
         if loaded { None } else { plan.seccomp.as_ref() },
+        false,
     )
 }

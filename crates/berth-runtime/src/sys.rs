@@ -368,6 +368,67 @@ pub fn reset_signals() {
     }
 }
 
+/// Blocks every signal in this process (before forking a child that resets its own mask,
+/// so the `--init` reaper misses no SIGCHLD).
+pub fn block_all_signals() {
+    // SAFETY: a full set initialised by sigfillset; the old mask is not needed.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// fork(2). Only for single-threaded callers (the container's init is).
+pub fn fork() -> io::Result<i32> {
+    // SAFETY: the caller is single-threaded, so the child may keep running Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    }
+}
+
+/// The `--init` reaper, as pid 1 of the container: closes every descriptor above stdio
+/// (so the runtime sees the program's exec), forwards every signal to `child`, reaps
+/// every orphan, and exits as `child` does (128 + signal when it is killed).
+/// All signals must already be blocked (see [`block_all_signals`]).
+pub fn reap_as_init(child: i32) -> ! {
+    // SAFETY: close_range on descriptors of this process, none of which it uses again.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // SAFETY: plain signal and wait calls with valid out pointers.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        loop {
+            let sig = libc::sigwaitinfo(&all, std::ptr::null_mut());
+            if sig < 0 {
+                continue;
+            }
+            if sig != libc::SIGCHLD {
+                libc::kill(child, sig);
+                continue;
+            }
+            loop {
+                let mut status = 0;
+                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                if pid <= 0 {
+                    break;
+                }
+                if pid == child {
+                    let code = if libc::WIFEXITED(status) {
+                        libc::WEXITSTATUS(status)
+                    } else {
+                        128 + libc::WTERMSIG(status)
+                    };
+                    libc::_exit(code);
+                }
+            }
+        }
+    }
+}
+
 /// Replaces the process image. Returns only on failure.
 pub fn execve(path: &Path, args: &[String], env: &[String]) -> io::Error {
     let to_c = |v: &[String]| -> Result<Vec<CString>> {

@@ -1215,3 +1215,59 @@ fn healthchecks_follow_the_probe() {
         "<nil>"
     );
 }
+
+#[test]
+fn init_reaps_and_forwards_signals() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    // The program is not pid 1 under --init; pid 1 is Berth's reaper.
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--init",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $$; cat /proc/1/comm",
+    ]);
+    let mut lines = out.lines();
+    assert_ne!(lines.next(), Some("1"), "{out}");
+    assert_ne!(lines.next(), Some("sh"), "{out}");
+    // Exit codes pass through.
+    assert_eq!(
+        d.docker(&["run", "--rm", "--init", "busybox", "sh", "-c", "exit 7"])
+            .0,
+        7
+    );
+    // SIGTERM reaches the program (a pid 1 `sleep` would ignore it and wait for SIGKILL).
+    d.ok(&[
+        "run", "-d", "--init", "--name", "sleeper", "busybox", "sleep", "60",
+    ]);
+    let t = std::time::Instant::now();
+    d.ok(&["stop", "-t", "20", "sleeper"]);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.ExitCode}}", "sleeper"]),
+        "143\n"
+    );
+    // Orphans are reaped: no zombies left behind a parent that did not wait.
+    d.ok(&[
+        "run",
+        "-d",
+        "--init",
+        "--name",
+        "orphans",
+        "busybox",
+        "sh",
+        "-c",
+        "(sleep 0.2 &) ; sleep 60",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let ps = d.ok(&["exec", "orphans", "ps", "-o", "stat,args"]);
+    assert!(!ps.lines().any(|l| l.trim_start().starts_with('Z')), "{ps}");
+}

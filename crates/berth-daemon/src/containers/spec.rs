@@ -469,6 +469,9 @@ pub fn build(
     if host(&hc.uts_mode) {
         spec.as_object_mut().expect("object").remove("hostname");
     }
+    if hc.init == Some(true) {
+        spec["annotations"] = json!({ berth_runtime::container::INIT_ANNOTATION: "true" });
+    }
     Ok(spec)
 }
 
