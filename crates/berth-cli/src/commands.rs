@@ -600,7 +600,9 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
             None => (r.to_string(), 0),
         },
     };
-    let mut log_config = json!({"Type": a.log_driver.clone().unwrap_or_else(|| "json-file".into()), "Config": key_values(&a.log_opt)});
+    // An empty type lets the daemon's default (daemon.json log-driver) apply.
+    let mut log_config =
+        json!({"Type": a.log_driver.clone().unwrap_or_default(), "Config": key_values(&a.log_opt)});
     if log_config["Config"]
         .as_object()
         .is_some_and(|m| m.is_empty())

@@ -6,12 +6,13 @@
 //! wait, logs, stop, kill, restart, pause, rename, top, remove, prune, live restore).
 //! Pulls, builds and networks come with their issues.
 
+pub mod config;
 pub mod containers;
 mod images;
 mod system;
 pub mod volumes;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -33,6 +34,8 @@ pub struct Daemon {
     pub volumes: Arc<volumes::Volumes>,
     pub data_root: PathBuf,
     pub events: tokio::sync::broadcast::Sender<serde_json::Value>,
+    /// Reloaded on SIGHUP (log and ulimit defaults, log level, registries).
+    pub settings: std::sync::RwLock<config::Settings>,
 }
 
 impl Daemon {
@@ -247,16 +250,38 @@ fn strip_version(mut req: Request<Body>) -> Request<Body> {
     req
 }
 
-/// Options of `berth daemon` (dockerd's names).
-pub struct Options {
-    pub host: String,
-    pub data_root: PathBuf,
-    pub exec_root: PathBuf,
-    pub pidfile: Option<PathBuf>,
-}
-
-/// Serves until SIGTERM or SIGINT; returns the process exit code.
-pub fn main(opts: Options) -> i32 {
+/// `berth daemon`: reads the configuration file, merges the flags, serves until SIGTERM
+/// or SIGINT; returns the process exit code.
+pub fn main(flags: config::Flags) -> i32 {
+    let path = flags
+        .config_file
+        .clone()
+        .unwrap_or_else(|| config::DEFAULT_CONFIG.into());
+    let settings =
+        config::read_file(&path, flags.config_file.is_some()).and_then(|(file, warnings)| {
+            for w in warnings {
+                eprintln!("berth daemon: warning: {w}");
+            }
+            config::merge(&flags, &file)
+        });
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("berth daemon: {e}");
+            return 1;
+        }
+    };
+    let level = match settings.log_level.as_str() {
+        "debug" => tracing::Level::DEBUG,
+        "warn" => tracing::Level::WARN,
+        "error" | "fatal" => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -267,7 +292,7 @@ pub fn main(opts: Options) -> i32 {
             return 1;
         }
     };
-    match rt.block_on(serve(opts)) {
+    match rt.block_on(serve(settings, flags)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("berth daemon: {e}");
@@ -276,73 +301,141 @@ pub fn main(opts: Options) -> i32 {
     }
 }
 
-async fn serve(opts: Options) -> Result<(), String> {
-    let socket = opts.host.strip_prefix("unix://").ok_or_else(|| {
-        format!(
-            "--host {}: only unix:// sockets are served so far",
-            opts.host
-        )
-    })?;
-    let socket = Path::new(socket);
-    for d in [&opts.data_root, &opts.exec_root] {
+/// One line per request, at debug level (method, path, status, time).
+async fn log_request(req: Request<Body>, next: axum::middleware::Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let t = std::time::Instant::now();
+    let resp = next.run(req).await;
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_us = t.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), String> {
+    let mut sockets = Vec::new();
+    for h in &settings.hosts {
+        let path = h
+            .strip_prefix("unix://")
+            .ok_or_else(|| format!("--host {h}: only unix:// sockets are served so far"))?;
+        sockets.push(PathBuf::from(path));
+    }
+    for d in [&settings.data_root, &settings.exec_root] {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     }
-    if let Some(parent) = socket.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
-    }
-    // A socket file nobody answers on is left over from a daemon that died: replace it.
-    if socket.exists() {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Err(format!(
-                "another daemon is listening on {}",
-                socket.display()
-            ));
+    let gid = match &settings.group {
+        Some(g) => Some(config::group_id(g).ok_or_else(|| format!("group {g} not found"))?),
+        // As dockerd with its docker group: the berth group when there is one.
+        None => config::group_id("berth"),
+    };
+    let mut listeners = Vec::new();
+    for socket in &sockets {
+        if let Some(parent) = socket.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
         }
-        let _ = std::fs::remove_file(socket);
+        // A socket file nobody answers on is left over from a daemon that died: replace it.
+        if socket.exists() {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return Err(format!(
+                    "another daemon is listening on {}",
+                    socket.display()
+                ));
+            }
+            let _ = std::fs::remove_file(socket);
+        }
+        let listener = tokio::net::UnixListener::bind(socket)
+            .map_err(|e| format!("binding {}: {e}", socket.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660));
+        if let Some(gid) = gid {
+            let _ = std::os::unix::fs::chown(socket, None, Some(gid));
+        }
+        listeners.push(listener);
     }
-    let store = Arc::new(ImageStore::open(&opts.data_root).map_err(|e| e.to_string())?);
+    let store = Arc::new(ImageStore::open(&settings.data_root).map_err(|e| e.to_string())?);
     let containers = Arc::new(containers::Containers::new(
         store.clone(),
-        &opts.data_root,
-        &opts.exec_root,
+        &settings.data_root,
+        &settings.exec_root,
     ));
     let daemon = Arc::new(Daemon {
         store,
         volumes: containers.volumes.clone(),
         containers,
         execs: Default::default(),
-        data_root: opts.data_root.clone(),
+        data_root: settings.data_root.clone(),
         events: tokio::sync::broadcast::channel(1024).0,
+        settings: std::sync::RwLock::new(settings.clone()),
     });
     let _ = daemon.containers.daemon.set(Arc::downgrade(&daemon));
     daemon.containers.restore().await;
-    let listener = tokio::net::UnixListener::bind(socket)
-        .map_err(|e| format!("binding {}: {e}", socket.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660));
-    if let Some(p) = &opts.pidfile {
+    if let Some(p) = &settings.pidfile {
         std::fs::write(p, std::process::id().to_string())
             .map_err(|e| format!("writing {}: {e}", p.display()))?;
     }
-    let app = tower::util::MapRequestLayer::new(strip_version).layer(router(daemon));
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
+    let app = tower::util::MapRequestLayer::new(strip_version)
+        .layer(router(daemon.clone()).layer(axum::middleware::from_fn(log_request)));
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut servers = Vec::new();
+    for listener in listeners {
+        let mut stop = stop_tx.subscribe();
+        let app = app.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(
+                listener,
+                axum::ServiceExt::<Request<Body>>::into_make_service(app),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.recv().await;
+            })
+            .await
+        }));
+    }
+    tracing::info!(hosts = ?settings.hosts, data_root = %settings.data_root.display(), "berth daemon serving");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| e.to_string())?;
+    loop {
         tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => reload(&daemon, &flags),
         }
-    };
-    let served = axum::serve(
-        listener,
-        axum::ServiceExt::<Request<Body>>::into_make_service(app),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
-    let _ = std::fs::remove_file(socket);
-    if let Some(p) = &opts.pidfile {
+    }
+    if !daemon.settings.read().expect("settings").live_restore {
+        // Without live restore, containers stop with the daemon (dockerd's behaviour).
+        for e in daemon.containers.all() {
+            let _ = daemon.containers.stop(&e, None, None).await;
+        }
+    }
+    let _ = stop_tx.send(());
+    for s in servers {
+        let _ = s.await;
+    }
+    for socket in &sockets {
+        let _ = std::fs::remove_file(socket);
+    }
+    if let Some(p) = &settings.pidfile {
         let _ = std::fs::remove_file(p);
     }
-    served.map_err(|e| e.to_string())
+    Ok(())
+}
+
+/// SIGHUP: the configuration file again; what can change without a restart does.
+fn reload(d: &Daemon, flags: &config::Flags) {
+    let path = d.settings.read().expect("settings").config_file.clone();
+    let merged = config::read_file(&path, false).and_then(|(f, _)| config::merge(flags, &f));
+    match merged {
+        Ok(new) => {
+            let mut s = d.settings.write().expect("settings");
+            s.log_driver = new.log_driver;
+            s.log_opts = new.log_opts;
+            s.default_ulimits = new.default_ulimits;
+            s.insecure_registries = new.insecure_registries;
+            s.registry_mirrors = new.registry_mirrors;
+            s.live_restore = new.live_restore;
+            tracing::info!(config = %path.display(), "configuration reloaded");
+        }
+        Err(e) => tracing::warn!(error = %e, "configuration not reloaded"),
+    }
 }

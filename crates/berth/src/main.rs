@@ -7,26 +7,51 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-/// dockerd's flags, as far as the daemon serves them yet.
+/// dockerd's flags.
 #[derive(Parser)]
 #[command(name = "berth daemon", version, about = "The Docker Engine API server")]
 struct DaemonArgs {
-    /// Socket to serve (unix:///path).
-    #[arg(
-        short = 'H',
-        long = "host",
-        default_value = "unix:///run/berth/berth.sock"
-    )]
-    host: String,
-    /// Root of persistent state (images, containers, volumes).
-    #[arg(long = "data-root", default_value = "/var/lib/berth")]
-    data_root: PathBuf,
-    /// Root of runtime state (sockets, container state).
-    #[arg(long = "exec-root", default_value = "/run/berth")]
-    exec_root: PathBuf,
+    /// Socket(s) to serve (unix:///path); default unix:///run/berth/berth.sock.
+    #[arg(short = 'H', long = "host")]
+    host: Vec<String>,
+    /// Root of persistent state (images, containers, volumes); default /var/lib/berth.
+    #[arg(long = "data-root")]
+    data_root: Option<PathBuf>,
+    /// Root of runtime state (sockets, container state); default /run/berth.
+    #[arg(long = "exec-root")]
+    exec_root: Option<PathBuf>,
     /// Write the daemon's pid here.
     #[arg(short = 'p', long)]
     pidfile: Option<PathBuf>,
+    /// Daemon configuration file (dockerd's daemon.json keys).
+    #[arg(long = "config-file")]
+    config_file: Option<PathBuf>,
+    /// debug, info, warn, error, fatal.
+    #[arg(short = 'l', long = "log-level")]
+    log_level: Option<String>,
+    /// Debug logging.
+    #[arg(short = 'D', long)]
+    debug: bool,
+    /// Group of the unix socket (default: berth, when that group exists).
+    #[arg(short = 'G', long)]
+    group: Option<String>,
+    #[arg(long = "insecure-registry")]
+    insecure_registry: Vec<String>,
+    #[arg(long = "registry-mirror")]
+    registry_mirror: Vec<String>,
+    #[arg(long)]
+    bip: Option<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    iptables: Option<bool>,
+    /// Containers keep running while the daemon is down (default true).
+    #[arg(long = "live-restore", num_args = 0..=1, default_missing_value = "true")]
+    live_restore: Option<bool>,
+    #[arg(long = "default-ulimit")]
+    default_ulimit: Vec<String>,
+    #[arg(long = "log-driver")]
+    log_driver: Option<String>,
+    #[arg(long = "log-opt")]
+    log_opt: Vec<String>,
 }
 
 fn daemon_main(bin: &str, args: &[String]) -> i32 {
@@ -40,11 +65,23 @@ fn daemon_main(bin: &str, args: &[String]) -> i32 {
             return code;
         }
     };
-    berth_daemon::main(berth_daemon::Options {
-        host: a.host,
+    berth_daemon::main(berth_daemon::config::Flags {
+        hosts: a.host,
         data_root: a.data_root,
         exec_root: a.exec_root,
         pidfile: a.pidfile,
+        config_file: a.config_file,
+        log_level: a.log_level,
+        debug: a.debug,
+        group: a.group,
+        insecure_registries: a.insecure_registry,
+        registry_mirrors: a.registry_mirror,
+        bip: a.bip,
+        iptables: a.iptables,
+        live_restore: a.live_restore,
+        default_ulimits: a.default_ulimit,
+        log_driver: a.log_driver,
+        log_opts: a.log_opt,
     })
 }
 

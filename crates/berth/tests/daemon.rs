@@ -14,6 +14,10 @@ struct Daemon {
 }
 
 fn spawn_daemon(dir: &Path) -> Child {
+    spawn_daemon_with(dir, &[])
+}
+
+fn spawn_daemon_with(dir: &Path, extra: &[&str]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -27,6 +31,7 @@ fn spawn_daemon(dir: &Path) -> Child {
         .arg(dir.join("root"))
         .arg("--exec-root")
         .arg(dir.join("exec"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -44,7 +49,11 @@ impl Daemon {
     }
 
     fn start_in(dir: tempfile::TempDir) -> Daemon {
-        let child = spawn_daemon(dir.path());
+        Daemon::start_with(dir, &[])
+    }
+
+    fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
+        let child = spawn_daemon_with(dir.path(), extra);
         let d = Daemon { dir, child };
         assert!(
             wait_for(10, || d.socket().exists()),
@@ -1270,4 +1279,84 @@ fn init_reaps_and_forwards_signals() {
     std::thread::sleep(std::time::Duration::from_millis(800));
     let ps = d.ok(&["exec", "orphans", "ps", "-o", "stat,args"]);
     assert!(!ps.lines().any(|l| l.trim_start().starts_with('Z')), "{ps}");
+}
+
+#[test]
+fn daemon_json_and_flags_set_container_defaults() {
+    require_root!();
+    if !docker_cli() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("berth-daemon-")
+        .tempdir()
+        .unwrap();
+    let conf = dir.path().join("daemon.json");
+    std::fs::write(
+        &conf,
+        r#"{"log-opts": {"max-size": "5m", "max-file": "2"}, "storage-driver": "overlay2",
+            "default-ulimits": {"nofile": {"Name": "nofile", "Soft": 1024, "Hard": 2048}}}"#,
+    )
+    .unwrap();
+    // Mistakes are refused with dockerd's words: a setting twice, an unknown key.
+    let out = capture(
+        Command::new(common::berth())
+            .args(["daemon", "--config-file"])
+            .arg(&conf)
+            .args(["--log-opt", "max-size=1m", "-H"])
+            .arg(format!("unix://{}", dir.path().join("x.sock").display())),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("both as a flag and in the configuration file: log-opts"));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"data-rot": "/x"}"#).unwrap();
+    let out = capture(
+        Command::new(common::berth())
+            .args(["daemon", "--config-file"])
+            .arg(&bad),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("don't match any configuration option: data-rot"));
+
+    let d = Daemon::start_with(dir, &["--config-file", conf.to_str().unwrap()]);
+    let archive = busybox_archive(d.dir.path());
+    d.ok(&["load", "-i", archive.to_str().unwrap()]);
+    d.ok(&["create", "--name", "a", "busybox", "true"]);
+    assert_eq!(
+        d.ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.LogConfig.Type}} {{index .HostConfig.LogConfig.Config \"max-size\"}}",
+            "a"
+        ]),
+        "json-file 5m\n"
+    );
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "ulimit -n; ulimit -Hn"
+        ]),
+        "1024\n2048\n"
+    );
+    // SIGHUP reloads the defaults.
+    std::fs::write(&conf, r#"{"log-opts": {"max-size": "7m"}}"#).unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &d.child.id().to_string()])
+        .status();
+    assert!(wait_for(5, || {
+        let _ = d.docker(&["rm", "b"]);
+        d.ok(&["create", "--name", "b", "busybox", "true"]);
+        d.ok(&[
+            "inspect",
+            "-f",
+            "{{index .HostConfig.LogConfig.Config \"max-size\"}}",
+            "b",
+        ]) == "7m\n"
+    }));
 }

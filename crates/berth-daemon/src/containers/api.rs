@@ -179,6 +179,26 @@ pub async fn create(
     if hc.network_mode.is_empty() {
         hc.network_mode = "bridge".into();
     }
+    {
+        // The daemon's defaults (daemon.json, flags) for what the body leaves out.
+        let s = d.settings.read().expect("settings");
+        if hc.log_config.kind.is_empty() {
+            hc.log_config.kind = s.log_driver.clone();
+            if hc.log_config.config.is_empty() {
+                hc.log_config.config = s.log_opts.clone();
+            }
+        }
+        let ulimits = hc.ulimits.get_or_insert_with(Vec::new);
+        for (name, (soft, hard)) in &s.default_ulimits {
+            if !ulimits.iter().any(|u| &u.name == name) {
+                ulimits.push(super::model::Ulimit {
+                    name: name.clone(),
+                    soft: *soft,
+                    hard: *hard,
+                });
+            }
+        }
+    }
     let volumes = {
         let (d2, config2, hc2) = (d.clone(), config.clone(), hc.clone());
         crate::blocking(move || container_volumes(&d2, &config2, &hc2)).await?
