@@ -4,7 +4,7 @@
 # they report themselves skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs="busybox-static libseccomp-dev pkg-config containerd"
+pkgs="busybox-static libseccomp-dev pkg-config containerd python3-venv"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -16,4 +16,11 @@ if [ -n "$missing" ]; then
     exit 1
   fi
 fi
+# docker-py (PyPI) for the SDK test, in a venv of its own under target/.
+venv=target/test-venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import docker' 2>/dev/null; then
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'docker>=7,<8'
+fi
+export BERTH_DOCKER_PY=$PWD/$venv/bin/python
 cargo test --workspace --locked "$@"

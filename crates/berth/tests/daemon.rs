@@ -1360,3 +1360,37 @@ fn daemon_json_and_flags_set_container_defaults() {
         ]) == "7m\n"
     }));
 }
+
+/// The Python SDK (docker-py from PyPI), when the test command provided it (scripts/test.sh
+/// makes a venv with it and sets BERTH_DOCKER_PY to its python).
+#[test]
+fn docker_py_sdk_works_against_berth() {
+    let python = match std::env::var("BERTH_DOCKER_PY") {
+        Ok(p) => p,
+        Err(_) => {
+            eprintln!("skipped: BERTH_DOCKER_PY not set (scripts/test.sh sets it)");
+            return;
+        }
+    };
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/docker_py.py");
+    let out = capture(
+        Command::new(python)
+            .arg(script)
+            .arg(format!("unix://{}", d.socket().display())),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text,
+        "api 1.47\nrun b'hi\\n'\nstatus running\nexec 3 b'out\\n'\nput_archive True\n\
+         get_archive note.txt b'put via docker-py\\n'\nwait 4\nlogs b'a\\n' b'b\\n'\n\
+         killed 137\nlist []\nimages ['busybox:latest']\nvolume dv\n"
+    );
+}
