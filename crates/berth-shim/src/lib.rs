@@ -550,9 +550,6 @@ fn run(opts: &Options, mut report: File) -> std::io::Result<()> {
     if let Some(l) = &mut log {
         l.flush();
     }
-    if opts.exec.is_none() {
-        let _ = runtime.delete(&opts.id, true);
-    }
     let exit = Exit {
         exit_code,
         finished_at: berth_types::time::now_rfc3339(),
@@ -569,6 +566,13 @@ fn run(opts: &Options, mut report: File) -> std::io::Result<()> {
                 &serde_json::json!({ "exit_code": exit_code }),
             );
         }
+    }
+    // Waiters and attached clients are done before the cgroup goes (rmdir of a v1 cgroup
+    // can wait for an RCU grace period): the daemon waits for this state to be gone before
+    // it starts the container again.
+    drop(clients);
+    if opts.exec.is_none() {
+        let _ = runtime.delete(&opts.id, true);
     }
     Ok(())
 }

@@ -557,6 +557,15 @@ impl Containers {
     /// Mounts the root filesystem, writes the bundle and starts the shim, which creates the
     /// container and reports its pid.
     fn launch(&self, rec: &Record, layers: &[String]) -> Result<i32, String> {
+        // The previous run's shim removes its runtime state just after it reports the exit.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while self.runtime.container(&rec.id).is_ok() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.runtime.delete(&rec.id, true);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let dir = self.dir(&rec.id);
         let rootfs = self.rootfs(&rec.id);
         std::fs::create_dir_all(&rootfs).map_err(|e| e.to_string())?;
