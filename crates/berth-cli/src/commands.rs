@@ -563,6 +563,20 @@ fn healthcheck(a: &RunArgs) -> Result<Value, String> {
     }))
 }
 
+/// `seccomp=<file>` travels as the file's contents, as the docker CLI sends it.
+fn security_opts(opts: &[String]) -> Result<Vec<String>, String> {
+    opts.iter()
+        .map(|o| match o.split_once('=') {
+            Some(("seccomp", v)) if v != "unconfined" && !v.trim_start().starts_with('{') => {
+                let text = std::fs::read_to_string(v)
+                    .map_err(|e| format!("opening seccomp profile ({v}) failed: {e}"))?;
+                Ok(format!("seccomp={text}"))
+            }
+            _ => Ok(o.clone()),
+        })
+        .collect()
+}
+
 /// The create body the docker CLI would send for these flags.
 fn create_body(a: &RunArgs) -> Result<Value, String> {
     let mut env = Vec::new();
@@ -668,7 +682,7 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
             "UTSMode": a.uts.clone().unwrap_or_default(),
             "Privileged": a.privileged,
             "ReadonlyRootfs": a.read_only,
-            "SecurityOpt": a.security_opt,
+            "SecurityOpt": security_opts(&a.security_opt)?,
             "Tmpfs": tmpfs,
             "ShmSize": a.shm_size.as_deref().map(ram_in_bytes).transpose()?.unwrap_or(0),
             "Sysctls": key_values(&a.sysctl),

@@ -1394,3 +1394,87 @@ fn docker_py_sdk_works_against_berth() {
          killed 137\nlist []\nimages ['busybox:latest']\nvolume dv\n"
     );
 }
+
+#[test]
+fn default_seccomp_profile_and_its_opt_outs() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    // A user namespace needs no capability: only the profile stands in the way.
+    let (code, _, err) = d.docker(&["run", "--rm", "busybox", "unshare", "-U", "true"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    d.ok(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        "seccomp=unconfined",
+        "busybox",
+        "unshare",
+        "-U",
+        "true",
+    ]);
+    d.ok(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "busybox",
+        "unshare",
+        "-U",
+        "true",
+    ]);
+    // CAP_SYS_ADMIN releases what Docker's profile ties to it.
+    d.ok(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "SYS_ADMIN",
+        "busybox",
+        "unshare",
+        "-U",
+        "true",
+    ]);
+    // A profile file (Docker's format), through both CLIs.
+    let work = tempfile::tempdir().unwrap();
+    let prof = work.path().join("p.json");
+    std::fs::write(
+        &prof,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", prof.display());
+    let (code, _, err) = d.docker(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        &opt,
+        "busybox",
+        "mkdir",
+        "/x",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    let (code, _, err) = d.berth(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        &opt,
+        "busybox",
+        "mkdir",
+        "/x",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    // Everyday programs are untouched by the default profile.
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir /t && echo ok > /t/f && cat /t/f && ps >/dev/null && echo fine"
+        ]),
+        "ok\nfine\n"
+    );
+}

@@ -15,6 +15,7 @@ pub mod exec;
 pub mod health;
 pub mod logs;
 pub mod model;
+pub mod seccomp;
 pub mod spawner;
 pub mod spec;
 pub mod stats;

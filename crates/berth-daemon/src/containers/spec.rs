@@ -466,6 +466,25 @@ pub fn build(
     if let Some(s) = &hc.sysctls {
         linux["sysctl"] = json!(s);
     }
+    // seccomp: the default profile unless privileged or told otherwise.
+    let choice = security.iter().find_map(|o| {
+        o.strip_prefix("seccomp=")
+            .or_else(|| o.strip_prefix("seccomp:"))
+    });
+    match choice {
+        _ if hc.privileged => {}
+        Some("unconfined") => {}
+        // The docker CLI sends the profile's contents; a path is read here.
+        Some(json) if json.trim_start().starts_with('{') => {
+            linux["seccomp"] = super::seccomp::from_file(json, &caps)?;
+        }
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("opening seccomp profile ({path}) failed: {e}"))?;
+            linux["seccomp"] = super::seccomp::from_file(&text, &caps)?;
+        }
+        None => linux["seccomp"] = super::seccomp::default_profile(&caps),
+    }
     if host(&hc.uts_mode) {
         spec.as_object_mut().expect("object").remove("hostname");
     }
