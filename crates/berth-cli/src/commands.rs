@@ -224,6 +224,20 @@ enum Cmd {
         #[arg(short, long)]
         force: bool,
     },
+    /// Get real time events from the server
+    Events {
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(short, long = "filter")]
+        filter: Vec<String>,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show docker disk usage
+    #[command(name = "system-df", hide = true)]
+    SystemDf,
     /// Inspect changes to files or directories on a container's filesystem
     Diff { container: String },
     /// Export a container's filesystem as a tar archive
@@ -1318,6 +1332,59 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
         Cmd::Cp { src, dst, .. } => cp(c, &src, &dst).await,
+        Cmd::Events {
+            since,
+            until,
+            filter,
+            format,
+        } => events(c, since, until, filter, format).await,
+        Cmd::SystemDf => {
+            let v = c.json(Method::GET, "/system/df", None).await?;
+            let images = v["Images"].as_array().cloned().unwrap_or_default();
+            let ctrs = v["Containers"].as_array().cloned().unwrap_or_default();
+            let vols = v["Volumes"].as_array().cloned().unwrap_or_default();
+            let img_size: f64 = images
+                .iter()
+                .map(|i| i["Size"].as_f64().unwrap_or(0.0))
+                .sum();
+            let active_imgs = images
+                .iter()
+                .filter(|i| ctrs.iter().any(|c| c["ImageID"] == i["Id"]))
+                .count();
+            let running = ctrs.iter().filter(|c| c["State"] == "running").count();
+            let rows = vec![
+                vec![
+                    "TYPE".into(),
+                    "TOTAL".into(),
+                    "ACTIVE".into(),
+                    "SIZE".into(),
+                    "RECLAIMABLE".into(),
+                ],
+                vec![
+                    "Images".into(),
+                    images.len().to_string(),
+                    active_imgs.to_string(),
+                    human_size(img_size),
+                    String::new(),
+                ],
+                vec![
+                    "Containers".into(),
+                    ctrs.len().to_string(),
+                    running.to_string(),
+                    "0B".into(),
+                    String::new(),
+                ],
+                vec![
+                    "Local Volumes".into(),
+                    vols.len().to_string(),
+                    "0".into(),
+                    "0B".into(),
+                    String::new(),
+                ],
+            ];
+            print!("{}", format::table(&rows));
+            Ok(0)
+        }
         Cmd::Diff { container } => {
             let v = c
                 .json(
@@ -1486,6 +1553,98 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
     }
+}
+
+/// `--since`/`--until` as Docker takes them: a duration before now (`10m`), unix seconds,
+/// or an RFC 3339 time; sent as unix seconds.
+fn event_time(s: &str) -> Result<String, Error> {
+    if s.parse::<f64>().is_ok() {
+        return Ok(s.to_string());
+    }
+    if let Ok(ns) = go_duration(s) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let t = now.as_secs_f64() - ns as f64 / 1e9;
+        return Ok(format!("{t:.9}"));
+    }
+    berth_types::time::parse_rfc3339(s)
+        .map(|t| t.to_string())
+        .ok_or_else(|| Error::Other(format!("invalid time value: {s}")))
+}
+
+async fn events(
+    c: &Client,
+    since: Option<String>,
+    until: Option<String>,
+    filter: Vec<String>,
+    format: Option<String>,
+) -> Result<i32, Error> {
+    use http_body_util::BodyExt;
+    use std::io::Write;
+    let mut q_parts = Vec::new();
+    if let Some(s) = since {
+        q_parts.push(format!("since={}", event_time(&s)?));
+    }
+    if let Some(u) = until {
+        q_parts.push(format!("until={}", event_time(&u)?));
+    }
+    if !filter.is_empty() {
+        q_parts.push(format!("filters={}", filters_json(&filter)));
+    }
+    let path = if q_parts.is_empty() {
+        "/events".to_string()
+    } else {
+        format!("/events?{}", q_parts.join("&"))
+    };
+    let template = format
+        .as_deref()
+        .map(Template::parse)
+        .transpose()
+        .map_err(Error::Other)?;
+    let resp = c
+        .send(Method::GET, &path, client::empty(), None, false)
+        .await?;
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            let out = match &template {
+                Some(t) => t.render(&ev),
+                None => {
+                    let ns = ev["timeNano"].as_u64().unwrap_or(0);
+                    let when = berth_types::time::rfc3339(
+                        (ns / 1_000_000_000) as i64,
+                        (ns % 1_000_000_000) as u32,
+                    );
+                    let attrs: Vec<String> = ev["Actor"]["Attributes"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k}={}", format::plain(v)))
+                        .collect();
+                    format!(
+                        "{when} {} {} {} ({})",
+                        format::plain(&ev["Type"]),
+                        format::plain(&ev["Action"]),
+                        format::plain(&ev["Actor"]["ID"]),
+                        attrs.join(", ")
+                    )
+                }
+            };
+            println!("{out}");
+            let _ = std::io::stdout().flush();
+        }
+    }
+    Ok(0)
 }
 
 /// One row of `docker stats` from a stats sample, with Docker's arithmetic.

@@ -59,6 +59,7 @@ fn rewrite(mut args: Vec<String>) -> Vec<String> {
         ("volume", "prune") => Some("volume-prune"),
         ("system", "info") => Some("info"),
         ("system", "events") => Some("events"),
+        ("system", "df") => Some("system-df"),
         _ => None,
     };
     match new {

@@ -36,7 +36,12 @@ pub struct Daemon {
     pub events: tokio::sync::broadcast::Sender<serde_json::Value>,
     /// Reloaded on SIGHUP (log and ulimit defaults, log level, registries).
     pub settings: std::sync::RwLock<config::Settings>,
+    /// The last events, for `GET /events?since=`.
+    pub recent: std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>,
 }
+
+/// How many past events `since` can reach back to.
+const RECENT_EVENTS: usize = 1024;
 
 impl Daemon {
     /// Publishes an event in the Engine API's shape (`docker events`).
@@ -55,13 +60,23 @@ impl Daemon {
         } else {
             rec.id.as_str()
         };
-        let _ = self.events.send(serde_json::json!({
+        let ev = serde_json::json!({
             "status": action, "id": id, "from": rec.config.image,
             "Type": kind, "Action": action,
             "Actor": {"ID": id, "Attributes": attrs},
             "scope": "local",
             "time": now.as_secs(), "timeNano": now.as_nanos() as u64,
-        }));
+        });
+        {
+            let mut recent = self.recent.lock().expect("events lock");
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(ev.clone());
+            // Sent under the lock, so a reader that subscribes under it misses nothing
+            // and sees nothing twice.
+            let _ = self.events.send(ev);
+        }
     }
 }
 
@@ -365,6 +380,7 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
         data_root: settings.data_root.clone(),
         events: tokio::sync::broadcast::channel(1024).0,
         settings: std::sync::RwLock::new(settings.clone()),
+        recent: Default::default(),
     });
     let _ = daemon.containers.daemon.set(Arc::downgrade(&daemon));
     daemon.containers.restore().await;

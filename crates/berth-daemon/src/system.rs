@@ -130,11 +130,39 @@ pub async fn events(
     use axum::response::IntoResponse;
     let ps = crate::images::params(q.as_deref());
     let fs = crate::containers::api::filters(&ps)?;
-    let until = ps
-        .iter()
-        .find(|(k, _)| k == "until")
-        .and_then(|(_, v)| v.split('.').next().and_then(|s| s.parse::<u64>().ok()));
-    let rx = d.events.subscribe();
+    // Unix seconds with an optional fraction, as the docker CLI sends them.
+    let nanos = |k: &str| -> ApiResult<Option<u64>> {
+        match ps.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str()) {
+            None | Some("") => Ok(None),
+            Some(v) => v
+                .parse::<f64>()
+                .map(|s| Some((s * 1e9) as u64))
+                .map_err(|_| crate::ApiError::bad_request(format!("invalid {k}: {v}"))),
+        }
+    };
+    let since = nanos("since")?;
+    let until_ns = nanos("until")?;
+    let until = until_ns.map(|n| n / 1_000_000_000);
+    let (rx, past) = {
+        let recent = d.recent.lock().expect("events lock");
+        let past: Vec<Value> = match since {
+            Some(s) => recent
+                .iter()
+                .filter(|e| {
+                    let t = e["timeNano"].as_u64().unwrap_or(0);
+                    t >= s && until_ns.is_none_or(|u| t <= u)
+                })
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        (d.events.subscribe(), past)
+    };
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.as_nanos() as u64)
+        .unwrap_or(0);
+    let only_past = until_ns.is_some_and(|u| u <= now_ns);
     let keep = move |ev: &Value| {
         fs.iter().all(|(k, vals)| {
             let field = match k.as_str() {
@@ -160,9 +188,18 @@ pub async fn events(
             field.is_some_and(|f| vals.contains(&f))
         })
     };
-    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+    let keep2 = keep.clone();
+    let replay = futures_util::stream::iter(
+        past.into_iter()
+            .filter(move |e| keep2(e))
+            .map(|e| Ok::<_, std::io::Error>(e.to_string() + "\n")),
+    );
+    let live = futures_util::stream::unfold(rx, move |mut rx| {
         let keep = keep.clone();
         async move {
+            if only_past {
+                return None;
+            }
             loop {
                 let deadline = until.map(|u| {
                     let now = std::time::SystemTime::now()
@@ -189,9 +226,10 @@ pub async fn events(
             }
         }
     });
+    use futures_util::StreamExt;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        axum::body::Body::from_stream(stream),
+        axum::body::Body::from_stream(replay.chain(live)),
     )
         .into_response())
 }

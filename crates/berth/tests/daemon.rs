@@ -600,6 +600,10 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(status, 400, "{body}");
     let (status, _) = post_json(&d, "/v1.47/containers/nosuch/start", "");
     assert_eq!(status, 404);
+    // Ports cannot be published yet: refused, not silently dropped.
+    let (code, _, err) = d.docker(&["run", "--rm", "-p", "8080:80", "busybox", "true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("needs bridge networking"), "{err}");
     // A 10 MB header is refused before it is buffered.
     let mut req = b"GET /_ping HTTP/1.1\r\nHost: d\r\nX-Big: ".to_vec();
     req.extend(std::iter::repeat_n(b'a', 10 << 20));
@@ -1476,5 +1480,62 @@ fn default_seccomp_profile_and_its_opt_outs() {
             "mkdir /t && echo ok > /t/f && cat /t/f && ps >/dev/null && echo fine"
         ]),
         "ok\nfine\n"
+    );
+}
+
+#[test]
+fn events_replay_and_filter() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    d.ok(&["run", "--name", "ev", "-l", "team=a", "busybox", "true"]);
+    d.ok(&["rm", "ev"]);
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let since = start.to_string();
+    let until = until.to_string();
+    // The docker CLI: past events by container, in order.
+    let out = d.ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        "container=ev",
+        "--format",
+        "{{.Action}}",
+    ]);
+    let actions: Vec<&str> = out.lines().collect();
+    for want in ["create", "attach", "start", "die", "destroy"] {
+        assert!(actions.contains(&want), "{want} missing: {actions:?}");
+    }
+    let pos = |a: &str| actions.iter().position(|x| *x == a).unwrap();
+    assert!(
+        pos("create") < pos("start") && pos("start") < pos("die") && pos("die") < pos("destroy")
+    );
+    // Label and event filters; Berth's CLI prints Docker's line format.
+    let out = d.berth_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "-f",
+        "label=team=a",
+        "-f",
+        "event=start",
+    ]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains(" container start ") && out.contains("name=ev") && out.contains("team=a"),
+        "{out}"
     );
 }

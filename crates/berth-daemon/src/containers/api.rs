@@ -176,8 +176,18 @@ pub async fn create(
         }
     }
     let mut hc = hc;
-    if hc.network_mode.is_empty() {
+    if hc.network_mode.is_empty() || hc.network_mode == "default" {
         hc.network_mode = "bridge".into();
+    }
+    // Refused rather than silently dropped until bridge networking exists.
+    let published = hc
+        .port_bindings
+        .values()
+        .any(|v| v.as_array().is_some_and(|a| !a.is_empty()));
+    if published && hc.network_mode != "host" {
+        return Err(ApiError::bad_request(
+            "publishing ports (-p) needs bridge networking, which Berth does not have yet; use --network host (see docs/STATUS.md)",
+        ));
     }
     {
         // The daemon's defaults (daemon.json, flags) for what the body leaves out.
