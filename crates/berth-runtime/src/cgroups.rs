@@ -400,6 +400,27 @@ pub fn pids(path: &Path) -> Result<Vec<i32>> {
         .collect())
 }
 
+/// How many processes of the cgroup the kernel's OOM killer has killed (`oom_kill` of
+/// memory.oom_control on v1, memory.events on v2); 0 when unknown.
+pub fn oom_kills(path: &Path) -> u64 {
+    let file = match layout() {
+        Layout::V2 => join(Path::new(ROOT), path).join("memory.events"),
+        Layout::V1 => match v1_dirs(path)
+            .into_iter()
+            .find(|(c, _)| c.iter().any(|c| c == "memory"))
+        {
+            Some((_, d)) => d.join("memory.oom_control"),
+            None => return 0,
+        },
+    };
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn stats(path: &Path) -> Result<serde_json::Value> {
     let s = manager(path)?.stats().map_err(cg_err)?;
     serde_json::to_value(s).map_err(cg_err)

@@ -660,6 +660,12 @@ impl Runtime {
         cgroups::stats(&c.cgroup_path)
     }
 
+    /// Processes of the container the OOM killer killed.
+    pub fn oom_kills(&self, id: &str) -> Result<u64> {
+        let c = Container::load(&self.root, id)?;
+        Ok(cgroups::oom_kills(&c.cgroup_path))
+    }
+
     pub fn container(&self, id: &str) -> Result<Container> {
         Container::load(&self.root, id)
     }

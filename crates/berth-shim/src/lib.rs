@@ -56,6 +56,9 @@ pub struct Options {
 pub struct Exit {
     pub exit_code: i32,
     pub finished_at: String,
+    /// The kernel's OOM killer killed a process of the container.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 #[derive(Deserialize)]
@@ -553,6 +556,7 @@ fn run(opts: &Options, mut report: File) -> std::io::Result<()> {
     let exit = Exit {
         exit_code,
         finished_at: berth_types::time::now_rfc3339(),
+        oom_killed: opts.exec.is_none() && runtime.oom_kills(&opts.id).unwrap_or(0) > 0,
     };
     let _ = berth_types::fs::atomic_write(
         &opts.exit_file,

@@ -1539,3 +1539,63 @@ fn events_replay_and_filter() {
         "{out}"
     );
 }
+
+#[test]
+fn oom_kills_are_reported_and_always_restarts_with_the_daemon() {
+    let Some(mut d) = daemon_with_busybox() else {
+        return;
+    };
+    // A shell doubling a string in 8 MiB: the OOM killer ends it.
+    let (code, _, _) = d.docker(&[
+        "run",
+        "--name",
+        "hog",
+        "-m",
+        "8m",
+        "--memory-swap",
+        "8m",
+        "busybox",
+        "sh",
+        "-c",
+        "s=x; while :; do s=\"$s$s\"; done",
+    ]);
+    assert_eq!(code, 137);
+    assert_eq!(
+        d.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.OOMKilled}} {{.State.ExitCode}}",
+            "hog"
+        ]),
+        "true 137\n"
+    );
+    d.ok(&["run", "--name", "calm", "busybox", "true"]);
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.OOMKilled}}", "calm"]),
+        "false\n"
+    );
+    // restart=always comes back when the daemon starts; a plain container does not.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "keeper",
+        "--restart",
+        "always",
+        "busybox",
+        "sleep",
+        "60",
+    ]);
+    d.ok(&["stop", "-t", "0", "keeper"]);
+    d.crash_and_restart();
+    assert!(wait_for(10, || d.ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Running}}",
+        "keeper"
+    ]) == "true\n"));
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Running}}", "calm"]),
+        "false\n"
+    );
+}

@@ -307,6 +307,17 @@ impl Containers {
             if !running {
                 if auto_remove {
                     let _ = self.remove_stopped(&e).await;
+                    continue;
+                }
+                // As dockerd at start: "always" comes back even after a manual stop,
+                // "unless-stopped" unless it was one.
+                let r = e.snapshot();
+                let policy = r.host_config.restart_policy.name.as_str();
+                let again = r.state.status == "exited"
+                    && (policy == "always" || (policy == "unless-stopped" && !r.stopped_by_user));
+                if again {
+                    let _g = e.op.lock().await;
+                    let _ = self.start(&e).await;
                 }
                 continue;
             }
@@ -351,6 +362,7 @@ impl Containers {
             .unwrap_or_else(|| berth_shim::Exit {
                 exit_code: 255,
                 finished_at: berth_types::time::now_rfc3339(),
+                oom_killed: false,
             })
     }
 
@@ -376,6 +388,9 @@ impl Containers {
     async fn exited(self: &Arc<Self>, e: &Arc<Entry>, exit: berth_shim::Exit) {
         if let Some(d) = self.daemon.get().and_then(std::sync::Weak::upgrade) {
             let rec = e.snapshot();
+            if exit.oom_killed {
+                d.event("container", "oom", &rec.id, &rec);
+            }
             d.event("container", "die", &rec.id, &rec);
         }
         let rec = {
@@ -386,6 +401,7 @@ impl Containers {
             r.state.restarting = false;
             r.state.pid = 0;
             r.state.exit_code = exit.exit_code;
+            r.state.oom_killed = exit.oom_killed;
             r.state.finished_at = exit.finished_at;
             r.clone()
         };
