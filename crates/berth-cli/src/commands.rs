@@ -238,6 +238,16 @@ enum Cmd {
     /// Show docker disk usage
     #[command(name = "system-df", hide = true)]
     SystemDf,
+    /// Remove unused data
+    #[command(name = "system-prune", hide = true)]
+    SystemPrune {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(short, long)]
+        force: bool,
+        #[arg(long)]
+        volumes: bool,
+    },
     /// Inspect changes to files or directories on a container's filesystem
     Diff { container: String },
     /// Export a container's filesystem as a tar archive
@@ -1338,6 +1348,68 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             filter,
             format,
         } => events(c, since, until, filter, format).await,
+        Cmd::SystemPrune {
+            all,
+            force,
+            volumes,
+        } => {
+            let mut what = vec!["all stopped containers"];
+            if volumes {
+                what.push("all anonymous volumes not used by at least one container");
+            }
+            what.push(if all {
+                "all images without at least one container associated to them"
+            } else {
+                "all dangling images"
+            });
+            let warning = format!("WARNING! This will remove:\n  - {}", what.join("\n  - "));
+            if !force && !confirm(&warning) {
+                return Ok(0);
+            }
+            let mut total = 0.0;
+            let v = c.json(Method::POST, "/containers/prune", None).await?;
+            let ids = v["ContainersDeleted"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !ids.is_empty() {
+                println!("Deleted Containers:");
+                ids.iter().for_each(|i| println!("{}", format::plain(i)));
+                println!();
+            }
+            total += v["SpaceReclaimed"].as_f64().unwrap_or(0.0);
+            if volumes {
+                let v = c.json(Method::POST, "/volumes/prune", None).await?;
+                let names = v["VolumesDeleted"].as_array().cloned().unwrap_or_default();
+                if !names.is_empty() {
+                    println!("Deleted Volumes:");
+                    names.iter().for_each(|i| println!("{}", format::plain(i)));
+                    println!();
+                }
+                total += v["SpaceReclaimed"].as_f64().unwrap_or(0.0);
+            }
+            let filters = if all {
+                format!("?filters={}", q(r#"{"dangling":["false"]}"#))
+            } else {
+                String::new()
+            };
+            let v = c
+                .json(Method::POST, &format!("/images/prune{filters}"), None)
+                .await?;
+            let deleted = v["ImagesDeleted"].as_array().cloned().unwrap_or_default();
+            if !deleted.is_empty() {
+                println!("Deleted Images:");
+                for d in deleted {
+                    for (k, v) in d.as_object().into_iter().flatten() {
+                        println!("{}: {}", k.to_lowercase(), format::plain(v));
+                    }
+                }
+                println!();
+            }
+            total += v["SpaceReclaimed"].as_f64().unwrap_or(0.0);
+            println!("Total reclaimed space: {}", human_size(total));
+            Ok(0)
+        }
         Cmd::SystemDf => {
             let v = c.json(Method::GET, "/system/df", None).await?;
             let images = v["Images"].as_array().cloned().unwrap_or_default();

@@ -60,6 +60,7 @@ fn rewrite(mut args: Vec<String>) -> Vec<String> {
         ("system", "info") => Some("info"),
         ("system", "events") => Some("events"),
         ("system", "df") => Some("system-df"),
+        ("system", "prune") => Some("system-prune"),
         _ => None,
     };
     match new {

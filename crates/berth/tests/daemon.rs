@@ -833,6 +833,13 @@ fn berth_cli_everyday_workflow() {
     }
     d.berth_ok(&["rm", "-f", "m"]);
     assert_eq!(d.berth_ok(&["image", "ls", "-q"]).lines().count(), 1);
+    // system prune: stopped containers go, the image in use by none goes with -a.
+    d.berth_ok(&["create", "--name", "stopped", "busybox", "true"]);
+    let out = d.berth_ok(&["system", "prune", "-f", "-a"]);
+    assert!(out.starts_with("Deleted Containers:\n"), "{out}");
+    assert!(out.contains("Deleted Images:"), "{out}");
+    assert_eq!(d.berth_ok(&["ps", "-aq"]), "");
+    assert_eq!(d.berth_ok(&["images", "-q"]), "");
 }
 
 #[test]
