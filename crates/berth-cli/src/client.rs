@@ -64,12 +64,25 @@ pub fn reader(r: impl tokio::io::AsyncRead + Send + Sync + 'static) -> ReqBody {
     BodyExt::boxed(StreamBody::new(s))
 }
 
+#[derive(Clone)]
 pub struct Client {
     pub socket: PathBuf,
+    /// `tcp://127.0.0.1:PORT` hosts; the socket is unused then.
+    pub tcp: Option<std::net::SocketAddr>,
 }
 
 impl Client {
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<ReqBody>, Error> {
+        if let Some(addr) = self.tcp {
+            let s = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| Error::Connect(PathBuf::from(addr.to_string()), e))?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+                .await
+                .map_err(other)?;
+            tokio::spawn(conn.with_upgrades());
+            return Ok(sender);
+        }
         let s = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| Error::Connect(self.socket.clone(), e))?;

@@ -758,7 +758,7 @@ async fn ensure_daemon(socket: &std::path::Path) -> Result<(), String> {
 }
 
 pub async fn run(cli: Cli) -> i32 {
-    let (socket, explicit) = match crate::host(cli.host.as_deref()) {
+    let (c, explicit) = match crate::host(cli.host.as_deref()) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("berth: {e}");
@@ -766,12 +766,11 @@ pub async fn run(cli: Cli) -> i32 {
         }
     };
     if !explicit {
-        if let Err(e) = ensure_daemon(&socket).await {
+        if let Err(e) = ensure_daemon(&c.socket).await {
             eprintln!("berth: {e}");
             return code::FAILED;
         }
     }
-    let c = Client { socket };
     let fails_with_125 = matches!(cli.cmd, Cmd::Run(_) | Cmd::Create(_));
     match dispatch(&c, cli.cmd).await {
         Ok(code) => code,

@@ -104,8 +104,8 @@ pub fn main(args: Vec<String>) -> i32 {
 }
 
 /// Which daemon to talk to: `-H`, then `BERTH_HOST`, then `DOCKER_HOST`, then the default.
-/// Returns the socket path and whether it was chosen explicitly.
-pub fn host(flag: Option<&str>) -> Result<(PathBuf, bool), String> {
+/// Returns the client and whether the host was chosen explicitly.
+pub fn host(flag: Option<&str>) -> Result<(client::Client, bool), String> {
     let (h, explicit) = match flag {
         Some(h) => (h.to_string(), true),
         None => match std::env::var("BERTH_HOST").or_else(|_| std::env::var("DOCKER_HOST")) {
@@ -113,12 +113,29 @@ pub fn host(flag: Option<&str>) -> Result<(PathBuf, bool), String> {
             _ => (DEFAULT_HOST.to_string(), false),
         },
     };
-    match h.strip_prefix("unix://") {
-        Some(p) => Ok((PathBuf::from(p), explicit)),
-        None => Err(format!(
-            "host {h}: only unix:// sockets are supported so far"
-        )),
+    if let Some(p) = h.strip_prefix("unix://") {
+        return Ok((
+            client::Client {
+                socket: PathBuf::from(p),
+                tcp: None,
+            },
+            explicit,
+        ));
     }
+    if let Some(a) = h.strip_prefix("tcp://") {
+        let addr = a
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|e| format!("host {h}: {e}"))?;
+        return Ok((
+            client::Client {
+                socket: PathBuf::new(),
+                tcp: Some(addr),
+            },
+            explicit,
+        ));
+    }
+    Err(format!("host {h}: use unix:///path or tcp://HOST:PORT"))
 }
 
 #[cfg(test)]

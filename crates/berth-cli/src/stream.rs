@@ -50,9 +50,8 @@ pub fn terminal_size() -> Option<(u16, u16)> {
 
 /// Tells the daemon the terminal's size now and whenever it changes (until dropped).
 pub fn follow_resize(client: &Client, path: String) -> tokio::task::JoinHandle<()> {
-    let socket = client.socket.clone();
+    let c = client.clone();
     tokio::spawn(async move {
-        let c = Client { socket };
         resize_once(&c, &path).await;
         let Ok(mut winch) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
@@ -150,10 +149,9 @@ pub fn wait_for_exit(
     id: &str,
     condition: &str,
 ) -> tokio::task::JoinHandle<Result<i32, crate::client::Error>> {
-    let socket = client.socket.clone();
+    let c = client.clone();
     let path = format!("/containers/{id}/wait?condition={condition}");
     tokio::spawn(async move {
-        let c = Client { socket };
         let v = c.json(hyper::Method::POST, &path, None).await?;
         Ok(v["StatusCode"].as_i64().unwrap_or(255) as i32)
     })

@@ -327,11 +327,28 @@ async fn log_request(req: Request<Body>, next: axum::middleware::Next) -> Respon
 
 async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), String> {
     let mut sockets = Vec::new();
+    let mut tcp = Vec::new();
     for h in &settings.hosts {
-        let path = h
-            .strip_prefix("unix://")
-            .ok_or_else(|| format!("--host {h}: only unix:// sockets are served so far"))?;
-        sockets.push(PathBuf::from(path));
+        if let Some(path) = h.strip_prefix("unix://") {
+            sockets.push(PathBuf::from(path));
+        } else if let Some(addr) = h.strip_prefix("tcp://") {
+            let addr: std::net::SocketAddr = addr
+                .trim_end_matches('/')
+                .parse()
+                .map_err(|e| format!("--host {h}: {e}"))?;
+            // The API is root on this machine: plain TCP only where only this machine
+            // can connect.
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "--host {h}: listening beyond loopback needs TLS client verification (--tlsverify), which Berth does not have yet"
+                ));
+            }
+            tcp.push(addr);
+        } else {
+            return Err(format!(
+                "--host {h}: use unix:///path or tcp://127.0.0.1:PORT"
+            ));
+        }
     }
     for d in [&settings.data_root, &settings.exec_root] {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
@@ -392,6 +409,23 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
         .layer(router(daemon.clone()).layer(axum::middleware::from_fn(log_request)));
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
+    for addr in tcp {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("binding {addr}: {e}"))?;
+        let mut stop = stop_tx.subscribe();
+        let app = app.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(
+                listener,
+                axum::ServiceExt::<Request<Body>>::into_make_service(app),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.recv().await;
+            })
+            .await
+        }));
+    }
     for listener in listeners {
         let mut stop = stop_tx.subscribe();
         let app = app.clone();

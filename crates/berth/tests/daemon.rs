@@ -1606,3 +1606,46 @@ fn oom_kills_are_reported_and_always_restarts_with_the_daemon() {
         "false\n"
     );
 }
+
+#[test]
+fn tcp_hosts_only_on_loopback() {
+    require_root!();
+    if !docker_cli() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::Builder::new()
+        .prefix("berth-daemon-")
+        .tempdir()
+        .unwrap();
+    let tcp = format!("tcp://127.0.0.1:{port}");
+    let d = Daemon::start_with(dir, &["-H", &tcp]);
+    assert!(wait_for(5, || std::net::TcpStream::connect((
+        "127.0.0.1",
+        port
+    ))
+    .is_ok()));
+    let out = capture(Command::new("docker").env("DOCKER_HOST", &tcp).args([
+        "version",
+        "-f",
+        "{{.Server.APIVersion}}",
+    ]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.47\n");
+    let out = capture(Command::new(common::berth()).args([
+        "-H",
+        &tcp,
+        "version",
+        "-f",
+        "{{.Server.ApiVersion}}",
+    ]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.47\n");
+    drop(d);
+    // Beyond loopback, plain TCP would hand root to the network: refused.
+    let out = capture(Command::new(common::berth()).args(["daemon", "-H", "tcp://0.0.0.0:23750"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs TLS client verification"));
+}
