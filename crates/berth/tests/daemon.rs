@@ -1649,3 +1649,85 @@ fn tcp_hosts_only_on_loopback() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs TLS client verification"));
 }
+
+/// bollard (the Rust Engine API client) against Berth: images, a container's whole life,
+/// its logs and exit code.
+#[test]
+fn bollard_client_works_against_berth() {
+    use bollard::container::{
+        Config, CreateContainerOptions, LogOutput, LogsOptions, RemoveContainerOptions,
+        StartContainerOptions, WaitContainerOptions,
+    };
+    use futures_util::StreamExt;
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let docker = bollard::Docker::connect_with_unix(
+            d.socket().to_str().unwrap(),
+            30,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap();
+        let v = docker.version().await.unwrap();
+        assert_eq!(v.api_version.as_deref(), Some("1.47"));
+        let images = docker.list_images::<String>(None).await.unwrap();
+        assert_eq!(images[0].repo_tags, vec!["busybox:latest".to_string()]);
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: "bolly",
+                    platform: None,
+                }),
+                Config {
+                    image: Some("busybox"),
+                    cmd: Some(vec!["sh", "-c", "echo from-bollard; exit 5"]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        docker
+            .start_container(&created.id, None::<StartContainerOptions<String>>)
+            .await
+            .unwrap();
+        let mut waits = docker.wait_container(
+            &created.id,
+            Some(WaitContainerOptions {
+                condition: "not-running",
+            }),
+        );
+        // A non-zero status comes back as bollard's error carrying the code.
+        match waits.next().await.unwrap() {
+            Err(bollard::errors::Error::DockerContainerWaitError { code, .. }) => {
+                assert_eq!(code, 5)
+            }
+            other => panic!("unexpected wait result: {other:?}"),
+        }
+        let logs: Vec<LogOutput> = docker
+            .logs(
+                &created.id,
+                Some(LogsOptions::<String> {
+                    stdout: true,
+                    ..Default::default()
+                }),
+            )
+            .map(|l| l.unwrap())
+            .collect()
+            .await;
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0].to_string(), "from-bollard\n");
+        let inspect = docker.inspect_container("bolly", None).await.unwrap();
+        assert_eq!(inspect.state.unwrap().exit_code, Some(5));
+        docker
+            .remove_container("bolly", None::<RemoveContainerOptions>)
+            .await
+            .unwrap();
+        let err = docker.inspect_container("bolly", None).await.unwrap_err();
+        assert!(err.to_string().contains("No such container"), "{err}");
+    });
+}
