@@ -81,27 +81,106 @@ fn created_secs(img: &Image) -> i64 {
 }
 
 /// `GET /images/json`: Docker's ImageSummary list.
+/// Go's path.Match for the patterns people use (`*` within a path segment, `?`).
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob(&pattern[1..], text)
+                || (!text.is_empty() && text[0] != b'/' && glob(pattern, &text[1..]))
+        }
+        (Some(b'?'), Some(&c)) if c != b'/' => glob(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) if p == t => glob(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+/// `GET /images/json` with Docker's filters: dangling, reference, label, before, since.
 pub async fn list(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
     let ps = params(q.as_deref());
     let all = truthy(param(&ps, "all"));
+    let fs = crate::containers::api::filters(&ps)?;
+    for (k, _) in &fs {
+        if !matches!(
+            k.as_str(),
+            "dangling" | "reference" | "label" | "before" | "since"
+        ) {
+            return Err(ApiError::bad_request(format!("invalid filter '{k}'")));
+        }
+    }
+    let time_of = |name: &str| -> ApiResult<i64> {
+        d.store
+            .resolve(name)
+            .map(|i| created_secs(&i))
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("No such image: {name}")))
+    };
+    let mut bounds = (None, None);
+    for (k, vals) in &fs {
+        if let Some(v) = vals.first() {
+            match k.as_str() {
+                "before" => bounds.0 = Some(time_of(v)?),
+                "since" => bounds.1 = Some(time_of(v)?),
+                _ => {}
+            }
+        }
+    }
+    let users = d.containers.images_in_use();
     blocking(move || {
         let mut out = Vec::new();
         for (img, tags) in d.store.list() {
-            if tags.is_empty() && !all {
-                continue; // dangling images show with -a only
+            let dangling = tags.is_empty();
+            let wants_dangling = fs
+                .iter()
+                .find(|(k, _)| k == "dangling")
+                .map(|(_, v)| v.iter().any(|x| matches!(x.as_str(), "true" | "1")));
+            match wants_dangling {
+                Some(w) if w != dangling => continue,
+                None if dangling && !all => continue, // dangling images show with -a only
+                _ => {}
+            }
+            let mut familiar_tags: Vec<String> = tags.iter().map(|t| familiar(t)).collect();
+            if let Some((_, pats)) = fs.iter().find(|(k, _)| k == "reference") {
+                // Only the matching tags are listed, as Docker does.
+                familiar_tags.retain(|t| {
+                    let repo = t.rsplit_once(':').map_or(t.as_str(), |(r, _)| r);
+                    pats.iter().any(|p| {
+                        glob(p.as_bytes(), t.as_bytes()) || glob(p.as_bytes(), repo.as_bytes())
+                    })
+                });
+                if familiar_tags.is_empty() {
+                    continue;
+                }
             }
             let config = config_json(&d, &img)?;
+            let labels = config["config"]["Labels"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            if let Some((_, want)) = fs.iter().find(|(k, _)| k == "label") {
+                let ok = want.iter().all(|w| match w.split_once('=') {
+                    Some((k, v)) => labels.get(k).and_then(|x| x.as_str()) == Some(v),
+                    None => labels.contains_key(w),
+                });
+                if !ok {
+                    continue;
+                }
+            }
+            let created = created_secs(&img);
+            if bounds.0.is_some_and(|b| created >= b) || bounds.1.is_some_and(|s| created <= s) {
+                continue;
+            }
+            let id = img.config.to_string();
             out.push(json!({
                 "Id": img.config,
                 "ParentId": "",
-                "RepoTags": tags.iter().map(|t| familiar(t)).collect::<Vec<_>>(),
+                "RepoTags": familiar_tags,
                 "RepoDigests": [],
-                "Created": created_secs(&img),
+                "Created": created,
                 "Size": size(&img),
                 "SharedSize": -1,
                 "VirtualSize": size(&img),
-                "Labels": config["config"]["Labels"].as_object().cloned().unwrap_or_default(),
-                "Containers": -1
+                "Labels": labels,
+                "Containers": users.iter().filter(|u| **u == id).count()
             }));
         }
         out.sort_by_key(|v| std::cmp::Reverse(v["Created"].as_i64().unwrap_or(0)));
@@ -434,6 +513,19 @@ pub async fn create(
     let _ = std::fs::remove_file(&path);
     let img = imported?;
     Ok(json_stream(vec![json!({"status": img.config.to_string()})]))
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::glob;
+
+    #[test]
+    fn go_path_match() {
+        assert!(glob(b"busy*", b"busybox"));
+        assert!(glob(b"localhost/*", b"localhost/bb"));
+        assert!(!glob(b"*", b"a/b"));
+        assert!(glob(b"b?sybox:*", b"busybox:latest"));
+    }
 }
 
 #[cfg(test)]

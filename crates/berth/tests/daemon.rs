@@ -204,6 +204,23 @@ fn docker_cli_image_workflow_against_berth() {
     // tag, save (and the saved archive loads back elsewhere with the same ID).
     d.ok(&["tag", "busybox", "localhost/bb:1"]);
     assert_eq!(d.ok(&["images", "-q"]).lines().count(), 2);
+    // Filters: reference patterns (Go's path.Match), dangling.
+    assert_eq!(
+        d.ok(&[
+            "images",
+            "--filter",
+            "reference=localhost/*",
+            "--format",
+            "{{.Repository}}:{{.Tag}}"
+        ]),
+        "localhost/bb:1\n"
+    );
+    assert_eq!(d.ok(&["images", "-q", "--filter", "dangling=true"]), "");
+    assert_eq!(
+        d.ok(&["images", "-q", "--filter", "reference=busy*"])
+            .trim(),
+        id
+    );
     let saved = work.path().join("saved.tar");
     d.ok(&["save", "-o", saved.to_str().unwrap(), "busybox"]);
     let other = Daemon::start();
