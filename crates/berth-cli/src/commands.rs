@@ -849,12 +849,7 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
                 let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
                 return attach_start_wait(c, &id, tty, interactive, "next-exit").await;
             }
-            each(&containers, |n| async move {
-                c.json(Method::POST, &format!("/containers/{}/start", q(&n)), None)
-                    .await?;
-                Ok(Some(n))
-            })
-            .await
+            simple_each(c, &containers, "start").await
         }
         Cmd::Stop(a) => stop_like(c, "stop", a).await,
         Cmd::Restart(a) => stop_like(c, "restart", a).await,
@@ -862,17 +857,8 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             let sig = signal
                 .map(|s| format!("?signal={}", q(&s)))
                 .unwrap_or_default();
-            each(&containers, |n| {
-                let sig = sig.clone();
-                async move {
-                    c.json(
-                        Method::POST,
-                        &format!("/containers/{}/kill{sig}", q(&n)),
-                        None,
-                    )
-                    .await?;
-                    Ok(Some(n))
-                }
+            call_each(c, Method::POST, &containers, |n| {
+                format!("/containers/{}/kill{sig}", q(n))
             })
             .await
         }
@@ -881,14 +867,8 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             volumes,
             containers,
         } => {
-            each(&containers, |n| async move {
-                c.json(
-                    Method::DELETE,
-                    &format!("/containers/{}?force={force}&v={volumes}", q(&n)),
-                    None,
-                )
-                .await?;
-                Ok(Some(n))
+            call_each(c, Method::DELETE, &containers, |n| {
+                format!("/containers/{}?force={force}&v={volumes}", q(n))
             })
             .await
         }
@@ -1020,22 +1000,8 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             if !force && !confirm("WARNING! This will remove all stopped containers.") {
                 return Ok(0);
             }
-            let v = c.json(Method::POST, "/containers/prune", None).await?;
-            let ids = v["ContainersDeleted"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if !ids.is_empty() {
-                println!("Deleted Containers:");
-                for id in ids {
-                    println!("{}", format::plain(&id));
-                }
-                println!();
-            }
-            println!(
-                "Total reclaimed space: {}",
-                human_size(v["SpaceReclaimed"].as_f64().unwrap_or(0.0))
-            );
+            let total = prune(c, "/containers/prune", "ContainersDeleted", "Containers").await?;
+            println!("Total reclaimed space: {}", human_size(total));
             Ok(0)
         }
         Cmd::Images {
@@ -1112,28 +1078,8 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             {
                 return Ok(0);
             }
-            let filters = if all {
-                format!("?filters={}", q(r#"{"dangling":["false"]}"#))
-            } else {
-                String::new()
-            };
-            let v = c
-                .json(Method::POST, &format!("/images/prune{filters}"), None)
-                .await?;
-            let deleted = v["ImagesDeleted"].as_array().cloned().unwrap_or_default();
-            if !deleted.is_empty() {
-                println!("Deleted Images:");
-                for d in deleted {
-                    for (k, v) in d.as_object().into_iter().flatten() {
-                        println!("{}: {}", k.to_lowercase(), format::plain(v));
-                    }
-                }
-                println!();
-            }
-            println!(
-                "Total reclaimed space: {}",
-                human_size(v["SpaceReclaimed"].as_f64().unwrap_or(0.0))
-            );
+            let total = prune_images(c, all).await?;
+            println!("Total reclaimed space: {}", human_size(total));
             Ok(0)
         }
         Cmd::Tag { source, target } => {
@@ -1180,31 +1126,8 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
         }
         Cmd::Save { output, images } => {
             let names: Vec<String> = images.iter().map(|n| format!("names={}", q(n))).collect();
-            let resp = c
-                .send(
-                    Method::GET,
-                    &format!("/images/get?{}", names.join("&")),
-                    client::empty(),
-                    None,
-                    false,
-                )
-                .await?;
-            let out: Box<dyn std::io::Write> = match &output {
-                Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
-                    Error::Other(format!("failed to save image: open {}: {e}", p.display()))
-                })?),
-                None => {
-                    if stream::is_terminal(std::io::stdout()) {
-                        return Err(Error::Other(
-                            "cowardly refusing to save to a terminal. Use the -o flag or redirect"
-                                .into(),
-                        ));
-                    }
-                    Box::new(std::io::stdout())
-                }
-            };
-            write_body(resp.into_body(), out).await?;
-            Ok(0)
+            let path = format!("/images/get?{}", names.join("&"));
+            download(c, &path, output.as_deref(), "failed to save image: open").await
         }
         Cmd::Import {
             change,
@@ -1303,14 +1226,8 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             Ok(status)
         }
         Cmd::VolumeRm { force, volumes } => {
-            each(&volumes, |n| async move {
-                c.json(
-                    Method::DELETE,
-                    &format!("/volumes/{}?force={force}", q(&n)),
-                    None,
-                )
-                .await?;
-                Ok(Some(n))
+            call_each(c, Method::DELETE, &volumes, |n| {
+                format!("/volumes/{}?force={force}", q(n))
             })
             .await
         }
@@ -1318,26 +1235,8 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             if !force && !confirm("WARNING! This will remove anonymous local volumes not used by at least one container.") {
                 return Ok(0);
             }
-            let filters = if all {
-                format!("?filters={}", q(r#"{"all":["true"]}"#))
-            } else {
-                String::new()
-            };
-            let v = c
-                .json(Method::POST, &format!("/volumes/prune{filters}"), None)
-                .await?;
-            let deleted = v["VolumesDeleted"].as_array().cloned().unwrap_or_default();
-            if !deleted.is_empty() {
-                println!("Deleted Volumes:");
-                for d in deleted {
-                    println!("{}", format::plain(&d));
-                }
-                println!();
-            }
-            println!(
-                "Total reclaimed space: {}",
-                human_size(v["SpaceReclaimed"].as_f64().unwrap_or(0.0))
-            );
+            let total = prune_volumes(c, all).await?;
+            println!("Total reclaimed space: {}", human_size(total));
             Ok(0)
         }
         Cmd::Cp { src, dst, .. } => cp(c, &src, &dst).await,
@@ -1365,47 +1264,12 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             if !force && !confirm(&warning) {
                 return Ok(0);
             }
-            let mut total = 0.0;
-            let v = c.json(Method::POST, "/containers/prune", None).await?;
-            let ids = v["ContainersDeleted"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if !ids.is_empty() {
-                println!("Deleted Containers:");
-                ids.iter().for_each(|i| println!("{}", format::plain(i)));
-                println!();
-            }
-            total += v["SpaceReclaimed"].as_f64().unwrap_or(0.0);
+            let mut total =
+                prune(c, "/containers/prune", "ContainersDeleted", "Containers").await?;
             if volumes {
-                let v = c.json(Method::POST, "/volumes/prune", None).await?;
-                let names = v["VolumesDeleted"].as_array().cloned().unwrap_or_default();
-                if !names.is_empty() {
-                    println!("Deleted Volumes:");
-                    names.iter().for_each(|i| println!("{}", format::plain(i)));
-                    println!();
-                }
-                total += v["SpaceReclaimed"].as_f64().unwrap_or(0.0);
+                total += prune_volumes(c, false).await?;
             }
-            let filters = if all {
-                format!("?filters={}", q(r#"{"dangling":["false"]}"#))
-            } else {
-                String::new()
-            };
-            let v = c
-                .json(Method::POST, &format!("/images/prune{filters}"), None)
-                .await?;
-            let deleted = v["ImagesDeleted"].as_array().cloned().unwrap_or_default();
-            if !deleted.is_empty() {
-                println!("Deleted Images:");
-                for d in deleted {
-                    for (k, v) in d.as_object().into_iter().flatten() {
-                        println!("{}: {}", k.to_lowercase(), format::plain(v));
-                    }
-                }
-                println!();
-            }
-            total += v["SpaceReclaimed"].as_f64().unwrap_or(0.0);
+            total += prune_images(c, all).await?;
             println!("Total reclaimed space: {}", human_size(total));
             Ok(0)
         }
@@ -1475,31 +1339,8 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
         Cmd::Export { output, container } => {
-            let resp = c
-                .send(
-                    Method::GET,
-                    &format!("/containers/{}/export", q(&container)),
-                    client::empty(),
-                    None,
-                    false,
-                )
-                .await?;
-            let out: Box<dyn std::io::Write> = match &output {
-                Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
-                    Error::Other(format!("failed to export container: {}: {e}", p.display()))
-                })?),
-                None => {
-                    if stream::is_terminal(std::io::stdout()) {
-                        return Err(Error::Other(
-                            "cowardly refusing to save to a terminal. Use the -o flag or redirect"
-                                .into(),
-                        ));
-                    }
-                    Box::new(std::io::stdout())
-                }
-            };
-            write_body(resp.into_body(), out).await?;
-            Ok(0)
+            let path = format!("/containers/{}/export", q(&container));
+            download(c, &path, output.as_deref(), "failed to export container:").await
         }
         Cmd::Commit {
             change,
@@ -1992,16 +1833,31 @@ fn decode_stat(b64: &str) -> Option<u64> {
 }
 
 async fn simple_each(c: &Client, names: &[String], action: &str) -> Result<i32, Error> {
-    each(names, |n| async move {
-        c.json(
-            Method::POST,
-            &format!("/containers/{}/{action}", q(&n)),
-            None,
-        )
-        .await?;
-        Ok(Some(n))
+    call_each(c, Method::POST, names, |n| {
+        format!("/containers/{}/{action}", q(n))
     })
     .await
+}
+
+/// One call per name (`path` makes each one's URL): prints the name on success, the
+/// daemon's error otherwise; 1 if any failed.
+async fn call_each(
+    c: &Client,
+    method: Method,
+    names: &[String],
+    path: impl Fn(&str) -> String,
+) -> Result<i32, Error> {
+    let mut status = 0;
+    for n in names {
+        match c.json(method.clone(), &path(n), None).await {
+            Ok(_) => println!("{n}"),
+            Err(e) => {
+                eprintln!("{e}");
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
 }
 
 async fn stop_like(c: &Client, action: &str, a: StopArgs) -> Result<i32, Error> {
@@ -2017,17 +1873,8 @@ async fn stop_like(c: &Client, action: &str, a: StopArgs) -> Result<i32, Error> 
     } else {
         format!("?{}", query.join("&"))
     };
-    each(&a.containers, |n| {
-        let query = query.clone();
-        async move {
-            c.json(
-                Method::POST,
-                &format!("/containers/{}/{action}{query}", q(&n)),
-                None,
-            )
-            .await?;
-            Ok(Some(n))
-        }
+    call_each(c, Method::POST, &a.containers, |n| {
+        format!("/containers/{}/{action}{query}", q(n))
     })
     .await
 }
@@ -2315,24 +2162,6 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Docker's `units.HumanDuration`.
-fn human_duration(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0 => "Less than a second".into(),
-        1 => "1 second".into(),
-        2..=59 => format!("{s} seconds"),
-        60..=119 => "About a minute".into(),
-        _ if s < 3600 => format!("{} minutes", s / 60),
-        _ if s < 7200 => "About an hour".into(),
-        _ if s < 48 * 3600 => format!("{} hours", s / 3600),
-        _ if s < 14 * 86400 => format!("{} days", s / 86400),
-        _ if s < 60 * 86400 => format!("{} weeks", s / (7 * 86400)),
-        _ if s < 365 * 86400 => format!("{} months", s / (30 * 86400)),
-        _ => format!("{} years", s / (365 * 86400)),
-    }
-}
-
 /// Docker's `units.HumanSizeWithPrecision(size, 3)`: decimal units.
 fn human_size(n: f64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB", "PB"];
@@ -2402,7 +2231,7 @@ fn ps_view(v: &Value, no_trunc: bool) -> Value {
         "Image": v["Image"],
         "Command": command,
         "CreatedAt": berth_types::time::rfc3339(created, 0).replace('T', " ").replace(".000000000Z", " +0000 UTC"),
-        "RunningFor": format!("{} ago", human_duration(now() - created)),
+        "RunningFor": format!("{} ago", berth_types::time::human_duration(now() - created)),
         "Ports": "",
         "Status": v["Status"],
         "State": v["State"],
@@ -2432,7 +2261,7 @@ fn image_views(img: &Value, no_trunc: bool) -> Vec<Value> {
     let view = |repo: &str, tag: &str| {
         json!({
             "Repository": repo, "Tag": tag, "ID": short, "Digest": digest,
-            "CreatedSince": format!("{} ago", human_duration(now() - created)),
+            "CreatedSince": format!("{} ago", berth_types::time::human_duration(now() - created)),
             "CreatedAt": berth_types::time::rfc3339(created, 0).replace('T', " ").replace(".000000000Z", " +0000 UTC"),
             "Size": size,
         })
@@ -2478,6 +2307,85 @@ async fn copy_body(mut body: hyper::body::Incoming, tty: bool) {
             }
         }
     }
+}
+
+/// One prune call: prints what went as Docker does ("Deleted Containers:" and the ids);
+/// returns the bytes reclaimed.
+async fn prune(c: &Client, path: &str, key: &str, what: &str) -> Result<f64, Error> {
+    let v = c.json(Method::POST, path, None).await?;
+    let gone = v[key].as_array().cloned().unwrap_or_default();
+    if !gone.is_empty() {
+        println!("Deleted {what}:");
+        for g in gone {
+            match g.as_object() {
+                // Images: {"Untagged": ...} / {"Deleted": ...} entries.
+                Some(m) => m
+                    .iter()
+                    .for_each(|(k, v)| println!("{}: {}", k.to_lowercase(), format::plain(v))),
+                None => println!("{}", format::plain(&g)),
+            }
+        }
+        println!();
+    }
+    Ok(v["SpaceReclaimed"].as_f64().unwrap_or(0.0))
+}
+
+async fn prune_images(c: &Client, all: bool) -> Result<f64, Error> {
+    let filters = if all {
+        format!("?filters={}", q(r#"{"dangling":["false"]}"#))
+    } else {
+        String::new()
+    };
+    prune(
+        c,
+        &format!("/images/prune{filters}"),
+        "ImagesDeleted",
+        "Images",
+    )
+    .await
+}
+
+async fn prune_volumes(c: &Client, all: bool) -> Result<f64, Error> {
+    let filters = if all {
+        format!("?filters={}", q(r#"{"all":["true"]}"#))
+    } else {
+        String::new()
+    };
+    prune(
+        c,
+        &format!("/volumes/prune{filters}"),
+        "VolumesDeleted",
+        "Volumes",
+    )
+    .await
+}
+
+/// A tar from the daemon to `-o FILE` or to stdout (never to a terminal).
+async fn download(
+    c: &Client,
+    path: &str,
+    output: Option<&std::path::Path>,
+    what: &str,
+) -> Result<i32, Error> {
+    let resp = c
+        .send(Method::GET, path, client::empty(), None, false)
+        .await?;
+    let out: Box<dyn std::io::Write> = match output {
+        Some(p) => Box::new(
+            std::fs::File::create(p)
+                .map_err(|e| Error::Other(format!("{what} {}: {e}", p.display())))?,
+        ),
+        None => {
+            if stream::is_terminal(std::io::stdout()) {
+                return Err(Error::Other(
+                    "cowardly refusing to save to a terminal. Use the -o flag or redirect".into(),
+                ));
+            }
+            Box::new(std::io::stdout())
+        }
+    };
+    write_body(resp.into_body(), out).await?;
+    Ok(0)
 }
 
 async fn write_body(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use berth_store::image::{ImageError, ImageStore};
 use tower::Layer;
@@ -141,7 +141,7 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 pub fn router(daemon: Shared) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
         .route("/info", get(system::info))
@@ -175,41 +175,6 @@ pub fn router(daemon: Shared) -> Router {
         .route("/containers/{id}/export", get(containers::changes::export))
         .route("/containers/{id}/update", post(containers::changes::update))
         .route("/commit", post(containers::changes::commit))
-        .route("/swarm", get(containers::changes::not_a_swarm))
-        .route(
-            "/swarm/{*rest}",
-            get(containers::changes::not_a_swarm).post(containers::changes::not_a_swarm),
-        )
-        .route("/services", get(containers::changes::not_a_swarm))
-        .route(
-            "/services/{*rest}",
-            get(containers::changes::not_a_swarm)
-                .post(containers::changes::not_a_swarm)
-                .delete(containers::changes::not_a_swarm),
-        )
-        .route("/nodes", get(containers::changes::not_a_swarm))
-        .route(
-            "/nodes/{*rest}",
-            get(containers::changes::not_a_swarm)
-                .post(containers::changes::not_a_swarm)
-                .delete(containers::changes::not_a_swarm),
-        )
-        .route("/tasks", get(containers::changes::not_a_swarm))
-        .route("/tasks/{*rest}", get(containers::changes::not_a_swarm))
-        .route("/secrets", get(containers::changes::not_a_swarm))
-        .route(
-            "/secrets/{*rest}",
-            get(containers::changes::not_a_swarm)
-                .post(containers::changes::not_a_swarm)
-                .delete(containers::changes::not_a_swarm),
-        )
-        .route("/configs", get(containers::changes::not_a_swarm))
-        .route(
-            "/configs/{*rest}",
-            get(containers::changes::not_a_swarm)
-                .post(containers::changes::not_a_swarm)
-                .delete(containers::changes::not_a_swarm),
-        )
         .route("/containers/{id}/attach", post(containers::attach::attach))
         .route("/containers/{id}/logs", get(containers::logs::logs))
         .route(
@@ -237,8 +202,22 @@ pub fn router(daemon: Shared) -> Router {
             get(images::get_named)
                 .post(images::post_named)
                 .delete(images::remove),
-        )
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "page not found") })
+        );
+    // Swarm endpoints answer as a Docker daemon outside a swarm does.
+    for p in [
+        "/swarm",
+        "/services",
+        "/nodes",
+        "/tasks",
+        "/secrets",
+        "/configs",
+    ] {
+        r = r.route(p, any(containers::changes::not_a_swarm)).route(
+            &format!("{p}/{{*rest}}"),
+            any(containers::changes::not_a_swarm),
+        );
+    }
+    r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "page not found") })
         .with_state(daemon)
 }
 
@@ -405,7 +384,7 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
         std::fs::write(p, std::process::id().to_string())
             .map_err(|e| format!("writing {}: {e}", p.display()))?;
     }
-    let app = tower::util::MapRequestLayer::new(strip_version)
+    let app: App = tower::util::MapRequestLayer::new(strip_version as fn(_) -> _)
         .layer(router(daemon.clone()).layer(axum::middleware::from_fn(log_request)));
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
@@ -413,32 +392,10 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("binding {addr}: {e}"))?;
-        let mut stop = stop_tx.subscribe();
-        let app = app.clone();
-        servers.push(tokio::spawn(async move {
-            axum::serve(
-                listener,
-                axum::ServiceExt::<Request<Body>>::into_make_service(app),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop.recv().await;
-            })
-            .await
-        }));
+        servers.push(spawn_server(listener, app.clone(), stop_tx.subscribe()));
     }
     for listener in listeners {
-        let mut stop = stop_tx.subscribe();
-        let app = app.clone();
-        servers.push(tokio::spawn(async move {
-            axum::serve(
-                listener,
-                axum::ServiceExt::<Request<Body>>::into_make_service(app),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop.recv().await;
-            })
-            .await
-        }));
+        servers.push(spawn_server(listener, app.clone(), stop_tx.subscribe()));
     }
     tracing::info!(hosts = ?settings.hosts, data_root = %settings.data_root.display(), "berth daemon serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -470,6 +427,31 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
     }
     Ok(())
 }
+
+/// Serves `app` on one listener until `stop` fires.
+fn spawn_server<L>(
+    listener: L,
+    app: App,
+    mut stop: tokio::sync::broadcast::Receiver<()>,
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            axum::ServiceExt::<Request<Body>>::into_make_service(app),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.recv().await;
+        })
+        .await
+    })
+}
+
+/// The whole service: version prefixes stripped, requests logged, routed.
+type App = tower::util::MapRequest<Router, fn(Request<Body>) -> Request<Body>>;
 
 /// SIGHUP: the configuration file again; what can change without a restart does.
 fn reload(d: &Daemon, flags: &config::Flags) {

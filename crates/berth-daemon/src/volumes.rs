@@ -193,28 +193,13 @@ impl Volumes {
             rustix::mount::unmount(&s.volume.mountpoint, rustix::mount::UnmountFlags::DETACH)
                 .map_err(|e| ApiError::internal(format!("unmounting {name}: {e}")))?;
         }
-        let size = dir_size(&s.volume.mountpoint);
+        let size = berth_types::fs::du(&s.volume.mountpoint);
         // Renamed first, so a crash never leaves a half-deleted volume under its name.
         let trash = self.root.join(format!(".removing-{name}"));
         std::fs::rename(self.dir(name), &trash).map_err(ApiError::internal)?;
         std::fs::remove_dir_all(&trash).map_err(ApiError::internal)?;
         Ok(size)
     }
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let Ok(md) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if !md.is_dir() {
-        return md.len();
-    }
-    std::fs::read_dir(p)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| dir_size(&e.path()))
-        .sum()
 }
 
 fn is_mountpoint(p: &Path) -> bool {

@@ -650,6 +650,25 @@ fn pump(
     true
 }
 
+/// Answers `{"ok":true}` and keeps the connection as a client in `role`.
+fn keep(mut s: UnixStream, role: Role) -> Option<Client> {
+    write_line(&mut s, &serde_json::json!({ "ok": true })).ok()?;
+    s.set_read_timeout(None).ok()?;
+    Some(Client {
+        stream: s,
+        role,
+        reading: true,
+    })
+}
+
+fn attach_role(req: &Request, opts: &Options) -> Role {
+    Role::Attach {
+        stdin: req.stdin && opts.stdin,
+        stdout: req.stdout,
+        stderr: req.stderr,
+    }
+}
+
 enum Accepted {
     Client(Client),
     /// An exec's `start`, answered once the process runs.
@@ -662,24 +681,8 @@ fn take_request(mut s: UnixStream, opts: &Options) -> Option<Accepted> {
     let ok = serde_json::json!({ "ok": true });
     match req.op.as_str() {
         "start" => Some(Accepted::Start(s)),
-        "attach" | "wait" => {
-            write_line(&mut s, &ok).ok()?;
-            s.set_read_timeout(None).ok()?;
-            let role = if req.op == "wait" {
-                Role::Monitor
-            } else {
-                Role::Attach {
-                    stdin: req.stdin && opts.stdin,
-                    stdout: req.stdout,
-                    stderr: req.stderr,
-                }
-            };
-            Some(Accepted::Client(Client {
-                stream: s,
-                role,
-                reading: true,
-            }))
-        }
+        "wait" => keep(s, Role::Monitor).map(Accepted::Client),
+        "attach" => keep(s, attach_role(&req, opts)).map(Accepted::Client),
         _ => {
             let _ = write_line(&mut s, &ok);
             None
@@ -708,42 +711,14 @@ fn accept(mut s: UnixStream, runtime: &Runtime, opts: &Options, io: &Io) -> Opti
     match req.op.as_str() {
         "start" if opts.exec.is_some() => None,
         "start" => match runtime.start(&opts.id) {
-            Ok(()) => {
-                write_line(&mut s, &ok).ok()?;
-                s.set_read_timeout(None).ok()?;
-                Some(Client {
-                    stream: s,
-                    role: Role::Monitor,
-                    reading: true,
-                })
-            }
+            Ok(()) => keep(s, Role::Monitor),
             Err(e) => {
                 let _ = write_line(&mut s, &serde_json::json!({ "error": e.to_string() }));
                 None
             }
         },
-        "wait" => {
-            write_line(&mut s, &ok).ok()?;
-            s.set_read_timeout(None).ok()?;
-            Some(Client {
-                stream: s,
-                role: Role::Monitor,
-                reading: true,
-            })
-        }
-        "attach" => {
-            write_line(&mut s, &ok).ok()?;
-            s.set_read_timeout(None).ok()?;
-            Some(Client {
-                stream: s,
-                role: Role::Attach {
-                    stdin: req.stdin && opts.stdin,
-                    stdout: req.stdout,
-                    stderr: req.stderr,
-                },
-                reading: true,
-            })
-        }
+        "wait" => keep(s, Role::Monitor),
+        "attach" => keep(s, attach_role(&req, opts)),
         "resize" => {
             if let Io::Tty(Some(m)) = io {
                 let ws = rustix::termios::Winsize {

@@ -103,22 +103,6 @@ pub struct GcStats {
     pub bytes_freed: u64,
 }
 
-/// Bytes of the files below `p` (apparent sizes), for reporting what GC freed.
-fn du(p: &Path) -> u64 {
-    let Ok(md) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if !md.is_dir() {
-        return md.len();
-    }
-    std::fs::read_dir(p)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| du(&e.path()))
-        .sum()
-}
-
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Meta {
     /// By manifest digest.
@@ -450,7 +434,7 @@ impl ImageStore {
             if name == "l" || name.starts_with("active-") || chains.contains(&name) {
                 continue;
             }
-            stats.bytes_freed += du(&e.path());
+            stats.bytes_freed += berth_types::fs::du(&e.path());
             self.snapshots.remove_layer(&name)?;
             stats.snapshots += 1;
         }

@@ -16,6 +16,22 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
+/// Bytes of the files below `p` (apparent sizes, links not followed); 0 if it is gone.
+pub fn du(p: &Path) -> u64 {
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if !md.is_dir() {
+        return md.len();
+    }
+    std::fs::read_dir(p)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| du(&e.path()))
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -29,6 +29,25 @@ pub fn rfc3339(secs: i64, nanos: u32) -> String {
     )
 }
 
+/// Docker's `units.HumanDuration`: "Less than a second", "5 seconds", "About a minute",
+/// "3 hours", "2 weeks"...
+pub fn human_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".into(),
+        _ if s < 3600 => format!("{} minutes", s / 60),
+        _ if s < 7200 => "About an hour".into(),
+        _ if s < 48 * 3600 => format!("{} hours", s / 3600),
+        _ if s < 14 * 86400 => format!("{} days", s / 86400),
+        _ if s < 60 * 86400 => format!("{} weeks", s / (7 * 86400)),
+        _ if s < 365 * 86400 => format!("{} months", s / (30 * 86400)),
+        _ => format!("{} years", s / (365 * 86400)),
+    }
+}
+
 /// Seconds since the epoch of an RFC 3339 timestamp (`2006-01-02T15:04:05.999Z` or with
 /// an offset), as the Engine API reports image creation times.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {

@@ -73,13 +73,17 @@ impl Daemon {
 
     /// Runs the docker CLI against this daemon: (exit code, stdout, stderr).
     fn docker(&self, args: &[&str]) -> (i32, String, String) {
-        let out = capture(
+        self.client(
             Command::new("docker")
                 .env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
-                .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
-                .args(args)
-                .stdin(Stdio::null()),
-        );
+                .env("DOCKER_CONFIG", self.dir.path().join("docker-config")),
+            args,
+        )
+    }
+
+    /// Runs a client against this daemon: (exit code, stdout, stderr).
+    fn client(&self, cmd: &mut Command, args: &[&str]) -> (i32, String, String) {
+        let out = capture(cmd.args(args).stdin(Stdio::null()));
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -87,15 +91,19 @@ impl Daemon {
         )
     }
 
-    fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.docker(args);
+    /// The output of a client call that must succeed.
+    fn must(&self, what: &str, (code, out, err): (i32, String, String), args: &[&str]) -> String {
         assert_eq!(
             code,
             0,
-            "docker {args:?}: {err}\ndaemon log:\n{}",
+            "{what} {args:?}: {err}\ndaemon log:\n{}",
             self.log()
         );
         out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.must("docker", self.docker(args), args)
     }
 }
 
@@ -688,28 +696,15 @@ fn exec_into_a_running_container() {
 impl Daemon {
     /// Runs Berth's own CLI against this daemon: (exit code, stdout, stderr).
     fn berth(&self, args: &[&str]) -> (i32, String, String) {
-        let out = capture(
+        self.client(
             Command::new(common::berth())
-                .env("BERTH_HOST", format!("unix://{}", self.socket().display()))
-                .args(args)
-                .stdin(Stdio::null()),
-        );
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+                .env("BERTH_HOST", format!("unix://{}", self.socket().display())),
+            args,
         )
     }
 
     fn berth_ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.berth(args);
-        assert_eq!(
-            code,
-            0,
-            "berth {args:?}: {err}\ndaemon log:\n{}",
-            self.log()
-        );
-        out
+        self.must("berth", self.berth(args), args)
     }
 }
 

@@ -347,14 +347,18 @@ fn timeout_param(ps: &[(String, String)]) -> ApiResult<Option<i64>> {
     }
 }
 
+/// `signal` and `t` of stop and restart.
+fn stop_params(q: Option<&str>) -> ApiResult<(Option<i32>, Option<i64>)> {
+    let ps = params(q);
+    Ok((signal_param(&ps)?, timeout_param(&ps)?))
+}
+
 pub async fn stop(
     State(d): State<Shared>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<StatusCode> {
-    let ps = params(q.as_deref());
-    let sig = signal_param(&ps)?;
-    let t = timeout_param(&ps)?;
+    let (sig, t) = stop_params(q.as_deref())?;
     let e = lookup(&d, &id)?;
     let _g = e.op.lock().await;
     if d.containers.stop(&e, t, sig).await? {
@@ -370,9 +374,7 @@ pub async fn restart(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<StatusCode> {
-    let ps = params(q.as_deref());
-    let sig = signal_param(&ps)?;
-    let t = timeout_param(&ps)?;
+    let (sig, t) = stop_params(q.as_deref())?;
     let e = lookup(&d, &id)?;
     let _g = e.op.lock().await;
     d.containers.stop(&e, t, sig).await?;
@@ -801,7 +803,7 @@ pub async fn list(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<J
         let mut s = summary(&d.containers, &r, now);
         if size {
             let upper = d.store.snapshots().upper(&r.id);
-            let rw = upper.as_deref().map(dir_size).unwrap_or(0);
+            let rw = upper.as_deref().map(berth_types::fs::du).unwrap_or(0);
             s["SizeRw"] = json!(rw);
             let img: u64 = d
                 .store
@@ -816,21 +818,6 @@ pub async fn list(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<J
         }
     }
     Ok(Json(Value::Array(out)))
-}
-
-fn dir_size(p: &std::path::Path) -> u64 {
-    let Ok(md) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if !md.is_dir() {
-        return md.len();
-    }
-    std::fs::read_dir(p)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| dir_size(&e.path()))
-        .sum()
 }
 
 /// `POST /containers/prune`: every stopped container goes.
@@ -859,7 +846,7 @@ pub async fn prune(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<
             .snapshots()
             .upper(&r.id)
             .as_deref()
-            .map(dir_size)
+            .map(berth_types::fs::du)
             .unwrap_or(0);
         d.containers.remove_stopped(&e).await?;
         d.event("container", "destroy", &r.id, &r);

@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use serde_json::json;
 
-use super::model::Record;
 use crate::images::params;
 use crate::{ApiError, ApiResult, Shared};
 
@@ -160,33 +159,6 @@ fn base64(b: &[u8]) -> String {
     out
 }
 
-/// Runs `f` with the container's root filesystem mounted (it is while the container runs).
-async fn with_rootfs<T: Send + 'static>(
-    d: &Shared,
-    rec: Record,
-    f: impl FnOnce(PathBuf) -> ApiResult<T> + Send + 'static,
-) -> ApiResult<T> {
-    let c = d.containers.clone();
-    crate::blocking(move || {
-        let rootfs = c.dir(&rec.id).join("rootfs");
-        let mounted = !rec.state.running;
-        if mounted {
-            std::fs::create_dir_all(&rootfs).map_err(ApiError::internal)?;
-            let layers: Vec<&str> = rec.layers.iter().map(String::as_str).collect();
-            c.store
-                .snapshots()
-                .mount(&rec.id, &layers, &rootfs)
-                .map_err(ApiError::internal)?;
-        }
-        let out = f(rootfs.clone());
-        if mounted {
-            let _ = rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH);
-        }
-        out
-    })
-    .await
-}
-
 pub async fn archive(
     State(d): State<Shared>,
     method: Method,
@@ -207,7 +179,7 @@ pub async fn archive(
     let id = rec.id.clone();
     match method {
         Method::HEAD => {
-            let hv = with_rootfs(&d, rec, move |root| {
+            let hv = super::with_rootfs(&d, rec, false, move |root| {
                 let r = resolve(&root, &path, &id)?;
                 stat_header(&path, &r)
             })
@@ -216,7 +188,7 @@ pub async fn archive(
         }
         Method::GET => {
             let tmp = d.data_root.join("tmp");
-            let (hv, file) = with_rootfs(&d, rec, move |root| {
+            let (hv, file) = super::with_rootfs(&d, rec, false, move |root| {
                 let r = resolve(&root, &path, &id)?;
                 let hv = stat_header(&path, &r)?;
                 // Spooled to an unlinked file while mounted: the stream outlives the call.
@@ -263,7 +235,7 @@ pub async fn archive(
         }
         Method::PUT => {
             let spooled = crate::images::body_to_file(&d, body).await?;
-            let result = with_rootfs(&d, rec, move |root| {
+            let result = super::with_rootfs(&d, rec, false, move |root| {
                 let r = resolve(&root, &path, &id)?;
                 if rustix::fs::FileType::from_raw_mode(r.stat.st_mode)
                     != rustix::fs::FileType::Directory

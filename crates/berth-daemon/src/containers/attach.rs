@@ -173,7 +173,13 @@ pub async fn attach(
             _ = inp => {}
         }
     });
-    let kind = if rec.config.tty {
+    switching_protocols(rec.config.tty)
+}
+
+/// The 101 answer of a hijacked attach or exec: raw bytes with a terminal, Docker's
+/// multiplexed frames without.
+pub fn switching_protocols(tty: bool) -> ApiResult<Response> {
+    let kind = if tty {
         "application/vnd.docker.raw-stream"
     } else {
         "application/vnd.docker.multiplexed-stream"

@@ -11,45 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::model::{strip_nulls, Record};
+use super::model::strip_nulls;
 use crate::images::params;
 use crate::{ApiError, ApiResult, Shared};
-
-/// Runs `f` with the container's snapshot mounted (so its upper directory exists), and
-/// the container paused if it runs (`pause`), as Docker does for commit.
-async fn with_snapshot<T: Send + 'static>(
-    d: &Shared,
-    rec: Record,
-    pause: bool,
-    f: impl FnOnce(PathBuf) -> ApiResult<T> + Send + 'static,
-) -> ApiResult<T> {
-    let c = d.containers.clone();
-    crate::blocking(move || {
-        let rootfs = c.dir(&rec.id).join("rootfs");
-        let mount = !rec.state.running;
-        if mount {
-            std::fs::create_dir_all(&rootfs).map_err(ApiError::internal)?;
-            let layers: Vec<&str> = rec.layers.iter().map(String::as_str).collect();
-            c.store
-                .snapshots()
-                .mount(&rec.id, &layers, &rootfs)
-                .map_err(ApiError::internal)?;
-        }
-        let paused = pause && rec.state.running && !rec.state.paused;
-        if paused {
-            let _ = c.runtime.pause(&rec.id, true);
-        }
-        let out = f(rootfs.clone());
-        if paused {
-            let _ = c.runtime.pause(&rec.id, false);
-        }
-        if mount {
-            let _ = rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH);
-        }
-        out
-    })
-    .await
-}
 
 /// Walks an overlay upper directory: (path, kind) with Docker's kinds (0 changed, 1 added,
 /// 2 deleted). A path present in a lower layer is a change, otherwise an addition.
@@ -86,7 +50,7 @@ pub async fn changes(
     let _g = e.op.lock().await;
     let rec = e.snapshot();
     let store = d.store.clone();
-    let list = with_snapshot(&d, rec.clone(), false, move |_| {
+    let list = super::with_rootfs(&d, rec.clone(), false, move |_| {
         let Some(upper) = store.snapshots().upper(&rec.id) else {
             return Ok(Vec::new());
         };
@@ -112,7 +76,7 @@ pub async fn export(State(d): State<Shared>, UrlPath(id): UrlPath<String>) -> Ap
     let _g = e.op.lock().await;
     let rec = e.snapshot();
     let tmp = d.data_root.join("tmp");
-    let file = with_snapshot(&d, rec, false, move |rootfs| {
+    let file = super::with_rootfs(&d, rec, false, move |rootfs| {
         std::fs::create_dir_all(&tmp).map_err(ApiError::internal)?;
         let file = tempfile::tempfile_in(&tmp).map_err(ApiError::internal)?;
         let mut b = tar::Builder::new(file);
@@ -182,7 +146,7 @@ pub async fn commit(
     let store = d.store.clone();
     let image = rec.image.clone();
     let id = rec.id.clone();
-    let img = with_snapshot(&d, rec, pause, move |_| {
+    let img = super::with_rootfs(&d, rec, pause, move |_| {
         store
             .commit(&id, &image, &changes, &comment, tag.as_ref())
             .map_err(ApiError::from)

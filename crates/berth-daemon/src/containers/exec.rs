@@ -374,18 +374,7 @@ pub async fn start(
             _ = inp => {}
         }
     });
-    let kind = if cfg.tty {
-        "application/vnd.docker.raw-stream"
-    } else {
-        "application/vnd.docker.multiplexed-stream"
-    };
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "tcp")
-        .header(header::CONTENT_TYPE, kind)
-        .body(Body::empty())
-        .map_err(ApiError::internal)
+    super::attach::switching_protocols(cfg.tty)
 }
 
 pub async fn inspect(State(d): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {

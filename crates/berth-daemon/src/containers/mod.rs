@@ -758,6 +758,43 @@ impl Containers {
     }
 }
 
+/// Runs `f` with the container's root filesystem mounted (it is while the container
+/// runs; otherwise for the call, which also makes its upper directory exist), and the
+/// container paused meanwhile if asked (`pause`, as Docker does for commit).
+pub(crate) async fn with_rootfs<T: Send + 'static>(
+    d: &crate::Shared,
+    rec: Record,
+    pause: bool,
+    f: impl FnOnce(PathBuf) -> crate::ApiResult<T> + Send + 'static,
+) -> crate::ApiResult<T> {
+    let c = d.containers.clone();
+    crate::blocking(move || {
+        let rootfs = c.dir(&rec.id).join("rootfs");
+        let mount = !rec.state.running;
+        if mount {
+            std::fs::create_dir_all(&rootfs).map_err(ApiError::internal)?;
+            let layers: Vec<&str> = rec.layers.iter().map(String::as_str).collect();
+            c.store
+                .snapshots()
+                .mount(&rec.id, &layers, &rootfs)
+                .map_err(ApiError::internal)?;
+        }
+        let paused = pause && rec.state.running && !rec.state.paused;
+        if paused {
+            let _ = c.runtime.pause(&rec.id, true);
+        }
+        let out = f(rootfs.clone());
+        if paused {
+            let _ = c.runtime.pause(&rec.id, false);
+        }
+        if mount {
+            let _ = rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH);
+        }
+        out
+    })
+    .await
+}
+
 /// The binary to run shims from: our own, or, once it was replaced on disk (an upgrade
 /// while the daemon runs), the new one at the same path.
 pub(crate) fn shim_binary() -> Result<PathBuf, String> {
@@ -801,48 +838,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
     (n >= 0.0).then_some((n * mul as f64) as u64)
 }
 
-/// Signal names as Docker accepts them: `KILL`, `SIGKILL`, `9`.
-pub fn parse_signal(s: &str) -> Option<i32> {
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let up = s.to_ascii_uppercase();
-    let name = up.strip_prefix("SIG").unwrap_or(&up);
-    Some(match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "ILL" => libc::SIGILL,
-        "TRAP" => libc::SIGTRAP,
-        "ABRT" | "IOT" => libc::SIGABRT,
-        "BUS" => libc::SIGBUS,
-        "FPE" => libc::SIGFPE,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "SEGV" => libc::SIGSEGV,
-        "USR2" => libc::SIGUSR2,
-        "PIPE" => libc::SIGPIPE,
-        "ALRM" => libc::SIGALRM,
-        "TERM" => libc::SIGTERM,
-        "STKFLT" => libc::SIGSTKFLT,
-        "CHLD" => libc::SIGCHLD,
-        "CONT" => libc::SIGCONT,
-        "STOP" => libc::SIGSTOP,
-        "TSTP" => libc::SIGTSTP,
-        "TTIN" => libc::SIGTTIN,
-        "TTOU" => libc::SIGTTOU,
-        "URG" => libc::SIGURG,
-        "XCPU" => libc::SIGXCPU,
-        "XFSZ" => libc::SIGXFSZ,
-        "VTALRM" => libc::SIGVTALRM,
-        "PROF" => libc::SIGPROF,
-        "WINCH" => libc::SIGWINCH,
-        "IO" | "POLL" => libc::SIGIO,
-        "PWR" => libc::SIGPWR,
-        "SYS" => libc::SIGSYS,
-        _ => return None,
-    })
-}
+pub use berth_runtime::process::parse_signal;
 
 pub(crate) async fn read_line(s: &mut UnixStream) -> Result<Vec<u8>, String> {
     // Byte by byte: what follows the line belongs to whoever uses the connection next.

@@ -221,7 +221,7 @@ impl Record {
     pub fn status_text(&self, now: i64) -> String {
         let since = |t: &str| {
             berth_types::time::parse_rfc3339(t)
-                .map(|s| human_duration(now - s))
+                .map(|s| berth_types::time::human_duration(now - s))
                 .unwrap_or_default()
         };
         match self.state.status.as_str() {
@@ -264,24 +264,6 @@ impl Record {
     }
 }
 
-/// Docker's `units.HumanDuration`.
-pub fn human_duration(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0 => "Less than a second".into(),
-        1 => "1 second".into(),
-        2..=59 => format!("{s} seconds"),
-        60..=119 => "About a minute".into(),
-        _ if s < 3600 => format!("{} minutes", s / 60),
-        _ if s < 7200 => "About an hour".into(),
-        _ if s < 48 * 3600 => format!("{} hours", s / 3600),
-        _ if s < 14 * 86400 => format!("{} days", s / 86400),
-        _ if s < 60 * 86400 => format!("{} weeks", s / (7 * 86400)),
-        _ if s < 365 * 86400 => format!("{} months", s / (30 * 86400)),
-        _ => format!("{} years", s / (365 * 86400)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,10 +292,10 @@ mod tests {
 
     #[test]
     fn durations_read_as_docker_writes_them() {
-        assert_eq!(human_duration(0), "Less than a second");
-        assert_eq!(human_duration(5), "5 seconds");
-        assert_eq!(human_duration(90), "About a minute");
-        assert_eq!(human_duration(600), "10 minutes");
-        assert_eq!(human_duration(3 * 3600), "3 hours");
+        assert_eq!(berth_types::time::human_duration(0), "Less than a second");
+        assert_eq!(berth_types::time::human_duration(5), "5 seconds");
+        assert_eq!(berth_types::time::human_duration(90), "About a minute");
+        assert_eq!(berth_types::time::human_duration(600), "10 minutes");
+        assert_eq!(berth_types::time::human_duration(3 * 3600), "3 hours");
     }
 }
