@@ -1239,7 +1239,9 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             println!("Total reclaimed space: {}", human_size(total));
             Ok(0)
         }
-        Cmd::Cp { src, dst, .. } => cp(c, &src, &dst).await,
+        Cmd::Cp {
+            src, dst, archive, ..
+        } => cp(c, &src, &dst, archive).await,
         Cmd::Events {
             since,
             until,
@@ -1664,7 +1666,7 @@ fn container_path(s: &str) -> Option<(&str, &str)> {
     (!c.is_empty() && !c.contains('/')).then_some((c, p))
 }
 
-async fn cp(c: &Client, src: &str, dst: &str) -> Result<i32, Error> {
+async fn cp(c: &Client, src: &str, dst: &str, archive: bool) -> Result<i32, Error> {
     use http_body_util::BodyExt;
     match (container_path(src), container_path(dst)) {
         (Some((ctr, path)), None) => {
@@ -1795,7 +1797,11 @@ async fn cp(c: &Client, src: &str, dst: &str) -> Result<i32, Error> {
             };
             c.send(
                 Method::PUT,
-                &format!("/containers/{}/archive?path={}", q(ctr), q(&dest)),
+                &format!(
+                    "/containers/{}/archive?path={}&copyUIDGID={archive}",
+                    q(ctr),
+                    q(&dest)
+                ),
                 body,
                 Some("application/x-tar"),
                 false,

@@ -191,13 +191,14 @@ fn rx_sync(root_fd: &OwnedFd) -> Result<()> {
 
 /// Parses the tar stream and applies each entry; returns the number of entries.
 fn apply_tar(root_fd: &OwnedFd, reader: impl Read) -> Result<u64> {
-    apply_tar_with(root_fd, reader, true)
+    apply_tar_with(root_fd, reader, true, None)
 }
 
 /// Extracts a plain tar (no compression, no whiteouts: `.wh.` names are files like any
 /// other) under `root` with the applier's path safety: what `docker cp` into a container
-/// needs. Returns the number of entries.
-pub fn extract(root: &Path, input: impl Read) -> Result<u64> {
+/// needs. `owner` replaces the archive's owners (Docker's cp without `-a` makes root the
+/// owner). Returns the number of entries.
+pub fn extract(root: &Path, input: impl Read, owner: Option<(u32, u32)>) -> Result<u64> {
     let root_fd: OwnedFd = io_ctx(
         std::fs::OpenOptions::new()
             .read(true)
@@ -206,17 +207,22 @@ pub fn extract(root: &Path, input: impl Read) -> Result<u64> {
         || format!("opening {}", root.display()),
     )?
     .into();
-    apply_tar_with(&root_fd, input, false)
+    apply_tar_with(&root_fd, input, false, owner)
 }
 
-fn apply_tar_with(root_fd: &OwnedFd, reader: impl Read, whiteouts: bool) -> Result<u64> {
+fn apply_tar_with(
+    root_fd: &OwnedFd,
+    reader: impl Read,
+    whiteouts: bool,
+    owner: Option<(u32, u32)>,
+) -> Result<u64> {
     let mut archive = tar::Archive::new(reader);
     let mut dirs: Vec<(String, Timestamps)> = Vec::new();
     let mut entries = 0u64;
     for entry in io_ctx(archive.entries(), || "reading the layer".into())? {
         let mut entry = io_ctx(entry, || "reading the layer".into())?;
         entries += 1;
-        apply_entry(root_fd, &mut entry, &mut dirs, whiteouts)?;
+        apply_entry(root_fd, &mut entry, &mut dirs, whiteouts, owner)?;
     }
     // The diffID covers the whole stream, end-of-archive padding included: read it all.
     let mut rest = archive.into_inner();
@@ -369,6 +375,7 @@ fn apply_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     dirs: &mut Vec<(String, Timestamps)>,
     whiteouts: bool,
+    owner: Option<(u32, u32)>,
 ) -> Result<()> {
     let raw_path = entry
         .path()
@@ -384,8 +391,10 @@ fn apply_entry<R: Read>(
     let kind = header.entry_type();
     let mode = header.mode().map_err(|_| bad("bad mode"))? & 0o7777;
     // Empty numeric fields read as 0, as Go's archive/tar (Docker's) reads them.
-    let uid = header.uid().unwrap_or(0) as u32;
-    let gid = header.gid().unwrap_or(0) as u32;
+    let (uid, gid) = owner.unwrap_or((
+        header.uid().unwrap_or(0) as u32,
+        header.gid().unwrap_or(0) as u32,
+    ));
     let times = timestamps(header.mtime().unwrap_or(0));
 
     let Some((name, parent_parts)) = parts.split_last() else {

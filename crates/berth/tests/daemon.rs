@@ -1051,6 +1051,38 @@ fn cp_both_ways_stays_inside_the_container() {
         err.contains("Could not find the file /nonexistent"),
         "{err}"
     );
+    // Owners: root in the container, unless -a keeps them.
+    std::os::unix::fs::chown(w.join("hello.txt"), Some(1234), Some(1234)).unwrap();
+    d.ok(&[
+        "cp",
+        w.join("hello.txt").to_str().unwrap(),
+        "box:/tmp/owned-root",
+    ]);
+    d.ok(&[
+        "cp",
+        "-a",
+        w.join("hello.txt").to_str().unwrap(),
+        "box:/tmp/owned-kept",
+    ]);
+    d.berth_ok(&[
+        "cp",
+        "-a",
+        w.join("hello.txt").to_str().unwrap(),
+        "box:/tmp/owned-kept2",
+    ]);
+    assert_eq!(
+        d.ok(&[
+            "exec",
+            "box",
+            "stat",
+            "-c",
+            "%u",
+            "/tmp/owned-root",
+            "/tmp/owned-kept",
+            "/tmp/owned-kept2"
+        ]),
+        "0\n1234\n1234\n"
+    );
     // A stopped container: its root filesystem is mounted for the copy.
     d.ok(&["kill", "box"]);
     d.ok(&[

@@ -234,6 +234,9 @@ pub async fn archive(
                 .into_response())
         }
         Method::PUT => {
+            let copy_ids = ps
+                .iter()
+                .any(|(k, v)| k == "copyUIDGID" && matches!(v.as_str(), "1" | "true"));
             let spooled = crate::images::body_to_file(&d, body).await?;
             let result = super::with_rootfs(&d, rec, false, move |root| {
                 let r = resolve(&root, &path, &id)?;
@@ -254,7 +257,9 @@ pub async fn archive(
                 let target = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
                 let input = std::fs::File::open(&spooled).map_err(ApiError::internal)?;
                 let _ = std::fs::remove_file(&spooled);
-                berth_store::layer::extract(&target, input)
+                // Docker's cp: root owns what comes in, unless copyUIDGID (`cp -a`).
+                let owner = if copy_ids { None } else { Some((0, 0)) };
+                berth_store::layer::extract(&target, input, owner)
                     .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 Ok(())
             })
