@@ -428,6 +428,10 @@ struct RunArgs {
     #[arg(long = "add-host")]
     add_host: Vec<String>,
     #[arg(long)]
+    device: Vec<String>,
+    #[arg(long = "group-add")]
+    group_add: Vec<String>,
+    #[arg(long)]
     dns: Vec<String>,
     #[arg(long = "dns-search")]
     dns_search: Vec<String>,
@@ -716,7 +720,16 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
             "NanoCpus": a.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
             "CpuShares": a.cpu_shares.unwrap_or(0),
             "PidsLimit": a.pids_limit,
-            "Ulimits": ulimits
+            "Ulimits": ulimits,
+            "GroupAdd": a.group_add,
+            "Devices": a.device.iter().map(|d| {
+                // host[:container[:permissions]]
+                let mut p = d.splitn(3, ':');
+                let host = p.next().unwrap_or_default();
+                let inside = p.next().unwrap_or(host);
+                let perms = p.next().unwrap_or("rwm");
+                json!({"PathOnHost": host, "PathInContainer": inside, "CgroupPermissions": perms})
+            }).collect::<Vec<_>>()
     });
     if body["HostConfig"]["NetworkMode"] == "default" {
         body["HostConfig"]["NetworkMode"] = json!("bridge");

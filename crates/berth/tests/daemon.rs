@@ -1820,3 +1820,104 @@ fn daemon_killed_mid_load_loses_nothing() {
     let store = berth_store::image::ImageStore::open(&d.dir.path().join("root")).unwrap();
     assert_eq!(store.fsck().unwrap(), Vec::<String>::new());
 }
+
+#[test]
+fn host_config_flags_reach_the_container() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let run = |args: &[&str]| {
+        let mut a = vec!["run", "--rm"];
+        a.extend_from_slice(args);
+        d.ok(&a)
+    };
+    assert_eq!(run(&["-w", "/app/sub", "busybox", "pwd"]), "/app/sub\n");
+    assert_eq!(
+        run(&[
+            "--read-only",
+            "--tmpfs",
+            "/scratch",
+            "busybox",
+            "sh",
+            "-c",
+            "touch /x 2>/dev/null || touch /scratch/y && echo ro"
+        ]),
+        "ro\n"
+    );
+    assert_eq!(
+        run(&[
+            "--add-host",
+            "db:10.1.2.3",
+            "busybox",
+            "grep",
+            "db",
+            "/etc/hosts"
+        ]),
+        "10.1.2.3\tdb\n"
+    );
+    assert_eq!(
+        run(&["--group-add", "42", "-u", "nobody", "busybox", "id", "-G"]),
+        "65534 42\n"
+    );
+    assert_eq!(run(&["-h", "named", "busybox", "hostname"]), "named\n");
+    assert_eq!(
+        run(&[
+            "--device",
+            "/dev/null:/dev/extra",
+            "busybox",
+            "sh",
+            "-c",
+            "echo x > /dev/extra && echo dev"
+        ]),
+        "dev\n"
+    );
+    assert_eq!(
+        d.berth_ok(&[
+            "run",
+            "--rm",
+            "--device",
+            "/dev/null:/dev/extra",
+            "--group-add",
+            "7",
+            "busybox",
+            "sh",
+            "-c",
+            "test -c /dev/extra && id -G"
+        ]),
+        "0 7\n"
+    );
+    let (code, _, err) = d.docker(&["run", "--rm", "--device", "/nonexistent", "busybox", "true"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(err.contains("error gathering device information"), "{err}");
+    // Privileged: the host's devices and every capability.
+    let n: usize = run(&["--privileged", "busybox", "sh", "-c", "ls /dev | wc -l"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(n > 20, "{n} device entries");
+    assert_eq!(
+        run(&[
+            "--privileged",
+            "busybox",
+            "sh",
+            "-c",
+            "grep CapEff /proc/self/status | cut -f2"
+        ])
+        .trim(),
+        run(&[
+            "--cap-add",
+            "ALL",
+            "busybox",
+            "sh",
+            "-c",
+            "grep CapEff /proc/self/status | cut -f2"
+        ])
+        .trim()
+    );
+    // Sharing the host's pid namespace shows the host's processes.
+    let n: usize = run(&["--pid", "host", "busybox", "sh", "-c", "ps | wc -l"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(n > 10, "{n}");
+}

@@ -77,6 +77,14 @@ pub async fn create(
     if let Err(e) = super::spec::capabilities(&hc) {
         return Err(ApiError::bad_request(e));
     }
+    for m in hc.devices.iter().flatten() {
+        if super::spec::device(std::path::Path::new(&m.path_on_host)).is_none() {
+            return Err(ApiError::bad_request(format!(
+                "error gathering device information while adding custom device \"{}\": not a device node",
+                m.path_on_host
+            )));
+        }
+    }
     match hc.restart_policy.name.as_str() {
         "" | "no" | "always" | "unless-stopped" | "on-failure" => {}
         other => {

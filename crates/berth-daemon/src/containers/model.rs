@@ -135,6 +135,16 @@ pub struct HostConfig {
     pub ulimits: Option<Vec<Ulimit>>,
     pub oom_kill_disable: Option<bool>,
     pub mounts: Option<Vec<Value>>,
+    pub group_add: Option<Vec<String>>,
+    pub devices: Option<Vec<DeviceMapping>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeviceMapping {
+    pub path_on_host: String,
+    pub path_in_container: String,
+    pub cgroup_permissions: String,
 }
 
 /// The create body: the container config with HostConfig and NetworkingConfig beside it.

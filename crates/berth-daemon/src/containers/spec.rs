@@ -359,9 +359,19 @@ pub fn build(
     let nnp = security.iter().any(|s| {
         s == "no-new-privileges" || s == "no-new-privileges:true" || s == "no-new-privileges=true"
     });
+    let mut gids = user.additional_gids.clone();
+    for g in hc.group_add.iter().flatten() {
+        let gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => resolve_user(rootfs, &format!("0:{g}"))?.gid,
+        };
+        if !gids.contains(&gid) {
+            gids.push(gid);
+        }
+    }
     spec["process"] = json!({
         "terminal": c.tty,
-        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
+        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": gids},
         "args": args,
         "env": env,
         "cwd": if c.working_dir.is_empty() { "/" } else { c.working_dir.as_str() },
@@ -456,10 +466,41 @@ pub fn build(
     linux["namespaces"] = json!(namespaces);
     linux["cgroupsPath"] = json!(format!("/berth/{}", rec.id));
     linux["resources"] = resources(hc);
+    let mut devices = Vec::new();
     if hc.privileged {
         linux["maskedPaths"] = json!([]);
         linux["readonlyPaths"] = json!([]);
         linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+        // Every device of the host, as Docker gives a privileged container.
+        host_devices(Path::new("/dev"), &mut devices);
+    }
+    for m in hc.devices.iter().flatten() {
+        let dev = device(Path::new(&m.path_on_host)).ok_or_else(|| {
+            format!("error gathering device information while adding custom device \"{}\": no such file or directory or not a device", m.path_on_host)
+        })?;
+        let inside = if m.path_in_container.is_empty() {
+            m.path_on_host.clone()
+        } else {
+            m.path_in_container.clone()
+        };
+        let access = if m.cgroup_permissions.is_empty() {
+            "rwm"
+        } else {
+            m.cgroup_permissions.as_str()
+        };
+        if let Some(rules) = linux["resources"]["devices"].as_array_mut() {
+            rules.push(
+                json!({"allow": true, "type": dev["type"], "major": dev["major"],
+                "minor": dev["minor"], "access": access}),
+            );
+        }
+        let mut dev = dev;
+        dev["path"] = json!(inside);
+        devices.retain(|d: &Value| d["path"] != dev["path"]);
+        devices.push(dev);
+    }
+    if !devices.is_empty() {
+        linux["devices"] = Value::Array(devices);
     } else if let Some(m) = linux["maskedPaths"].as_array_mut() {
         m.push(json!("/sys/devices/virtual/powercap"));
     }
@@ -492,6 +533,44 @@ pub fn build(
         spec["annotations"] = json!({ berth_runtime::container::INIT_ANNOTATION: "true" });
     }
     Ok(spec)
+}
+
+/// A host device as the runtime spec's `linux.devices` entry (path set to the host's).
+pub fn device(path: &Path) -> Option<Value> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let md = std::fs::metadata(path).ok()?;
+    let kind = if md.file_type().is_char_device() {
+        "c"
+    } else if md.file_type().is_block_device() {
+        "b"
+    } else {
+        return None;
+    };
+    let rdev = md.rdev();
+    Some(json!({
+        "path": path, "type": kind,
+        "major": rustix::fs::major(rdev), "minor": rustix::fs::minor(rdev),
+        "fileMode": md.permissions().mode() & 0o777, "uid": 0, "gid": 0
+    }))
+}
+
+/// The devices below `dir` (not the pty, shm and mqueue mounts the container has its own of).
+fn host_devices(dir: &Path, out: &mut Vec<Value>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if matches!(
+            p.to_str(),
+            Some("/dev/pts" | "/dev/shm" | "/dev/mqueue" | "/dev/console" | "/dev/ptmx")
+        ) {
+            continue;
+        }
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            host_devices(&p, out);
+        } else if let Some(d) = device(&p) {
+            out.push(d);
+        }
+    }
 }
 
 /// The cgroup limits of HostConfig, in the runtime spec's shape.
