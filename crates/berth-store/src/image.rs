@@ -739,11 +739,18 @@ impl ImageStore {
     ) -> Result<Vec<(Image, Vec<String>)>> {
         // The archive is untrusted: unpack it with the path-safe layer applier.
         layer::apply(tmp, archive)?;
-        let manifest: Value =
+        let manifest: Value = if tmp.join("manifest.json").exists() {
             serde_json::from_slice(&io_ctx(std::fs::read(tmp.join("manifest.json")), || {
-                "the archive has no manifest.json".into()
+                "reading manifest.json".into()
             })?)
-            .map_err(|e| ImageError::Archive(format!("manifest.json: {e}")))?;
+            .map_err(|e| ImageError::Archive(format!("manifest.json: {e}")))?
+        } else if tmp.join("index.json").exists() {
+            oci_layout_entries(tmp)?
+        } else {
+            return Err(ImageError::Archive(
+                "neither a docker-archive (manifest.json) nor an OCI layout (index.json)".into(),
+            ));
+        };
         let entries = manifest
             .as_array()
             .ok_or_else(|| ImageError::Archive("manifest.json is not a list".into()))?;
@@ -906,6 +913,59 @@ fn append(builder: &mut tar::Builder<impl Write>, name: &str, data: &[u8]) -> Re
 }
 
 /// The image config's architecture name (Go's GOARCH spelling).
+/// An OCI image layout (`docker load` of an OCI archive) as the entries of a docker-archive
+/// manifest.json: config and layer paths, and the names the index gives (the containerd
+/// `io.containerd.image.name` annotation, or a full reference in
+/// `org.opencontainers.image.ref.name`). Image indexes pick this machine's platform.
+fn oci_layout_entries(dir: &Path) -> Result<Value> {
+    let read = |rel: &str| -> Result<Value> {
+        let bytes = io_ctx(std::fs::read(dir.join(rel)), || format!("reading {rel}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| ImageError::Archive(format!("{rel}: {e}")))
+    };
+    let blob_path = |digest: &Value| -> Result<String> {
+        let d: Digest = serde_json::from_value(digest.clone())
+            .map_err(|e| ImageError::Archive(format!("bad digest: {e}")))?;
+        Ok(format!("blobs/{}/{}", d.algorithm().as_str(), d.hex()))
+    };
+    let index = read("index.json")?;
+    let mut entries = Vec::new();
+    for desc in index["manifests"].as_array().into_iter().flatten() {
+        let mut manifest = read(&blob_path(&desc["digest"])?)?;
+        if manifest["manifests"].is_array() {
+            // An index (or Docker manifest list): this platform's manifest, else the first.
+            let list = manifest["manifests"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let pick = list
+                .iter()
+                .find(|m| {
+                    m["platform"]["os"] == "linux" && m["platform"]["architecture"] == go_arch()
+                })
+                .or_else(|| list.first())
+                .ok_or_else(|| ImageError::Archive("an empty image index".into()))?;
+            manifest = read(&blob_path(&pick["digest"])?)?;
+        }
+        let layers: Vec<String> = manifest["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| blob_path(&l["digest"]))
+            .collect::<Result<_>>()?;
+        let annotations = &desc["annotations"];
+        let name = annotations["io.containerd.image.name"]
+            .as_str()
+            .or_else(|| annotations["org.opencontainers.image.ref.name"].as_str())
+            .filter(|n| n.parse::<Reference>().is_ok() && (n.contains(':') || n.contains('/')));
+        entries.push(json!({
+            "Config": blob_path(&manifest["config"]["digest"])?,
+            "Layers": layers,
+            "RepoTags": name.into_iter().collect::<Vec<_>>(),
+        }));
+    }
+    Ok(Value::Array(entries))
+}
+
 pub fn go_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",

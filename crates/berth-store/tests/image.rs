@@ -406,3 +406,43 @@ fn commit_turns_a_containers_changes_into_a_layer() {
     );
     assert!(s.fsck().unwrap().is_empty());
 }
+
+/// `docker load` of an OCI archive (here made by skopeo from our own store): same image.
+#[test]
+fn loads_an_oci_archive() {
+    require_root!();
+    if Command::new("skopeo").arg("--version").output().is_err() {
+        eprintln!("skopeo not installed: skipped");
+        return;
+    }
+    let (d, s) = store();
+    let tag: Reference = "busybox".parse().unwrap();
+    let img = s.import(&busybox_tar()[..], &[], Some(&tag)).unwrap();
+    let archive = d.path().join("oci.tar");
+    let out = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!(
+            "oci:{}:docker.io/library/busybox:latest",
+            d.path().join("content").display()
+        ))
+        .arg(format!(
+            "oci-archive:{}:docker.io/library/busybox:latest",
+            archive.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_d2, other) = store();
+    let loaded = other.load(std::fs::File::open(&archive).unwrap()).unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].0.config, img.config);
+    assert_eq!(
+        loaded[0].1,
+        vec!["docker.io/library/busybox:latest".to_string()]
+    );
+    assert!(other.fsck().unwrap().is_empty());
+}
