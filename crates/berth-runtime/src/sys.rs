@@ -429,6 +429,48 @@ pub fn reap_as_init(child: i32) -> ! {
     }
 }
 
+/// Brings `lo` up in the network namespace of process `pid` (a new network namespace
+/// starts with it down, and programs talking to 127.0.0.1 then fail). Done from a thread
+/// of its own, which joins that namespace and ends with it.
+pub fn loopback_up(pid: i32) -> io::Result<()> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::spawn(move || -> io::Result<()> {
+        // SAFETY: setns on a namespace descriptor we own, for this thread only (network
+        // namespaces are per thread); the thread ends right after.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a plain datagram socket, closed below.
+        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if sock < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: ifreq is plain data; the name fits (3 bytes with the NUL) and the ioctls
+        // read and write only that struct.
+        let r = unsafe {
+            let mut req: libc::ifreq = std::mem::zeroed();
+            for (i, b) in b"lo\0".iter().enumerate() {
+                req.ifr_name[i] = *b as libc::c_char;
+            }
+            let mut r = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req);
+            if r == 0 {
+                req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                r = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req);
+            }
+            let e = io::Error::last_os_error();
+            libc::close(sock);
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        };
+        r
+    })
+    .join()
+    .map_err(|_| io::Error::other("the loopback thread panicked"))?
+}
+
 /// Replaces the process image. Returns only on failure.
 pub fn execve(path: &Path, args: &[String], env: &[String]) -> io::Error {
     let to_c = |v: &[String]| -> Result<Vec<CString>> {

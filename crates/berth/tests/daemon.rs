@@ -1921,3 +1921,67 @@ fn host_config_flags_reach_the_container() {
         .unwrap();
     assert!(n > 10, "{n}");
 }
+
+#[test]
+fn containers_share_namespaces_with_container_modes() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    // A container's own network namespace has a working loopback.
+    assert!(d
+        .ok(&["run", "--rm", "busybox", "ip", "addr", "show", "lo"])
+        .contains("LOOPBACK,UP"));
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-h",
+        "webhost",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "127.0.0.1:8080",
+        "-h",
+        "/etc",
+    ]);
+    // The same loopback: the web server answers on 127.0.0.1 of the other container.
+    assert!(wait_for(5, || d
+        .docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "container:web",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:8080/hostname"
+        ])
+        .1
+        == "webhost\n"));
+    // The same processes.
+    let ps = d.ok(&[
+        "run",
+        "--rm",
+        "--pid",
+        "container:web",
+        "busybox",
+        "ps",
+        "-o",
+        "args",
+    ]);
+    assert!(ps.contains("httpd -f -p 127.0.0.1:8080"), "{ps}");
+    // Only with a running container.
+    d.ok(&["stop", "-t", "0", "web"]);
+    let (code, _, err) = d.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:web",
+        "busybox",
+        "true",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("non running container"), "{err}");
+}

@@ -489,6 +489,14 @@ impl Containers {
             Ok(pid) => pid,
             Err(msg) => return Err(self.start_failed(e, msg)),
         };
+        // A network namespace of its own starts with `lo` down (Docker brings it up).
+        let hc = &rec.host_config;
+        if hc.network_mode != "host" && !hc.network_mode.starts_with("container:") {
+            if let Err(err) = berth_runtime::sys::loopback_up(pid) {
+                let _ = self.runtime.kill(&id, libc::SIGKILL, false);
+                return Err(self.start_failed(e, format!("setting up lo: {err}")));
+            }
+        }
         // Attaches made before start get their streams first, so they miss nothing.
         let pending: Vec<PendingAttach> = std::mem::take(&mut *e.pending.lock().expect("lock"));
         for p in pending {
@@ -595,7 +603,8 @@ impl Containers {
         let result = (|| {
             spec::write_etc_files(rec, &dir).map_err(|e| e.to_string())?;
             let volumes = self.attach_volumes(rec, &rootfs)?;
-            let config = spec::build(rec, &rootfs, &dir, &volumes)?;
+            let joined = self.joined_namespaces(rec)?;
+            let config = spec::build(rec, &rootfs, &dir, &volumes, &joined)?;
             berth_types::fs::atomic_write(&dir.join("config.json"), config.to_string().as_bytes())
                 .map_err(|e| e.to_string())?;
             let _ = std::fs::remove_file(dir.join("exit.json"));
@@ -605,6 +614,38 @@ impl Containers {
             self.unmount(&rec.id);
         }
         result
+    }
+
+    /// `--network/--pid/--ipc container:<name>`: the other container's namespaces, which
+    /// must be running.
+    fn joined_namespaces(&self, rec: &Record) -> Result<Vec<(&'static str, PathBuf)>, String> {
+        let hc = &rec.host_config;
+        let mut out = Vec::new();
+        for (kind, proc_name, mode) in [
+            ("network", "net", &hc.network_mode),
+            ("pid", "pid", &hc.pid_mode),
+            ("ipc", "ipc", &hc.ipc_mode),
+        ] {
+            let Some(other) = mode.strip_prefix("container:") else {
+                continue;
+            };
+            let what = if kind == "network" { "network" } else { kind };
+            let target = self
+                .get(other)
+                .map_err(|_| format!("cannot join {what} namespace of container {other}: No such container: {other}"))?
+                .snapshot();
+            if !target.state.running || target.state.pid <= 0 {
+                return Err(format!(
+                    "cannot join {what} namespace of a non running container: {}",
+                    target.id
+                ));
+            }
+            out.push((
+                kind,
+                PathBuf::from(format!("/proc/{}/ns/{proc_name}", target.state.pid)),
+            ));
+        }
+        Ok(out)
     }
 
     /// The container's volumes as (host path, destination, rw); a volume used for the

@@ -317,12 +317,15 @@ fn env_unset(env: &[String], key: &str) -> bool {
 
 /// The runtime config for `rec`, whose root filesystem is mounted at `rootfs` and whose
 /// /etc/hostname, /etc/hosts and /etc/resolv.conf are in `dir`.
-/// `volumes` are the container's volumes as (host path, destination, rw).
+/// `volumes` are the container's volumes as (host path, destination, rw); `joined` the
+/// namespaces it shares with other containers (`--network container:x`...) as (OCI
+/// namespace type, path).
 pub fn build(
     rec: &Record,
     rootfs: &Path,
     dir: &Path,
     volumes: &[(std::path::PathBuf, String, bool)],
+    joined: &[(&str, std::path::PathBuf)],
 ) -> Result<Value, String> {
     let hc = &rec.host_config;
     let c = &rec.config;
@@ -449,14 +452,18 @@ pub fn build(
 
     let mut namespaces = vec![json!({"type": "mount"})];
     let host = |mode: &str| mode == "host";
-    if !host(&hc.pid_mode) {
-        namespaces.push(json!({"type": "pid"}));
-    }
-    if !host(&hc.network_mode) {
-        namespaces.push(json!({"type": "network"}));
-    }
-    if !host(&hc.ipc_mode) {
-        namespaces.push(json!({"type": "ipc"}));
+    for (kind, mode) in [
+        ("pid", &hc.pid_mode),
+        ("network", &hc.network_mode),
+        ("ipc", &hc.ipc_mode),
+    ] {
+        if host(mode) {
+            continue;
+        }
+        match joined.iter().find(|(k, _)| *k == kind) {
+            Some((_, path)) => namespaces.push(json!({"type": kind, "path": path})),
+            None => namespaces.push(json!({"type": kind})),
+        }
     }
     if !host(&hc.uts_mode) {
         namespaces.push(json!({"type": "uts"}));
