@@ -224,6 +224,11 @@ enum Cmd {
         #[arg(short, long)]
         force: bool,
     },
+    /// List port mappings or a specific mapping for the container
+    Port {
+        container: String,
+        private_port: Option<String>,
+    },
     /// Get real time events from the server
     Events {
         #[arg(long)]
@@ -1255,6 +1260,51 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
         Cmd::Cp {
             src, dst, archive, ..
         } => cp(c, &src, &dst, archive).await,
+        Cmd::Port {
+            container,
+            private_port,
+        } => {
+            let v = c
+                .json(
+                    Method::GET,
+                    &format!("/containers/{}/json", q(&container)),
+                    None,
+                )
+                .await?;
+            let mut found = false;
+            for (port, bindings) in v["NetworkSettings"]["Ports"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                if let Some(want) = &private_port {
+                    let full = if want.contains('/') {
+                        want.clone()
+                    } else {
+                        format!("{want}/tcp")
+                    };
+                    if &full != port {
+                        continue;
+                    }
+                }
+                for b in bindings.as_array().into_iter().flatten() {
+                    found = true;
+                    let ip = b["HostIp"].as_str().unwrap_or("0.0.0.0");
+                    let hp = b["HostPort"].as_str().unwrap_or("");
+                    if private_port.is_some() {
+                        println!("{ip}:{hp}");
+                    } else {
+                        println!("{port} -> {ip}:{hp}");
+                    }
+                }
+            }
+            if let (Some(p), false) = (&private_port, found) {
+                return Err(Error::Other(format!(
+                    "Error: No public port '{p}' published for {container}"
+                )));
+            }
+            Ok(0)
+        }
         Cmd::Events {
             since,
             until,

@@ -843,6 +843,13 @@ fn berth_cli_everyday_workflow() {
     if docker_cli() {
         assert_eq!(d.ok(&["ps", "--format", "{{.Names}}"]), "m\n");
     }
+    // No ports are published (no bridge networking yet): port says so.
+    assert_eq!(d.berth_ok(&["port", "m"]), "");
+    let (code, _, err) = d.berth(&["port", "m", "80"]);
+    assert_eq!(
+        (code, err.trim()),
+        (1, "Error: No public port '80' published for m")
+    );
     d.berth_ok(&["rm", "-f", "m"]);
     assert_eq!(d.berth_ok(&["image", "ls", "-q"]).lines().count(), 1);
     // system prune: stopped containers go, the image in use by none goes with -a.
