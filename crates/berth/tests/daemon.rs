@@ -686,6 +686,19 @@ fn exec_into_a_running_container() {
         .docker(&["exec", "box", "test", "-f", "/tmp/from-detached"])
         .0
         == 0));
+    // docker attach to a running container: its later output and its exit code.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "late",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 0.5; echo late; exit 6",
+    ]);
+    let (code, out, err) = d.docker(&["attach", "late"]);
+    assert_eq!((code, out.as_str()), (6, "late\n"), "{err}");
     // A stopped container takes no exec.
     d.ok(&["kill", "box"]);
     let (code, _, err) = d.docker(&["exec", "box", "true"]);
