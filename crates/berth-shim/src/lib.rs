@@ -139,26 +139,6 @@ fn set_nonblocking(f: &impl AsFd) {
     }
 }
 
-fn recv_fd(s: &UnixStream) -> std::io::Result<OwnedFd> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut anc = RecvAncillaryBuffer::new(&mut space);
-    let mut name = [0u8; 256];
-    recvmsg(
-        s,
-        &mut [IoSliceMut::new(&mut name)],
-        &mut anc,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
-    for msg in anc.drain() {
-        if let RecvAncillaryMessage::ScmRights(mut fds) = msg {
-            if let Some(fd) = fds.next() {
-                return Ok(fd);
-            }
-        }
-    }
-    Err(std::io::Error::other("no descriptor on the console socket"))
-}
-
 /// Runs the shim; returns the exit code of the process that the daemon started (the shim
 /// proper lives on in a forked child).
 pub fn main(opts: Options) -> i32 {
@@ -403,7 +383,7 @@ fn run(opts: &Options, mut report: File) -> std::io::Result<()> {
             .accept()
             .and_then(|(s, _)| {
                 s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                recv_fd(&s)
+                berth_runtime::console::recv_fd(&s)
             })
             .map_err(|e| fail(&mut report, format!("receiving the pty: {e}")));
         let _ = std::fs::remove_file(&con_path);

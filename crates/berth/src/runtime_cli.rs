@@ -393,7 +393,28 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             create,
             detach,
             keep,
-        } => return Ok(rt.run(&create_opts(create), *detach, *keep)?),
+        } => {
+            let terminal = create.console_socket.is_none()
+                && berth_runtime::spec::load(&create.bundle)
+                    .ok()
+                    .and_then(|(spec, _)| spec.process().as_ref().and_then(|p| p.terminal()))
+                    .unwrap_or(false);
+            if !terminal {
+                return Ok(rt.run(&create_opts(create), *detach, *keep)?);
+            }
+            if *detach {
+                bail!(
+                    "cannot allocate tty if the runtime will detach without setting console socket"
+                );
+            }
+            // runc's behaviour: the runtime holds the terminal itself.
+            let console = berth_runtime::console::OwnConsole::listen(&rt.root)?;
+            let mut opts = create_opts(create);
+            opts.console_socket = Some(&console.socket);
+            let code = rt.run(&opts, false, *keep);
+            console.finish(code.is_ok());
+            return Ok(code?);
+        }
         Cmd::Exec(a) => return exec(&rt, a),
         Cmd::Ps {
             format,

@@ -630,6 +630,38 @@ fn mount_target_symlink_out_of_rootfs_is_resolved_inside() {
     );
 }
 
+/// `run` with a terminal and no console socket: the runtime holds the pty itself and
+/// copies it to its own stdio (runc's behaviour); detached, that is refused.
+#[test]
+fn run_with_a_terminal_and_no_console_socket() {
+    require_root!();
+    let rt = Runtime::new();
+    let mut b = Bundle::new(&["sh", "-c", "tty; exit 3"]);
+    b.config["process"]["terminal"] = true.into();
+    b.save();
+    let out = common::capture(
+        std::process::Command::new(common::berth())
+            .args(["runtime", "--root"])
+            .arg(rt.root.path())
+            .args(["run", "--bundle"])
+            .arg(b.path())
+            .arg(unique_id("owntty"))
+            .stdin(std::process::Stdio::null()),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/dev/pts/0"));
+    let out = common::capture(
+        std::process::Command::new(common::berth())
+            .args(["runtime", "--root"])
+            .arg(rt.root.path())
+            .args(["run", "-d", "--bundle"])
+            .arg(b.path())
+            .arg(unique_id("owntty")),
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot allocate tty"));
+}
+
 #[test]
 fn terminal_through_console_socket() {
     require_root!();
