@@ -306,6 +306,9 @@ pub async fn post_named(
     let name = name.to_string();
     blocking(move || {
         d.store.tag(&name, &reference)?;
+        if let Some(img) = d.store.resolve(&name) {
+            d.image_event("tag", &img.config.to_string(), &reference.familiar());
+        }
         Ok(StatusCode::CREATED.into_response())
     })
     .await
@@ -321,8 +324,20 @@ pub async fn remove(
     let ps = params(q.as_deref());
     let force = truthy(param(&ps, "force"));
     blocking(move || {
+        let id = d
+            .store
+            .resolve(&name)
+            .map(|i| i.config.to_string())
+            .unwrap_or_default();
         let lines = d.store.remove(&name, force)?;
         d.store.gc()?;
+        for l in &lines {
+            match l.split_once(": ") {
+                Some(("Untagged", r)) => d.image_event("untag", &id, r),
+                Some(("Deleted", i)) => d.image_event("delete", i, &name),
+                _ => {}
+            }
+        }
         let items: Vec<Value> = lines
             .iter()
             .filter_map(|l| {
@@ -407,6 +422,8 @@ pub async fn load(State(d): State<Shared>, body: Body) -> ApiResult<Response> {
     let _ = std::fs::remove_file(&path);
     let mut lines = Vec::new();
     for (img, tags) in loaded? {
+        let names: Vec<String> = tags.iter().map(|t| familiar(t)).collect();
+        d.image_event("load", &img.config.to_string(), &names.join(","));
         if tags.is_empty() {
             lines.push(json!({"stream": format!("Loaded image ID: {}\n", img.config)}));
         }
@@ -503,6 +520,8 @@ pub async fn create(
         .filter(|(k, _)| k == "changes")
         .map(|(_, v)| v.clone())
         .collect();
+    let shown = reference.as_ref().map(|r| r.familiar()).unwrap_or_default();
+    let d2 = d.clone();
     let path = body_to_file(&d, body).await?;
     let p2 = path.clone();
     let imported = blocking(move || {
@@ -512,6 +531,7 @@ pub async fn create(
     .await;
     let _ = std::fs::remove_file(&path);
     let img = imported?;
+    d2.image_event("import", &img.config.to_string(), &shown);
     Ok(json_stream(vec![json!({"status": img.config.to_string()})]))
 }
 

@@ -44,11 +44,8 @@ pub struct Daemon {
 const RECENT_EVENTS: usize = 1024;
 
 impl Daemon {
-    /// Publishes an event in the Engine API's shape (`docker events`).
+    /// Publishes a container event in the Engine API's shape (`docker events`).
     pub fn event(&self, kind: &str, action: &str, id: &str, rec: &containers::model::Record) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
         let mut attrs = serde_json::Map::new();
         for (k, v) in &rec.config.labels {
             attrs.insert(k.clone(), v.clone().into());
@@ -60,23 +57,42 @@ impl Daemon {
         } else {
             rec.id.as_str()
         };
+        self.publish(kind, action, id, &rec.config.image, attrs);
+    }
+
+    /// An image event (load, import, tag, untag, delete): `name` is the reference involved.
+    pub fn image_event(&self, action: &str, id: &str, name: &str) {
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("name".into(), name.into());
+        self.publish("image", action, id, name, attrs);
+    }
+
+    fn publish(
+        &self,
+        kind: &str,
+        action: &str,
+        id: &str,
+        from: &str,
+        attrs: serde_json::Map<String, serde_json::Value>,
+    ) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let ev = serde_json::json!({
-            "status": action, "id": id, "from": rec.config.image,
+            "status": action, "id": id, "from": from,
             "Type": kind, "Action": action,
             "Actor": {"ID": id, "Attributes": attrs},
             "scope": "local",
             "time": now.as_secs(), "timeNano": now.as_nanos() as u64,
         });
-        {
-            let mut recent = self.recent.lock().expect("events lock");
-            if recent.len() == RECENT_EVENTS {
-                recent.pop_front();
-            }
-            recent.push_back(ev.clone());
-            // Sent under the lock, so a reader that subscribes under it misses nothing
-            // and sees nothing twice.
-            let _ = self.events.send(ev);
+        let mut recent = self.recent.lock().expect("events lock");
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
         }
+        recent.push_back(ev.clone());
+        // Sent under the lock, so a reader that subscribes under it misses nothing and
+        // sees nothing twice.
+        let _ = self.events.send(ev);
     }
 }
 

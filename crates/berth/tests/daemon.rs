@@ -1609,6 +1609,30 @@ fn events_replay_and_filter() {
         out.contains(" container start ") && out.contains("name=ev") && out.contains("team=a"),
         "{out}"
     );
+    // Image events: load (at the start), tag, untag.
+    d.ok(&["tag", "busybox", "other:1"]);
+    d.ok(&["rmi", "other:1"]);
+    let until = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1)
+    .to_string();
+    let out = d.ok(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        &until,
+        "--filter",
+        "type=image",
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.name}}",
+    ]);
+    assert_eq!(
+        out, "load busybox:latest\ntag other:1\nuntag other:1\n",
+        "{out}"
+    );
 }
 
 #[test]
