@@ -1,9 +1,9 @@
-//! `berth shim`: the parent of one container (the conmon role).
+//! The shim: the parent of one container (the conmon role).
 //!
-//! The daemon starts it with a pipe on stdout; it forks away (so it belongs to no daemon
-//! and survives one being killed), creates the container through the runtime library with
-//! its own pipes or a pty as the container's stdio, reports `{"pid":N}` or `{"error":...}`
-//! on the pipe, then serves a unix socket until the container exits:
+//! `berth shim-server` (a child of the daemon) forks it away on request, so it belongs to
+//! no daemon and survives one being killed. It creates the container through the runtime
+//! library with its own pipes or a pty as the container's stdio, reports `{"pid":N}` or
+//! `{"error":...}` on the report pipe, then serves a unix socket until the container exits:
 //!
 //! - `{"op":"start"}`: starts the created container; answers `{"ok":true}` or an error,
 //!   then, on the same connection, `{"exit_code":N}` when the container exits;
@@ -137,30 +137,6 @@ fn set_nonblocking(f: &impl AsFd) {
     if let Ok(fl) = rustix::fs::fcntl_getfl(f) {
         let _ = rustix::fs::fcntl_setfl(f, fl | rustix::fs::OFlags::NONBLOCK);
     }
-}
-
-/// Runs the shim; returns the exit code of the process that the daemon started (the shim
-/// proper lives on in a forked child).
-pub fn main(opts: Options) -> i32 {
-    // The report pipe is our stdout; keep it away from the container's stdio.
-    let report = match rustix::io::fcntl_dupfd_cloexec(std::io::stdout(), 3) {
-        Ok(fd) => File::from(fd),
-        Err(e) => {
-            eprintln!("berth shim: {e}");
-            return 1;
-        }
-    };
-    // SAFETY: the shim is single-threaded here (no runtime, no threads spawned yet), so
-    // the child may go on running Rust code after fork.
-    match unsafe { libc::fork() } {
-        -1 => {
-            eprintln!("berth shim: fork: {}", std::io::Error::last_os_error());
-            return 1;
-        }
-        0 => {}
-        _ => return 0,
-    }
-    become_shim(&opts, report)
 }
 
 fn become_shim(opts: &Options, report: File) -> ! {

@@ -85,61 +85,6 @@ fn daemon_main(bin: &str, args: &[String]) -> i32 {
     })
 }
 
-/// `berth shim`: started by the daemon, one per container (not for people to run).
-#[derive(Parser)]
-#[command(name = "berth shim")]
-struct ShimArgs {
-    #[arg(long)]
-    id: String,
-    #[arg(long)]
-    bundle: PathBuf,
-    #[arg(long = "runtime-root")]
-    runtime_root: PathBuf,
-    #[arg(long)]
-    socket: PathBuf,
-    #[arg(long = "exit-file")]
-    exit_file: PathBuf,
-    #[arg(long)]
-    log: Option<PathBuf>,
-    #[arg(long = "log-max-size", default_value_t = 0)]
-    log_max_size: u64,
-    #[arg(long = "log-max-file", default_value_t = 1)]
-    log_max_file: u32,
-    #[arg(long)]
-    tty: bool,
-    #[arg(long)]
-    stdin: bool,
-    #[arg(long = "stdin-once")]
-    stdin_once: bool,
-    /// Run this OCI process (JSON) in the running container instead of creating one.
-    #[arg(long)]
-    exec: Option<PathBuf>,
-}
-
-fn shim_main(bin: &str, args: &[String]) -> i32 {
-    let mut argv = vec![bin.to_string()];
-    argv.extend_from_slice(args);
-    let a = match ShimArgs::try_parse_from(&argv) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return 125;
-        }
-    };
-    berth_shim::main(berth_shim::Options {
-        id: a.id,
-        bundle: a.bundle,
-        runtime_root: a.runtime_root,
-        socket: a.socket,
-        exit_file: a.exit_file,
-        log: a.log.map(|p| (p, a.log_max_size, a.log_max_file)),
-        tty: a.tty,
-        stdin: a.stdin,
-        stdin_once: a.stdin_once,
-        exec: a.exec,
-    })
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args
@@ -162,7 +107,6 @@ fn main() {
         ("berthd", _) => daemon_main(&args[0], &args[1..]),
         (_, Some("daemon")) => daemon_main(&format!("{} daemon", args[0]), &args[2..]),
         (_, Some("shim-server")) => berth_shim::serve_inherited(),
-        (_, Some("shim")) => shim_main(&format!("{} shim", args[0]), &args[2..]),
         (_, Some(role @ "registry")) => {
             eprintln!("berth {role}: not built yet (see docs/STATUS.md)");
             125
