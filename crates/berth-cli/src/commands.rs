@@ -2131,7 +2131,7 @@ async fn inspect(c: &Client, a: InspectArgs, kind: Option<&str>) -> Result<i32, 
     let mut found = Vec::new();
     let mut status = 0;
     for n in &a.names {
-        let container = if kind != Some("image") {
+        let container = if matches!(kind, None | Some("container")) {
             c.json(
                 Method::GET,
                 &format!("/containers/{}/json?size={}", q(n), a.size),
@@ -2142,14 +2142,22 @@ async fn inspect(c: &Client, a: InspectArgs, kind: Option<&str>) -> Result<i32, 
         } else {
             None
         };
-        let v = match container {
-            Some(v) => Some(v),
-            None if kind != Some("container") => c
+        let image = match container {
+            Some(_) => None,
+            None if matches!(kind, None | Some("image")) => c
                 .json(Method::GET, &format!("/images/{}/json", q(n)), None)
                 .await
                 .ok(),
             None => None,
         };
+        let volume = match (&container, &image) {
+            (None, None) if matches!(kind, None | Some("volume")) => c
+                .json(Method::GET, &format!("/volumes/{}", q(n)), None)
+                .await
+                .ok(),
+            _ => None,
+        };
+        let v = container.or(image).or(volume);
         match v {
             Some(v) => found.push(v),
             None => {

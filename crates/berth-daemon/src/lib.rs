@@ -60,6 +60,13 @@ impl Daemon {
         self.publish(kind, action, id, &rec.config.image, attrs);
     }
 
+    /// A volume event (create, destroy).
+    pub fn volume_event(&self, action: &str, name: &str, driver: &str) {
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("driver".into(), driver.into());
+        self.publish("volume", action, name, "", attrs);
+    }
+
     /// An image event (load, import, tag, untag, delete): `name` is the reference involved.
     pub fn image_event(&self, action: &str, id: &str, name: &str) {
         let mut attrs = serde_json::Map::new();

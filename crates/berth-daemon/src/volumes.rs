@@ -299,8 +299,9 @@ pub async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult<(StatusCo
     crate::containers::model::strip_nulls(&mut v);
     let b: CreateBody = serde_json::from_value(v)
         .map_err(|e| ApiError::bad_request(format!("invalid volume body: {e}")))?;
+    let d2 = d.clone();
     let vol = crate::blocking(move || {
-        d.volumes.create(
+        d2.volumes.create(
             Some(&b.name).filter(|n| !n.is_empty()).map(String::as_str),
             &b.driver,
             b.driver_opts,
@@ -309,6 +310,7 @@ pub async fn create(State(d): State<Shared>, body: Bytes) -> ApiResult<(StatusCo
         )
     })
     .await?;
+    d.volume_event("create", &vol.name, &vol.driver);
     Ok((StatusCode::CREATED, Json(volume_json(&vol))))
 }
 
@@ -370,7 +372,9 @@ pub async fn remove(
             format!("remove {name}: volume is in use - [{}]", ids.join(", ")),
         ));
     }
-    crate::blocking(move || d.volumes.remove(&name)).await?;
+    let (d2, n2) = (d.clone(), name.clone());
+    crate::blocking(move || d2.volumes.remove(&n2)).await?;
+    d.volume_event("destroy", &name, "local");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -391,6 +395,7 @@ pub async fn prune(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<
         }
         let (d2, name) = (d.clone(), v.name.clone());
         reclaimed += crate::blocking(move || d2.volumes.remove(&name)).await?;
+        d.volume_event("destroy", &v.name, &v.driver);
         deleted.push(v.name);
     }
     Ok(Json(

@@ -1003,10 +1003,35 @@ fn volumes_named_anonymous_copy_up_and_in_use() {
     // Berth's CLI shows the same.
     assert_eq!(d.berth_ok(&["volume", "create", "b1"]), "b1\n");
     assert_eq!(
+        d.berth_ok(&["inspect", "-f", "{{.Driver}} {{.Name}}", "b1"]),
+        "local b1\n"
+    );
+    assert_eq!(
         d.berth_ok(&["volume", "ls"]),
         "DRIVER    VOLUME NAME\nlocal     b1\n"
     );
     assert_eq!(d.berth_ok(&["volume", "rm", "b1"]), "b1\n");
+    let until = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1)
+    .to_string();
+    let events = d.ok(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        &until,
+        "--filter",
+        "type=volume",
+        "--format",
+        "{{.Action}} {{.Actor.ID}}",
+    ]);
+    assert!(
+        events.contains("create data\n") && events.contains("destroy b1\n"),
+        "{events}"
+    );
     let (code, _, err) = d.docker(&["volume", "create", "bad/name"]);
     assert_ne!(code, 0);
     assert!(err.contains("includes invalid characters"), "{err}");
