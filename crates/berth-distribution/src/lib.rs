@@ -1,3 +1,6 @@
 //! Registry client (pull, push, auth) and registry server.
 //!
-//! Not built yet: see docs/STATUS.md for what exists today.
+//! So far: the server's first slice (`berth registry serve`, module [`server`]). The
+//! client comes with its issue; see docs/STATUS.md.
+
+pub mod server;
