@@ -239,19 +239,23 @@ async fn dispatch(
 ) -> Result<Response> {
     let q = q.as_deref();
     if rest == "_catalog" && method == Method::GET {
-        return catalog(&reg);
+        return catalog(&reg, q);
     }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         check_name(name)?;
-        return tags(&reg, name);
+        return tags(&reg, name, q);
     }
     if let Some((name, id)) = rest.split_once("/blobs/uploads/") {
         check_name(name)?;
-        return uploads(&reg, &method, name, id, q, body).await;
+        let cr = headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok());
+        return uploads(&reg, &method, name, id, q, cr, body).await;
     }
     if let Some((name, d)) = rest.rsplit_once("/blobs/") {
         check_name(name)?;
-        return blob(&reg, &method, name, &parse_digest(d)?);
+        let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+        return blob(&reg, &method, name, &parse_digest(d)?, range);
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
         check_name(name)?;
@@ -276,7 +280,25 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn blob(reg: &Registry, method: &Method, name: &str, d: &Digest) -> Result<Response> {
+/// `bytes=a-b` or `bytes=a-` within a blob of `size` bytes.
+fn parse_range(r: &str, size: u64) -> Option<(u64, u64)> {
+    let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+    let a: u64 = a.parse().ok()?;
+    let b: u64 = if b.is_empty() {
+        size.checked_sub(1)?
+    } else {
+        b.parse().ok()?
+    };
+    (a <= b && b < size).then_some((a, b))
+}
+
+fn blob(
+    reg: &Registry,
+    method: &Method,
+    name: &str,
+    d: &Digest,
+    range: Option<&str>,
+) -> Result<Response> {
     if !reg.visible(name, d) {
         return Err(RegError(
             StatusCode::NOT_FOUND,
@@ -297,7 +319,29 @@ fn blob(reg: &Registry, method: &Method, name: &str, d: &Digest) -> Result<Respo
     match *method {
         Method::HEAD => Ok((headers, Body::empty()).into_response()),
         Method::GET => {
-            let f = std::fs::File::open(&path).map_err(internal)?;
+            let mut f = std::fs::File::open(&path).map_err(internal)?;
+            // `Range: bytes=a-b`, as resuming clients send it: 206 with that part.
+            if let Some((a, b)) = range.and_then(|r| parse_range(r, size)) {
+                use std::io::Seek;
+                use tokio::io::AsyncReadExt;
+                f.seek(std::io::SeekFrom::Start(a)).map_err(internal)?;
+                let part = tokio::fs::File::from_std(f).take(b - a + 1);
+                let stream = tokio_util::io::ReaderStream::new(part);
+                let mut r =
+                    (StatusCode::PARTIAL_CONTENT, Body::from_stream(stream)).into_response();
+                let h = r.headers_mut();
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(b - a + 1));
+                let cr = format!("bytes {a}-{b}/{size}");
+                h.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&cr).expect("ascii"),
+                );
+                h.insert(
+                    "Docker-Content-Digest",
+                    HeaderValue::from_str(&d.to_string()).expect("ascii"),
+                );
+                return Ok(r);
+            }
             let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(f));
             Ok((headers, Body::from_stream(stream)).into_response())
         }
@@ -319,6 +363,7 @@ async fn uploads(
     name: &str,
     id: &str,
     q: Option<&str>,
+    content_range: Option<&str>,
     body: Body,
 ) -> Result<Response> {
     if id.is_empty() && *method == Method::POST {
@@ -353,6 +398,32 @@ async fn uploads(
     let size = |f: &Path| std::fs::metadata(f).map(|m| m.len());
     match *method {
         Method::PATCH => {
+            // Chunks in order only: a Content-Range must start where the upload ends.
+            if let Some(cr) = content_range {
+                let have = size(&file).map_err(|_| {
+                    RegError(
+                        StatusCode::NOT_FOUND,
+                        "BLOB_UPLOAD_UNKNOWN",
+                        "blob upload unknown to registry".into(),
+                    )
+                })?;
+                let start = cr
+                    .split('-')
+                    .next()
+                    .and_then(|x| x.trim().parse::<u64>().ok());
+                if start != Some(have) {
+                    let mut r = RegError(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        "BLOB_UPLOAD_INVALID",
+                        format!("chunk {cr} does not follow the {have} bytes uploaded"),
+                    )
+                    .into_response();
+                    let range = format!("0-{}", have.saturating_sub(1));
+                    r.headers_mut()
+                        .insert(header::RANGE, HeaderValue::from_str(&range).expect("ascii"));
+                    return Ok(r);
+                }
+            }
             append(&file, body).await?;
             let n = size(&file).map_err(internal)?;
             Ok(upload_response(StatusCode::ACCEPTED, name, id, n))
@@ -559,7 +630,40 @@ fn list_dir(dir: &Path) -> Vec<String> {
     v
 }
 
-fn tags(reg: &Registry, name: &str) -> Result<Response> {
+/// A page of a sorted list: `n` entries after `last`, and the `Link` to the next page.
+fn page(all: Vec<String>, q: Option<&str>, path: &str) -> Result<(Vec<String>, Option<String>)> {
+    let last = query(q, "last");
+    let mut items: Vec<String> = match &last {
+        Some(l) => all.into_iter().filter(|t| t > l).collect(),
+        None => all,
+    };
+    let Some(n) = query(q, "n") else {
+        return Ok((items, None));
+    };
+    let n: usize = n.parse().map_err(|_| {
+        RegError(
+            StatusCode::BAD_REQUEST,
+            "PAGINATION_NUMBER_INVALID",
+            format!("invalid n: {n}"),
+        )
+    })?;
+    let more = items.len() > n;
+    items.truncate(n);
+    let link = match (more, items.last()) {
+        (true, Some(l)) => Some(format!("<{path}?n={n}&last={l}>; rel=\"next\"")),
+        _ => None,
+    };
+    Ok((items, link))
+}
+
+fn with_link(mut r: Response, link: Option<String>) -> Response {
+    if let Some(l) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        r.headers_mut().insert(header::LINK, l);
+    }
+    r
+}
+
+fn tags(reg: &Registry, name: &str, q: Option<&str>) -> Result<Response> {
     let dir = reg.repo(name).join("_manifests/tags");
     if !dir.exists() {
         return Err(RegError(
@@ -568,10 +672,14 @@ fn tags(reg: &Registry, name: &str) -> Result<Response> {
             format!("repository name not known to registry: {name}"),
         ));
     }
-    Ok(axum::Json(json!({"name": name, "tags": list_dir(&dir)})).into_response())
+    let (tags, link) = page(list_dir(&dir), q, &format!("/v2/{name}/tags/list"))?;
+    Ok(with_link(
+        axum::Json(json!({"name": name, "tags": tags})).into_response(),
+        link,
+    ))
 }
 
-fn catalog(reg: &Registry) -> Result<Response> {
+fn catalog(reg: &Registry, q: Option<&str>) -> Result<Response> {
     fn walk(base: &Path, rel: &str, out: &mut Vec<String>) {
         for e in std::fs::read_dir(base.join(rel))
             .into_iter()
@@ -596,7 +704,11 @@ fn catalog(reg: &Registry) -> Result<Response> {
     let mut repos = Vec::new();
     walk(&reg.root.join("repositories"), "", &mut repos);
     repos.sort();
-    Ok(axum::Json(json!({"repositories": repos})).into_response())
+    let (repos, link) = page(repos, q, "/v2/_catalog")?;
+    Ok(with_link(
+        axum::Json(json!({"repositories": repos})).into_response(),
+        link,
+    ))
 }
 
 pub fn router(root: &Path) -> std::io::Result<axum::Router> {

@@ -46,10 +46,22 @@ impl Registry {
 
     /// One request: (status, headers and body as text).
     fn http(&self, method: &str, path: &str, body: &[u8], ctype: &str) -> (u16, String) {
+        self.http_with(method, path, body, ctype, "")
+    }
+
+    /// A request with extra header lines (each ending in CRLF).
+    fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        ctype: &str,
+        extra: &str,
+    ) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: r\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: r\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
             body.len()
         )
         .unwrap();
@@ -236,6 +248,16 @@ fn uploads_and_manifests_are_checked() {
             .0,
         202
     );
+    // Out of order: 416 with the range that is there.
+    let (status, text) = r.http_with(
+        "PATCH",
+        &loc,
+        b"blob",
+        "application/octet-stream",
+        "Content-Range: 0-3\r\n",
+    );
+    assert_eq!(status, 416, "{text}");
+    assert!(text.to_lowercase().contains("range: 0-5"), "{text}");
     let (status, text) = r.http("PATCH", &loc, b"blob", "application/octet-stream");
     assert_eq!(status, 202);
     assert!(text.to_lowercase().contains("range: 0-9"), "{text}");
@@ -250,6 +272,40 @@ fn uploads_and_manifests_are_checked() {
     let (status, text) = r.http("GET", &format!("/v2/t/x/blobs/{good}"), b"", "text/plain");
     assert_eq!(status, 200);
     assert!(text.ends_with("hello blob"), "{text}");
+    // A part of it, as a resuming client asks.
+    let (status, text) = r.http_with(
+        "GET",
+        &format!("/v2/t/x/blobs/{good}"),
+        b"",
+        "text/plain",
+        "Range: bytes=6-9\r\n",
+    );
+    assert_eq!(status, 206, "{text}");
+    assert!(text.ends_with("\r\n\r\nblob"), "{text}");
+    // Tags, a page at a time.
+    let manifest_ok = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{good}","size":10}},"layers":[]}}"#
+    );
+    for t in ["v1", "v2", "v3"] {
+        let (status, text) = r.http(
+            "PUT",
+            &format!("/v2/t/x/manifests/{t}"),
+            manifest_ok.as_bytes(),
+            "application/vnd.oci.image.manifest.v1+json",
+        );
+        assert_eq!(status, 201, "{text}");
+    }
+    let (_, text) = r.http("GET", "/v2/t/x/tags/list?n=2", b"", "text/plain");
+    assert!(
+        text.ends_with(r#"{"name":"t/x","tags":["v1","v2"]}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"</v2/t/x/tags/list?n=2&last=v2>; rel="next""#),
+        "{text}"
+    );
+    let (_, text) = r.http("GET", "/v2/t/x/tags/list?n=2&last=v2", b"", "text/plain");
+    assert!(text.ends_with(r#"{"name":"t/x","tags":["v3"]}"#), "{text}");
     // Not visible from another repository until mounted there.
     assert_eq!(
         r.http("HEAD", &format!("/v2/t/y/blobs/{good}"), b"", "text/plain")
@@ -262,13 +318,13 @@ fn uploads_and_manifests_are_checked() {
     );
     let (status, text) = r.http(
         "PUT",
-        "/v2/t/x/manifests/v1",
+        "/v2/t/x/manifests/bad",
         manifest.as_bytes(),
         "application/vnd.oci.image.manifest.v1+json",
     );
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("MANIFEST_BLOB_UNKNOWN"), "{text}");
-    let (status, text) = r.http("GET", "/v2/t/x/manifests/v1", b"", "text/plain");
+    let (status, text) = r.http("GET", "/v2/t/x/manifests/bad", b"", "text/plain");
     assert_eq!(status, 404, "{text}");
     assert!(text.contains("MANIFEST_UNKNOWN"), "{text}");
     let (status, _) = r.http("GET", "/v2/Bad/Name/tags/list", b"", "text/plain");
