@@ -207,11 +207,15 @@ fn upload_response(status: StatusCode, name: &str, id: &str, size: u64) -> Respo
 }
 
 fn blob_created(name: &str, d: &Digest) -> Response {
+    created(&format!("/v2/{name}/blobs/{d}"), d)
+}
+
+/// 201 with the new object's location and digest.
+fn created(location: &str, d: &Digest) -> Response {
     let mut r = StatusCode::CREATED.into_response();
-    let loc = format!("/v2/{name}/blobs/{d}");
     r.headers_mut().insert(
         header::LOCATION,
-        HeaderValue::from_str(&loc).expect("ascii"),
+        HeaderValue::from_str(location).expect("ascii"),
     );
     r.headers_mut().insert(
         "Docker-Content-Digest",
@@ -559,17 +563,7 @@ async fn manifest(
             reg.link(&reg.tag_file(name, reference), &d.to_string())
                 .map_err(internal)?;
         }
-        let mut r = StatusCode::CREATED.into_response();
-        let loc = format!("/v2/{name}/manifests/{d}");
-        r.headers_mut().insert(
-            header::LOCATION,
-            HeaderValue::from_str(&loc).expect("ascii"),
-        );
-        r.headers_mut().insert(
-            "Docker-Content-Digest",
-            HeaderValue::from_str(&d.to_string()).expect("ascii"),
-        );
-        return Ok(r);
+        return Ok(created(&format!("/v2/{name}/manifests/{d}"), &d));
     }
     let d = if by_digest {
         parse_digest(reference)?

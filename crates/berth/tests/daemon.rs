@@ -1011,12 +1011,7 @@ fn volumes_named_anonymous_copy_up_and_in_use() {
         "DRIVER    VOLUME NAME\nlocal     b1\n"
     );
     assert_eq!(d.berth_ok(&["volume", "rm", "b1"]), "b1\n");
-    let until = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 1)
-    .to_string();
+    let until = a_second_from_now();
     let events = d.ok(&[
         "events",
         "--since",
@@ -1637,12 +1632,7 @@ fn events_replay_and_filter() {
     // Image events: load (at the start), tag, untag.
     d.ok(&["tag", "busybox", "other:1"]);
     d.ok(&["rmi", "other:1"]);
-    let until = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 1)
-    .to_string();
+    let until = a_second_from_now();
     let out = d.ok(&[
         "events",
         "--since",
@@ -2053,4 +2043,14 @@ fn containers_share_namespaces_with_container_modes() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("non running container"), "{err}");
+}
+
+/// Unix seconds one second ahead, as a string: `--until` for events that already happened.
+fn a_second_from_now() -> String {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1)
+    .to_string()
 }
