@@ -98,6 +98,14 @@ impl Registry {
             .join(d.hex())
     }
 
+    /// `manifest` names `subject` as its subject; the link holds its descriptor.
+    fn referrer(&self, name: &str, subject: &Digest, manifest: &Digest) -> PathBuf {
+        self.repo(name)
+            .join("_referrers")
+            .join(subject.hex())
+            .join(manifest.hex())
+    }
+
     fn tag_file(&self, name: &str, tag: &str) -> PathBuf {
         self.repo(name).join("_manifests/tags").join(tag)
     }
@@ -244,6 +252,10 @@ async fn dispatch(
     let q = q.as_deref();
     if rest == "_catalog" && method == Method::GET {
         return catalog(&reg, q);
+    }
+    if let Some((name, d)) = rest.rsplit_once("/referrers/") {
+        check_name(name)?;
+        return referrers(&reg, name, &parse_digest(d)?, q);
     }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         check_name(name)?;
@@ -557,13 +569,33 @@ async fn manifest(
         if !blob.exists() {
             berth_types::fs::atomic_write(&blob, &bytes).map_err(internal)?;
         }
-        reg.link(&reg.revision(name, &d), &media_type(headers, &bytes))
-            .map_err(internal)?;
+        let kind = media_type(headers, &bytes);
+        reg.link(&reg.revision(name, &d), &kind).map_err(internal)?;
         if !by_digest {
             reg.link(&reg.tag_file(name, reference), &d.to_string())
                 .map_err(internal)?;
         }
-        return Ok(created(&format!("/v2/{name}/manifests/{d}"), &d));
+        let mut r = created(&format!("/v2/{name}/manifests/{d}"), &d);
+        // A manifest with a subject is one of its referrers (the subject need not exist).
+        if let Some(subject) = v["subject"]["digest"].as_str() {
+            let sd = parse_digest(subject)?;
+            let artifact = v["artifactType"]
+                .as_str()
+                .or_else(|| v["config"]["mediaType"].as_str())
+                .unwrap_or_default();
+            let mut desc = json!({"mediaType": kind, "digest": d.to_string(),
+                "size": bytes.len(), "artifactType": artifact});
+            if v["annotations"].is_object() {
+                desc["annotations"] = v["annotations"].clone();
+            }
+            reg.link(&reg.referrer(name, &sd, &d), &desc.to_string())
+                .map_err(internal)?;
+            r.headers_mut().insert(
+                "OCI-Subject",
+                HeaderValue::from_str(&sd.to_string()).expect("ascii"),
+            );
+        }
+        return Ok(r);
     }
     let d = if by_digest {
         parse_digest(reference)?
@@ -579,6 +611,10 @@ async fn manifest(
                 return Ok(StatusCode::ACCEPTED.into_response());
             }
             std::fs::remove_file(reg.revision(name, &d)).map_err(|_| unknown())?;
+            let refs = reg.repo(name).join("_referrers");
+            for e in std::fs::read_dir(refs).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_file(e.path().join(d.hex()));
+            }
             // Tags pointing at it go too.
             let tags = reg.repo(name).join("_manifests/tags");
             for e in std::fs::read_dir(tags).into_iter().flatten().flatten() {
@@ -611,6 +647,66 @@ async fn manifest(
             "method not allowed".into(),
         )),
     }
+}
+
+/// `GET /v2/<name>/referrers/<digest>`: an OCI index of the manifests whose subject it is,
+/// filtered by `artifactType` when asked.
+fn referrers(reg: &Registry, name: &str, subject: &Digest, q: Option<&str>) -> Result<Response> {
+    let dir = reg.repo(name).join("_referrers").join(subject.hex());
+    let want = query(q, "artifactType");
+    let mut manifests: Vec<serde_json::Value> = list_dir(&dir)
+        .iter()
+        .filter_map(|f| std::fs::read(dir.join(f)).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    if let Some(t) = &want {
+        manifests.retain(|m| m["artifactType"].as_str() == Some(t.as_str()));
+    }
+    let body = json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
+    let mut r = axum::Json(body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+    );
+    if want.is_some() {
+        r.headers_mut().insert(
+            "OCI-Filters-Applied",
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    Ok(r)
+}
+
+/// `GET /v1/search?q=&n=&page=`: repositories whose names contain `q`, in Docker Hub's
+/// answer shape, so `docker search`-style clients work against a private registry.
+async fn search(State(reg): State<Shared>, RawQuery(q): RawQuery) -> Result<Response> {
+    let q = q.as_deref();
+    let term = query(q, "q").unwrap_or_default();
+    let size: usize = query(q, "n")
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(25);
+    let page: usize = query(q, "page")
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1);
+    let all = repositories(&reg);
+    let hits: Vec<&String> = all.iter().filter(|r| r.contains(term.as_str())).collect();
+    let results: Vec<serde_json::Value> = hits
+        .iter()
+        .skip((page - 1) * size)
+        .take(size)
+        .map(|name| {
+            json!({"name": name, "description": "", "star_count": 0,
+            "is_official": false, "is_automated": false})
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "query": term, "num_results": hits.len(), "num_pages": hits.len().div_ceil(size),
+        "page": page, "page_size": size, "results": results
+    }))
+    .into_response())
 }
 
 fn list_dir(dir: &Path) -> Vec<String> {
@@ -673,7 +769,7 @@ fn tags(reg: &Registry, name: &str, q: Option<&str>) -> Result<Response> {
     ))
 }
 
-fn catalog(reg: &Registry, q: Option<&str>) -> Result<Response> {
+fn repositories(reg: &Registry) -> Vec<String> {
     fn walk(base: &Path, rel: &str, out: &mut Vec<String>) {
         for e in std::fs::read_dir(base.join(rel))
             .into_iter()
@@ -698,6 +794,11 @@ fn catalog(reg: &Registry, q: Option<&str>) -> Result<Response> {
     let mut repos = Vec::new();
     walk(&reg.root.join("repositories"), "", &mut repos);
     repos.sort();
+    repos
+}
+
+fn catalog(reg: &Registry, q: Option<&str>) -> Result<Response> {
+    let repos = repositories(reg);
     let (repos, link) = page(repos, q, "/v2/_catalog")?;
     Ok(with_link(
         axum::Json(json!({"repositories": repos})).into_response(),
@@ -711,6 +812,7 @@ pub fn router(root: &Path) -> std::io::Result<axum::Router> {
         .route("/v2/", axum::routing::get(api_base))
         .route("/v2", axum::routing::get(api_base))
         .route("/v2/{*rest}", axum::routing::any(dispatch))
+        .route("/v1/search", axum::routing::get(search))
         .with_state(reg))
 }
 

@@ -306,6 +306,54 @@ fn uploads_and_manifests_are_checked() {
     );
     let (_, text) = r.http("GET", "/v2/t/x/tags/list?n=2&last=v2", b"", "text/plain");
     assert!(text.ends_with(r#"{"name":"t/x","tags":["v3"]}"#), "{text}");
+    // Referrers: a signature-like artifact whose subject is v1's manifest.
+    let subject = sha256(manifest_ok.as_bytes());
+    let artifact = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.example.sig","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{good}","size":10}},"layers":[],"subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{subject}","size":{}}}}}"#,
+        manifest_ok.len()
+    );
+    let digest = sha256(artifact.as_bytes());
+    let (status, text) = r.http(
+        "PUT",
+        &format!("/v2/t/x/manifests/{digest}"),
+        artifact.as_bytes(),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    assert_eq!(status, 201, "{text}");
+    assert!(
+        text.to_lowercase()
+            .contains(&format!("oci-subject: {subject}")),
+        "{text}"
+    );
+    let (status, text) = r.http(
+        "GET",
+        &format!("/v2/t/x/referrers/{subject}"),
+        b"",
+        "text/plain",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(&digest) && text.contains("application/vnd.example.sig"),
+        "{text}"
+    );
+    let (_, text) = r.http(
+        "GET",
+        &format!("/v2/t/x/referrers/{subject}?artifactType=application/other"),
+        b"",
+        "text/plain",
+    );
+    assert!(
+        text.to_lowercase()
+            .contains("oci-filters-applied: artifacttype"),
+        "{text}"
+    );
+    assert!(text.contains(r#""manifests":[]"#), "{text}");
+    // Search, in Docker Hub's shape.
+    let (_, text) = r.http("GET", "/v1/search?q=t/&n=10", b"", "text/plain");
+    assert!(
+        text.contains(r#""num_results":1"#) && text.contains(r#""name":"t/x""#),
+        "{text}"
+    );
     // Not visible from another repository until mounted there.
     assert_eq!(
         r.http("HEAD", &format!("/v2/t/y/blobs/{good}"), b"", "text/plain")
