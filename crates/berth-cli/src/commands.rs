@@ -159,6 +159,12 @@ enum Cmd {
     },
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag { source: String, target: String },
+    /// Download an image from a registry
+    Pull {
+        #[arg(short, long)]
+        quiet: bool,
+        image: String,
+    },
     /// Load an image from a tar archive or STDIN
     Load {
         #[arg(short, long)]
@@ -1114,6 +1120,50 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             )
             .await?;
             Ok(0)
+        }
+        Cmd::Pull { quiet, image } => {
+            // The daemon takes the name and the tag (or digest) apart, as from the docker CLI.
+            let slash = image.rfind('/').map_or(0, |i| i + 1);
+            let (name, tag) = if let Some((n, d)) = image.split_once('@') {
+                (n.to_string(), d.to_string())
+            } else {
+                match image[slash..].rfind(':') {
+                    Some(i) => (
+                        image[..slash + i].to_string(),
+                        image[slash + i + 1..].to_string(),
+                    ),
+                    None => (image.clone(), "latest".to_string()),
+                }
+            };
+            let resp = c
+                .send(
+                    Method::POST,
+                    &format!("/images/create?fromImage={}&tag={}", q(&name), q(&tag)),
+                    client::empty(),
+                    None,
+                    false,
+                )
+                .await?;
+            if quiet {
+                use http_body_util::BodyExt;
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| Error::Other(e.to_string()))?
+                    .to_bytes();
+                for line in String::from_utf8_lossy(&bytes).lines() {
+                    if let Ok(v) = serde_json::from_str::<Value>(line) {
+                        if let Some(e) = v["error"].as_str() {
+                            eprintln!("{e}");
+                            return Ok(1);
+                        }
+                    }
+                }
+                println!("{image}");
+                return Ok(0);
+            }
+            print_json_stream(resp.into_body()).await
         }
         Cmd::Load { input, quiet } => {
             let body = match input {
@@ -2501,7 +2551,14 @@ async fn print_json_stream(body: hyper::body::Incoming) -> Result<i32, Error> {
         } else if let Some(s) = v["stream"].as_str() {
             print!("{s}");
         } else if let Some(s) = v["status"].as_str() {
-            println!("{s}");
+            // Byte counts are for a progress bar; lines keep the milestones.
+            if s == "Downloading" || s == "Extracting" {
+                continue;
+            }
+            match v["id"].as_str() {
+                Some(id) => println!("{id}: {s}"),
+                None => println!("{s}"),
+            }
         }
     }
     Ok(status)

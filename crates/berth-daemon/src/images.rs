@@ -434,6 +434,35 @@ pub async fn load(State(d): State<Shared>, body: Body) -> ApiResult<Response> {
     Ok(json_stream(lines))
 }
 
+/// `docker pull` through `POST /images/create?fromImage=`: progress lines as the pull goes,
+/// an `error` line if it fails (the status is already sent by then, as with Docker).
+fn pull(d: Shared, reference: Reference) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let progress_tx = tx.clone();
+    tokio::spawn(async move {
+        let shown = reference.familiar();
+        let progress: berth_distribution::client::Progress = Box::new(move |v| {
+            let _ = progress_tx.send(v);
+        });
+        match berth_distribution::client::pull(d.store.clone(), &reference, progress).await {
+            Ok(img) => d.image_event("pull", &img.config.to_string(), &shown),
+            Err(e) => {
+                let _ = tx.send(json!({"errorDetail": {"message": e}, "error": e}));
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|v| (Ok::<_, std::io::Error>(v.to_string() + "\r\n"), rx))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
 /// `GET /images/get?names=a&names=b`.
 pub async fn save_many(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let names: Vec<String> = params(q.as_deref())
@@ -484,11 +513,16 @@ pub async fn create(
     body: Body,
 ) -> ApiResult<Response> {
     let ps = params(q.as_deref());
-    if param(&ps, "fromImage").is_some() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "pulling images is not built yet (issue 5)",
-        ));
+    if let Some(image) = param(&ps, "fromImage") {
+        let full = match param(&ps, "tag").filter(|t| !t.is_empty()) {
+            Some(t) if t.contains(':') => format!("{image}@{t}"),
+            Some(t) => format!("{image}:{t}"),
+            None => image.to_string(),
+        };
+        let reference: Reference = full
+            .parse()
+            .map_err(|e: berth_types::ReferenceError| ApiError::bad_request(e.to_string()))?;
+        return Ok(pull(d, reference));
     }
     match param(&ps, "fromSrc") {
         Some("-") => {}

@@ -1,6 +1,7 @@
 //! Registry client (pull, push, auth) and registry server.
 //!
-//! So far: the server's first slice (`berth registry serve`, module [`server`]). The
-//! client comes with its issue; see docs/STATUS.md.
+//! So far: first slices of both: [`client::pull`] from registries on this machine, and
+//! `berth registry serve` ([`server`]). See docs/STATUS.md.
 
+pub mod client;
 pub mod server;

@@ -581,6 +581,58 @@ impl ImageStore {
         })
     }
 
+    /// Records a pulled image: its manifest exactly as the registry served it (so its
+    /// digest stays the registry's), its config and layer blobs (already in the content
+    /// store, digests verified), unpacking each layer against the config's diff_ids.
+    pub fn add_pulled(
+        &self,
+        manifest_bytes: &[u8],
+        config: &Digest,
+        layers: &[(Digest, String)],
+        tags: &[Reference],
+    ) -> Result<Image> {
+        let config_json: Value = serde_json::from_slice(&self.content.read(config)?)
+            .map_err(|e| ImageError::Archive(format!("config {config}: {e}")))?;
+        let diff_ids: Vec<Digest> =
+            serde_json::from_value(config_json["rootfs"]["diff_ids"].clone()).map_err(|e| {
+                ImageError::Archive(format!("config {config}: rootfs.diff_ids: {e}"))
+            })?;
+        if diff_ids.len() != layers.len() {
+            return Err(ImageError::Archive(format!(
+                "the manifest has {} layers, the config {} diff_ids",
+                layers.len(),
+                diff_ids.len()
+            )));
+        }
+        let mut out: Vec<Layer> = Vec::new();
+        for (i, ((blob, media_type), want)) in layers.iter().zip(&diff_ids).enumerate() {
+            // Docker's and OCI's names for an uncompressed layer are the same thing here.
+            let media_type = match media_type.as_str() {
+                "application/vnd.docker.image.rootfs.diff.tar" => MEDIA_LAYER,
+                m => m,
+            };
+            let parent = out.last().map(|l| l.chain_id.clone());
+            out.push(self.unpack(parent.as_ref(), blob, media_type, Some(want), i)?);
+        }
+        let manifest = self.content.write_blob(manifest_bytes)?;
+        let image = Image {
+            config: config.clone(),
+            manifest: manifest.clone(),
+            layers: out,
+            created: config_json["created"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        };
+        let mut meta = self.meta.lock().expect("meta lock");
+        meta.images.insert(manifest.to_string(), image.clone());
+        for t in tags {
+            meta.tags.insert(t.to_string(), manifest.to_string());
+        }
+        self.persist(&meta)?;
+        Ok(image)
+    }
+
     /// Records an image whose config and layer blobs are stored, writing its manifest.
     fn commit_image(
         &self,

@@ -2054,3 +2054,82 @@ fn a_second_from_now() -> String {
         + 1)
     .to_string()
 }
+
+/// `docker pull` (and `berth pull`) from Berth's own registry on loopback, after skopeo
+/// pushed an image there: same digest, runnable, and "up to date" the second time.
+#[test]
+fn pull_from_a_registry_on_loopback() {
+    require_root!();
+    if !docker_cli() || Command::new("skopeo").arg("--version").output().is_err() {
+        eprintln!("skipped: needs the docker CLI and skopeo");
+        return;
+    }
+    let d = Daemon::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut registry = Command::new(common::berth())
+        .args([
+            "registry",
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--root",
+        ])
+        .arg(d.dir.path().join("registry"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(10, || std::net::TcpStream::connect((
+        "127.0.0.1",
+        port
+    ))
+    .is_ok()));
+    let archive = busybox_archive(d.dir.path());
+    let name = format!("127.0.0.1:{port}/test/busybox:1");
+    let out = capture(
+        Command::new("skopeo")
+            .args(["copy", "--insecure-policy", "--dest-tls-verify=false"])
+            .arg(format!("docker-archive:{}", archive.display()))
+            .arg(format!("docker://{name}")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pulled = d.ok(&["pull", &name]);
+    assert!(pulled.contains("Pull complete"), "{pulled}");
+    let digest = pulled
+        .lines()
+        .find_map(|l| l.strip_prefix("Digest: "))
+        .unwrap()
+        .to_string();
+    let out = capture(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{name}")),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["Digest"],
+        digest.as_str(),
+        "the registry's manifest digest is kept"
+    );
+    assert_eq!(d.ok(&["run", "--rm", &name, "echo", "pulled"]), "pulled\n");
+    assert!(d
+        .ok(&["pull", &name])
+        .contains("Status: Image is up to date"));
+    // Berth's CLI, by digest, and a missing image with Docker's words.
+    let by_digest = format!("127.0.0.1:{port}/test/busybox@{digest}");
+    let out = d.berth_ok(&["pull", &by_digest]);
+    assert!(out.contains("up to date"), "{out}");
+    let (code, _, err) = d.docker(&["pull", &format!("127.0.0.1:{port}/nope:1")]);
+    assert_ne!(code, 0);
+    assert!(err.contains("manifest unknown"), "{err}");
+    let _ = registry.kill();
+    let _ = registry.wait();
+}
