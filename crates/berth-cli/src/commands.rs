@@ -159,6 +159,8 @@ enum Cmd {
     },
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag { source: String, target: String },
+    /// Upload an image to a registry
+    Push { image: String },
     /// Download an image from a registry
     Pull {
         #[arg(short, long)]
@@ -1120,6 +1122,19 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             )
             .await?;
             Ok(0)
+        }
+        Cmd::Push { image } => {
+            let (name, tag) = split_tag(&image);
+            let resp = c
+                .send(
+                    Method::POST,
+                    &format!("/images/{}/push?tag={}", q(&name), q(&tag)),
+                    client::empty(),
+                    None,
+                    false,
+                )
+                .await?;
+            print_json_stream(resp.into_body()).await
         }
         Cmd::Pull { quiet, image } => {
             // The daemon takes the name and the tag (or digest) apart, as from the docker CLI.

@@ -283,11 +283,22 @@ pub async fn post_named(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let Some(name) = rest.strip_suffix("/tag") else {
-        if rest.ends_with("/push") {
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "push is not built yet (issue 5)",
-            ));
+        if let Some(image) = rest.strip_suffix("/push") {
+            let ps = params(q.as_deref());
+            let full = match param(&ps, "tag").filter(|t| !t.is_empty()) {
+                Some(t) => format!("{image}:{t}"),
+                None => image.to_string(),
+            };
+            let reference: Reference = full
+                .parse()
+                .map_err(|e: berth_types::ReferenceError| ApiError::bad_request(e.to_string()))?;
+            if d.store.resolve(&reference.to_string()).is_none() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("No such image: {}", reference.familiar()),
+                ));
+            }
+            return Ok(push(d, reference));
         }
         return Err(ApiError::new(StatusCode::NOT_FOUND, "page not found"));
     };
@@ -446,6 +457,35 @@ fn pull(d: Shared, reference: Reference) -> Response {
         });
         match berth_distribution::client::pull(d.store.clone(), &reference, progress).await {
             Ok(img) => d.image_event("pull", &img.config.to_string(), &shown),
+            Err(e) => {
+                let _ = tx.send(json!({"errorDetail": {"message": e}, "error": e}));
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|v| (Ok::<_, std::io::Error>(v.to_string() + "\r\n"), rx))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// `docker push` through `POST /images/{name}/push`: progress lines, an `error` line if it
+/// fails.
+fn push(d: Shared, reference: Reference) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let progress_tx = tx.clone();
+    tokio::spawn(async move {
+        let shown = reference.familiar();
+        let progress: berth_distribution::client::Progress = Box::new(move |v| {
+            let _ = progress_tx.send(v);
+        });
+        match berth_distribution::client::push(d.store.clone(), &reference, progress).await {
+            Ok(digest) => d.image_event("push", &digest.to_string(), &shown),
             Err(e) => {
                 let _ = tx.send(json!({"errorDetail": {"message": e}, "error": e}));
             }

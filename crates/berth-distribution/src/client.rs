@@ -10,7 +10,7 @@ use std::sync::Arc;
 use berth_store::image::{Image, ImageStore};
 use berth_types::{Digest, Reference};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -272,6 +272,134 @@ pub async fn pull(
     progress(json!({"status": format!("Digest: {digest}")}));
     progress(json!({"status": format!("Status: Downloaded newer image for {shown}")}));
     Ok(image)
+}
+
+/// One request with a body (uploads, manifests): (status, Location header).
+async fn send(
+    host: &str,
+    method: &str,
+    path: &str,
+    body: Bytes,
+    content_type: &str,
+) -> Result<(StatusCode, Option<String>), String> {
+    let stream = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|e| format!("connecting to {host}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("Host", host)
+        .header("Content-Type", content_type)
+        .header("Content-Length", body.len())
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .map(String::from);
+    let text = body_bytes(resp).await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(format!(
+            "{method} {path}: {status}: {}",
+            String::from_utf8_lossy(&text)
+        ));
+    }
+    Ok((status, location))
+}
+
+/// Uploads one blob unless the repository has it: POST for a session, PUT with the digest.
+async fn push_blob(
+    store: &ImageStore,
+    host: &str,
+    repo: &str,
+    digest: &Digest,
+    progress: &Progress,
+) -> Result<(), String> {
+    let short = digest.hex()[..12].to_string();
+    let head = get(host, &format!("/v2/{repo}/blobs/{digest}"), "*/*").await?;
+    if head.status() == StatusCode::OK {
+        progress(json!({"status": "Layer already exists", "progressDetail": {}, "id": short}));
+        return Ok(());
+    }
+    progress(json!({"status": "Preparing", "progressDetail": {}, "id": short}));
+    let data = store.content().read(digest).map_err(|e| e.to_string())?;
+    let (_, loc) = send(
+        host,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        Bytes::new(),
+        "application/octet-stream",
+    )
+    .await?;
+    let loc = loc.ok_or("the registry gave no upload location")?;
+    let loc = loc
+        .strip_prefix(&format!("http://{host}"))
+        .unwrap_or(&loc)
+        .to_string();
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    send(
+        host,
+        "PUT",
+        &format!("{loc}{sep}digest={digest}"),
+        Bytes::from(data),
+        "application/octet-stream",
+    )
+    .await?;
+    progress(json!({"status": "Pushed", "progressDetail": {}, "id": short}));
+    Ok(())
+}
+
+/// `docker push`: the image's layers and config, then its manifest byte for byte (so the
+/// digest is the same everywhere), to a registry on this machine.
+pub async fn push(
+    store: Arc<ImageStore>,
+    reference: &Reference,
+    progress: Progress,
+) -> Result<Digest, String> {
+    let host = reference.domain().to_string();
+    let shown = reference.familiar();
+    if !local(&host) {
+        return Err(format!(
+            "pushing {shown}: only registries on this machine (127.0.0.1, localhost) over plain HTTP so far"
+        ));
+    }
+    let image = store
+        .resolve(&reference.to_string())
+        .ok_or_else(|| format!("An image does not exist locally with the tag: {shown}"))?;
+    let repo = reference.path().to_string();
+    let tag = reference.tag().unwrap_or("latest").to_string();
+    progress(json!({"status": format!("The push refers to repository [{}]", reference.name())}));
+    for l in &image.layers {
+        push_blob(&store, &host, &repo, &l.blob, &progress).await?;
+    }
+    let quiet: Progress = Box::new(|_| {});
+    push_blob(&store, &host, &repo, &image.config, &quiet).await?;
+    let manifest = store
+        .content()
+        .read(&image.manifest)
+        .map_err(|e| e.to_string())?;
+    let kind = serde_json::from_slice::<Value>(&manifest)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(String::from))
+        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+    let size = manifest.len();
+    send(
+        &host,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        Bytes::from(manifest),
+        &kind,
+    )
+    .await?;
+    progress(json!({"status": format!("{tag}: digest: {} size: {size}", image.manifest)}));
+    Ok(image.manifest)
 }
 
 #[cfg(test)]

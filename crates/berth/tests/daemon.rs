@@ -2130,6 +2130,36 @@ fn pull_from_a_registry_on_loopback() {
     let (code, _, err) = d.docker(&["pull", &format!("127.0.0.1:{port}/nope:1")]);
     assert_ne!(code, 0);
     assert!(err.contains("manifest unknown"), "{err}");
+    // push: a loaded image goes up byte for byte and comes back.
+    d.ok(&["load", "-i", archive.to_str().unwrap()]);
+    let pushed = format!("127.0.0.1:{port}/pushed/bb:2");
+    d.ok(&["tag", "busybox", &pushed]);
+    let out = d.ok(&["push", &pushed]);
+    assert!(out.contains("2: digest: sha256:"), "{out}");
+    let out = capture(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{pushed}")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = d.berth_ok(&["push", &pushed]);
+    assert!(again.contains("Layer already exists"), "{again}");
+    d.ok(&["rmi", &pushed, "busybox"]);
+    d.ok(&["pull", &pushed]);
+    assert_eq!(
+        d.ok(&["run", "--rm", &pushed, "echo", "round trip"]),
+        "round trip\n"
+    );
+    let (code, _, err) = d.docker(&["push", &format!("127.0.0.1:{port}/absent:1")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("does not exist locally") || err.contains("No such image"),
+        "{err}"
+    );
     let _ = registry.kill();
     let _ = registry.wait();
 }
