@@ -445,21 +445,21 @@ pub async fn load(State(d): State<Shared>, body: Body) -> ApiResult<Response> {
     Ok(json_stream(lines))
 }
 
-/// `docker pull` through `POST /images/create?fromImage=`: progress lines as the pull goes,
-/// an `error` line if it fails (the status is already sent by then, as with Docker).
-fn pull(d: Shared, reference: Reference) -> Response {
+/// A registry operation's progress as Docker's JSON lines; its failure becomes an `error`
+/// line (the status is sent by then, as with Docker).
+fn progress_stream<F, Fut>(work: F) -> Response
+where
+    F: FnOnce(berth_distribution::client::Progress) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let progress_tx = tx.clone();
     tokio::spawn(async move {
-        let shown = reference.familiar();
         let progress: berth_distribution::client::Progress = Box::new(move |v| {
             let _ = progress_tx.send(v);
         });
-        match berth_distribution::client::pull(d.store.clone(), &reference, progress).await {
-            Ok(img) => d.image_event("pull", &img.config.to_string(), &shown),
-            Err(e) => {
-                let _ = tx.send(json!({"errorDetail": {"message": e}, "error": e}));
-            }
+        if let Err(e) = work(progress).await {
+            let _ = tx.send(json!({"errorDetail": {"message": e}, "error": e}));
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -474,33 +474,23 @@ fn pull(d: Shared, reference: Reference) -> Response {
         .into_response()
 }
 
-/// `docker push` through `POST /images/{name}/push`: progress lines, an `error` line if it
-/// fails.
+/// `docker pull` through `POST /images/create?fromImage=`.
+fn pull(d: Shared, reference: Reference) -> Response {
+    progress_stream(move |progress| async move {
+        let img = berth_distribution::client::pull(d.store.clone(), &reference, progress).await?;
+        d.image_event("pull", &img.config.to_string(), &reference.familiar());
+        Ok(())
+    })
+}
+
+/// `docker push` through `POST /images/{name}/push`.
 fn push(d: Shared, reference: Reference) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    let progress_tx = tx.clone();
-    tokio::spawn(async move {
-        let shown = reference.familiar();
-        let progress: berth_distribution::client::Progress = Box::new(move |v| {
-            let _ = progress_tx.send(v);
-        });
-        match berth_distribution::client::push(d.store.clone(), &reference, progress).await {
-            Ok(digest) => d.image_event("push", &digest.to_string(), &shown),
-            Err(e) => {
-                let _ = tx.send(json!({"errorDetail": {"message": e}, "error": e}));
-            }
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|v| (Ok::<_, std::io::Error>(v.to_string() + "\r\n"), rx))
-    });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(stream),
-    )
-        .into_response()
+    progress_stream(move |progress| async move {
+        let digest =
+            berth_distribution::client::push(d.store.clone(), &reference, progress).await?;
+        d.image_event("push", &digest.to_string(), &reference.familiar());
+        Ok(())
+    })
 }
 
 /// `GET /images/get?names=a&names=b`.

@@ -33,17 +33,28 @@ fn local(host: &str) -> bool {
     h == "localhost" || h.starts_with("127.") || h == "[::1]"
 }
 
+/// An HTTP/1 connection to the registry (one request each: registries on this machine).
+async fn connect<B>(host: &str) -> Result<hyper::client::conn::http1::SendRequest<B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|e| format!("connecting to {host}: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 async fn get(host: &str, path: &str, accept: &str) -> Result<Response<Incoming>, String> {
     let mut path = path.to_string();
     // Blob downloads may be redirected (to storage); follow a few, on this machine.
     for _ in 0..5 {
-        let stream = tokio::net::TcpStream::connect(host)
-            .await
-            .map_err(|e| format!("connecting to {host}: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
+        let mut sender = connect(host).await?;
         let req = Request::get(path.as_str())
             .header("Host", host)
             .header("Accept", accept)
@@ -282,13 +293,7 @@ async fn send(
     body: Bytes,
     content_type: &str,
 ) -> Result<(StatusCode, Option<String>), String> {
-    let stream = tokio::net::TcpStream::connect(host)
-        .await
-        .map_err(|e| format!("connecting to {host}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
+    let mut sender = connect(host).await?;
     let req = Request::builder()
         .method(method)
         .uri(path)

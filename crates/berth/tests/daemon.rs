@@ -2065,29 +2065,8 @@ fn pull_from_a_registry_on_loopback() {
         return;
     }
     let d = Daemon::start();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut registry = Command::new(common::berth())
-        .args([
-            "registry",
-            "serve",
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--root",
-        ])
-        .arg(d.dir.path().join("registry"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(10, || std::net::TcpStream::connect((
-        "127.0.0.1",
-        port
-    ))
-    .is_ok()));
+    let registry = common::Registry::start();
+    let port = registry.port;
     let archive = busybox_archive(d.dir.path());
     let name = format!("127.0.0.1:{port}/test/busybox:1");
     let out = capture(
@@ -2160,6 +2139,5 @@ fn pull_from_a_registry_on_loopback() {
         err.contains("does not exist locally") || err.contains("No such image"),
         "{err}"
     );
-    let _ = registry.kill();
-    let _ = registry.wait();
+    drop(registry);
 }

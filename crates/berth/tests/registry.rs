@@ -5,45 +5,24 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use common::{capture, wait_for};
+use common::{capture, Registry};
 
-struct Registry {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Child,
+/// Raw requests to the registry, for the cases a well-behaved client never makes.
+trait Http {
+    fn http(&self, method: &str, path: &str, body: &[u8], ctype: &str) -> (u16, String);
+    fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        ctype: &str,
+        extra: &str,
+    ) -> (u16, String);
 }
 
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(common::berth())
-            .args([
-                "registry",
-                "serve",
-                "--addr",
-                &format!("127.0.0.1:{port}"),
-                "--root",
-            ])
-            .arg(dir.path().join("root"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(wait_for(10, || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()));
-        Registry { dir, port, child }
-    }
-
+impl Http for Registry {
     /// One request: (status, headers and body as text).
     fn http(&self, method: &str, path: &str, body: &[u8], ctype: &str) -> (u16, String) {
         self.http_with(method, path, body, ctype, "")
@@ -71,13 +50,6 @@ impl Registry {
         let text = String::from_utf8_lossy(&out).into_owned();
         let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
         (status, text)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
