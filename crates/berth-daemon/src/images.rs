@@ -72,6 +72,20 @@ fn config_json(d: &Shared, img: &Image) -> ApiResult<Value> {
     serde_json::from_slice(&bytes).map_err(ApiError::internal)
 }
 
+/// Docker's RepoDigests in the familiar form (`127.0.0.1:5000/x@sha256:...`).
+fn repo_digests(d: &Shared, img: &Image) -> Vec<String> {
+    d.store
+        .repo_digests(&img.manifest)
+        .into_iter()
+        .map(|r| {
+            let short = r
+                .strip_prefix("docker.io/library/")
+                .or_else(|| r.strip_prefix("docker.io/"));
+            short.map(String::from).unwrap_or(r)
+        })
+        .collect()
+}
+
 fn size(img: &Image) -> u64 {
     img.layers.iter().map(|l| l.size).sum()
 }
@@ -174,7 +188,7 @@ pub async fn list(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<J
                 "Id": img.config,
                 "ParentId": "",
                 "RepoTags": familiar_tags,
-                "RepoDigests": [],
+                "RepoDigests": repo_digests(&d, &img),
                 "Created": created,
                 "Size": size(&img),
                 "SharedSize": -1,
@@ -205,7 +219,7 @@ fn inspect(d: &Shared, name: &str) -> ApiResult<Value> {
     Ok(json!({
         "Id": img.config,
         "RepoTags": tags,
-        "RepoDigests": [],
+        "RepoDigests": repo_digests(d, &img),
         "Parent": "",
         "Comment": config["history"].as_array().and_then(|h| h.last()).and_then(|h| h["comment"].as_str()).unwrap_or(""),
         "Created": img.created,

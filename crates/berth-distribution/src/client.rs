@@ -233,6 +233,7 @@ pub async fn pull(
                 .tag(&img.config.to_string(), reference)
                 .map_err(|e| e.to_string())?;
         }
+        let _ = store.add_repo_digest(&img.manifest, &reference.name());
         progress(json!({"status": format!("Digest: {digest}")}));
         progress(json!({"status": format!("Status: Image is up to date for {shown}")}));
         return Ok(img);
@@ -277,6 +278,7 @@ pub async fn pull(
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?
     };
+    let _ = store.add_repo_digest(&image.manifest, &reference.name());
     for (d, _, _) in &layers {
         progress(json!({"status": "Pull complete", "progressDetail": {}, "id": &d.hex()[..12]}));
     }
@@ -403,6 +405,7 @@ pub async fn push(
         &kind,
     )
     .await?;
+    let _ = store.add_repo_digest(&image.manifest, &reference.name());
     progress(json!({"status": format!("{tag}: digest: {} size: {size}", image.manifest)}));
     Ok(image.manifest)
 }

@@ -111,6 +111,10 @@ struct Meta {
     tags: BTreeMap<String, String>,
     /// Chain IDs whose snapshot is complete.
     layers: BTreeSet<String>,
+    /// Manifest digest -> `repository@digest` names it has in registries it was pulled
+    /// from or pushed to (Docker's RepoDigests).
+    #[serde(default)]
+    repo_digests: BTreeMap<String, BTreeSet<String>>,
 }
 
 pub struct ImageStore {
@@ -299,6 +303,28 @@ impl ImageStore {
             .map(|(u, _)| u.clone())
     }
 
+    /// Records that the image with manifest `manifest` is `repository@manifest` in a
+    /// registry (pulled from or pushed there).
+    pub fn add_repo_digest(&self, manifest: &Digest, repository: &str) -> Result<()> {
+        let mut meta = self.meta.lock().expect("meta lock");
+        meta.repo_digests
+            .entry(manifest.to_string())
+            .or_default()
+            .insert(format!("{repository}@{manifest}"));
+        self.persist(&meta)
+    }
+
+    /// The image's `repository@digest` names (Docker's RepoDigests).
+    pub fn repo_digests(&self, manifest: &Digest) -> Vec<String> {
+        self.meta
+            .lock()
+            .expect("meta lock")
+            .repo_digests
+            .get(&manifest.to_string())
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// `docker rmi`: untags a reference, and deletes the image when no tag is left. By ID,
     /// an image with several tags needs `force` (as in Docker). Returns Docker's lines
     /// ("Untagged: ...", "Deleted: ..."). Disk space comes back with [`ImageStore::gc`].
@@ -449,6 +475,8 @@ impl ImageStore {
             }
         }
         meta.layers.retain(|c| chains.contains(c));
+        let images: BTreeSet<String> = meta.images.keys().cloned().collect();
+        meta.repo_digests.retain(|m, _| images.contains(m));
         self.persist(&meta)?;
         Ok(stats)
     }

@@ -2099,6 +2099,10 @@ fn pull_from_a_registry_on_loopback() {
         "the registry's manifest digest is kept"
     );
     assert_eq!(d.ok(&["run", "--rm", &name, "echo", "pulled"]), "pulled\n");
+    assert_eq!(
+        d.ok(&["image", "inspect", "-f", "{{index .RepoDigests 0}}", &name]),
+        format!("127.0.0.1:{port}/test/busybox@{digest}\n")
+    );
     assert!(d
         .ok(&["pull", &name])
         .contains("Status: Image is up to date"));
