@@ -139,6 +139,8 @@ enum Cmd {
         no_trunc: bool,
         #[arg(long)]
         digests: bool,
+        #[arg(short, long = "filter")]
+        filter: Vec<String>,
         #[arg(long)]
         format: Option<String>,
         repository: Option<String>,
@@ -1035,12 +1037,15 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             quiet,
             no_trunc,
             digests,
+            filter,
             format,
             repository,
         } => {
-            let list = c
-                .json(Method::GET, &format!("/images/json?all={all}"), None)
-                .await?;
+            let mut path = format!("/images/json?all={all}");
+            if !filter.is_empty() {
+                path.push_str(&format!("&filters={}", filters_json(&filter)));
+            }
+            let list = c.json(Method::GET, &path, None).await?;
             let mut items = Vec::new();
             for img in list.as_array().cloned().unwrap_or_default() {
                 for v in image_views(&img, no_trunc) {

@@ -2100,6 +2100,17 @@ fn pull_from_a_registry_on_loopback() {
     );
     assert_eq!(d.ok(&["run", "--rm", &name, "echo", "pulled"]), "pulled\n");
     assert_eq!(
+        d.berth_ok(&[
+            "images",
+            "--digests",
+            "-f",
+            "reference=*/test/*",
+            "--format",
+            "{{.Digest}}"
+        ]),
+        format!("{digest}\n")
+    );
+    assert_eq!(
         d.ok(&["image", "inspect", "-f", "{{index .RepoDigests 0}}", &name]),
         format!("127.0.0.1:{port}/test/busybox@{digest}\n")
     );
