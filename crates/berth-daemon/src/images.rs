@@ -49,11 +49,13 @@ pub fn params(raw: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn param<'a>(ps: &'a [(String, String)], key: &str) -> Option<&'a str> {
+/// The first value of `key`.
+pub(crate) fn param<'a>(ps: &'a [(String, String)], key: &str) -> Option<&'a str> {
     ps.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-fn truthy(v: Option<&str>) -> bool {
+/// A boolean query value as Docker's clients write it.
+pub(crate) fn truthy(v: Option<&str>) -> bool {
     matches!(v, Some("1" | "true" | "True" | "yes"))
 }
 

@@ -132,7 +132,7 @@ pub async fn events(
     let fs = crate::containers::api::filters(&ps)?;
     // Unix seconds with an optional fraction, as the docker CLI sends them.
     let nanos = |k: &str| -> ApiResult<Option<u64>> {
-        match ps.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str()) {
+        match crate::images::param(&ps, k) {
             None | Some("") => Ok(None),
             Some(v) => v
                 .parse::<f64>()

@@ -11,15 +11,14 @@ use serde_json::{json, Value};
 
 use super::model::{strip_nulls, CreateBody, Record, State as CState, VolumeMount, ZERO_TIME};
 use super::{parse_signal, Containers, Entry};
-use crate::images::params;
+use crate::images::{param, params, truthy};
 use crate::{ApiError, ApiResult, Shared};
 
-fn param<'a>(ps: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    ps.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
-fn truthy(v: Option<&str>) -> bool {
-    matches!(v, Some("1" | "true" | "True" | "yes"))
+fn not_running(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!("Container {id} is not running"),
+    )
 }
 
 fn image_config(d: &Shared, img: &berth_store::image::Image) -> ApiResult<Value> {
@@ -419,10 +418,7 @@ async fn set_paused(d: Shared, id: String, on: bool) -> ApiResult<StatusCode> {
     let e = lookup(&d, &id)?;
     let rec = e.snapshot();
     if !rec.state.running {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("Container {} is not running", rec.id),
-        ));
+        return Err(not_running(&rec.id));
     }
     if rec.state.paused == on {
         let msg = if on {
@@ -575,10 +571,7 @@ pub async fn resize(
     let e = lookup(&d, &id)?;
     let rec = e.snapshot();
     if !rec.state.running {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("Container {} is not running", rec.id),
-        ));
+        return Err(not_running(&rec.id));
     }
     d.containers
         .connect(&rec.id, json!({"op": "resize", "h": h, "w": w}))
@@ -870,10 +863,7 @@ pub async fn top(State(d): State<Shared>, Path(id): Path<String>) -> ApiResult<J
     let e = lookup(&d, &id)?;
     let rec = e.snapshot();
     if !rec.state.running {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("Container {} is not running", rec.id),
-        ));
+        return Err(not_running(&rec.id));
     }
     let pids = d
         .containers

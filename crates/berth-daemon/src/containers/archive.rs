@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use serde_json::json;
 
-use crate::images::params;
+use crate::images::{param, params, truthy};
 use crate::{ApiError, ApiResult, Shared};
 
 /// Go's os.FileMode bits, which the docker CLI reads in the path stat.
@@ -167,11 +167,9 @@ pub async fn archive(
     body: Body,
 ) -> ApiResult<Response> {
     let ps = params(q.as_deref());
-    let path = ps
-        .iter()
-        .find(|(k, _)| k == "path")
-        .map(|(_, v)| v.clone())
+    let path = param(&ps, "path")
         .filter(|p| !p.is_empty())
+        .map(String::from)
         .ok_or_else(|| ApiError::bad_request("path is required"))?;
     let e = d.containers.get(&id)?;
     let _g = e.op.lock().await;
@@ -234,9 +232,7 @@ pub async fn archive(
                 .into_response())
         }
         Method::PUT => {
-            let copy_ids = ps
-                .iter()
-                .any(|(k, v)| k == "copyUIDGID" && matches!(v.as_str(), "1" | "true"));
+            let copy_ids = truthy(param(&ps, "copyUIDGID"));
             let spooled = crate::images::body_to_file(&d, body).await?;
             let result = super::with_rootfs(&d, rec, false, move |root| {
                 let r = resolve(&root, &path, &id)?;

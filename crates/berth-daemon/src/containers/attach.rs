@@ -12,13 +12,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 use super::PendingAttach;
-use crate::images::params;
+use crate::images::{param, params, truthy};
 use crate::{ApiError, ApiResult, Shared};
-
-fn flag(ps: &[(String, String)], key: &str) -> bool {
-    ps.iter()
-        .any(|(k, v)| k == key && matches!(v.as_str(), "1" | "true" | "True"))
-}
 
 /// Docker's detach key syntax: `ctrl-p,ctrl-q`, `a,ctrl-@`... as bytes.
 pub fn detach_keys(spec: &str) -> Result<Vec<u8>, String> {
@@ -95,7 +90,11 @@ pub async fn attach(
     let ps = params(q.as_deref());
     let e = d.containers.get(&id)?;
     let rec = e.snapshot();
-    let (stdin, stdout, stderr) = (flag(&ps, "stdin"), flag(&ps, "stdout"), flag(&ps, "stderr"));
+    let (stdin, stdout, stderr) = (
+        truthy(param(&ps, "stdin")),
+        truthy(param(&ps, "stdout")),
+        truthy(param(&ps, "stderr")),
+    );
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -106,10 +105,7 @@ pub async fn attach(
         ));
     }
     let request = json!({"op": "attach", "stdin": stdin, "stdout": stdout, "stderr": stderr});
-    let keys = ps
-        .iter()
-        .find(|(k, _)| k == "detachKeys")
-        .map(|(_, v)| v.as_str())
+    let keys = param(&ps, "detachKeys")
         .filter(|v| !v.is_empty())
         .unwrap_or("ctrl-p,ctrl-q");
     // Only with a terminal: piped input (`-i` alone) may be binary and must pass intact.

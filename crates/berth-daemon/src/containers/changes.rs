@@ -12,7 +12,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::model::strip_nulls;
-use crate::images::params;
+use crate::images::{param, params};
 use crate::{ApiError, ApiResult, Shared};
 
 /// Walks an overlay upper directory: (path, kind) with Docker's kinds (0 changed, 1 added,
@@ -104,7 +104,7 @@ pub async fn commit(
     RawQuery(q): RawQuery,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let ps = params(q.as_deref());
-    let get = |k: &str| ps.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let get = |k: &str| param(&ps, k).map(String::from);
     let name = get("container").ok_or_else(|| ApiError::bad_request("container is required"))?;
     let e = d.containers.get(&name)?;
     let _g = e.op.lock().await;

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::model::strip_nulls;
-use crate::images::params;
+use crate::images::{param, params};
 use crate::{ApiError, ApiResult, Shared};
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
@@ -205,8 +205,7 @@ async fn run(d: &Shared, exec: &Arc<Exec>) -> Result<tokio::net::UnixStream, Api
         .connect(&exec.id, json!({"op": "start"}))
         .await
         .map_err(|msg| {
-            let code = if msg.contains("executable file not found") || msg.contains("no such file")
-            {
+            let code = if super::names_a_missing_program(&msg) {
                 StatusCode::BAD_REQUEST
             } else {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -329,9 +328,7 @@ pub async fn start(
             Err(e) => {
                 {
                     let mut st = exec2.state.lock().expect("lock");
-                    let code = if e.message.contains("executable file not found")
-                        || e.message.contains("no such file")
-                    {
+                    let code = if super::names_a_missing_program(&e.message) {
                         127
                     } else {
                         126
@@ -405,12 +402,7 @@ pub async fn resize(
     RawQuery(q): RawQuery,
 ) -> ApiResult<StatusCode> {
     let ps = params(q.as_deref());
-    let num = |k: &str| -> u16 {
-        ps.iter()
-            .find(|(key, _)| key == k)
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let num = |k: &str| -> u16 { param(&ps, k).and_then(|v| v.parse().ok()).unwrap_or(0) };
     let exec = d.execs.get(&id)?;
     d.containers
         .connect(

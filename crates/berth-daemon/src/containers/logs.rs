@@ -15,7 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::images::params;
+use crate::images::{param, params, truthy};
 use crate::{ApiError, ApiResult, Shared};
 
 /// Seconds since the epoch, with the fraction, of an RFC 3339 time.
@@ -90,8 +90,8 @@ pub async fn logs(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let ps = params(q.as_deref());
-    let get = |k: &str| ps.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-    let on = |k: &str| matches!(get(k), Some("1" | "true" | "True"));
+    let get = |k: &str| param(&ps, k);
+    let on = |k: &str| truthy(param(&ps, k));
     let e = d.containers.get(&id)?;
     let rec = e.snapshot();
     let filter = Filter {

@@ -545,7 +545,7 @@ impl Containers {
         self.unmount(&id);
         // Attaches waiting for this start end now.
         e.pending.lock().expect("lock").clear();
-        let code = if msg.contains("executable file not found") || msg.contains("no such file") {
+        let code = if names_a_missing_program(&msg) {
             127
         } else if msg.contains("permission denied") {
             126
@@ -741,10 +741,15 @@ impl Containers {
     ) -> Result<bool, ApiError> {
         let rec = e.snapshot();
         if rec.state.restarting {
-            e.rec.lock().expect("lock").state.restarting = false;
-            e.rec.lock().expect("lock").state.status = "exited".into();
-            e.rec.lock().expect("lock").stopped_by_user = true;
-            let _ = self.persist(&e.snapshot());
+            // Waiting out its backoff: it just stays down.
+            let rec = {
+                let mut r = e.rec.lock().expect("lock");
+                r.state.restarting = false;
+                r.state.status = "exited".into();
+                r.stopped_by_user = true;
+                r.clone()
+            };
+            let _ = self.persist(&rec);
             return Ok(true);
         }
         if !rec.state.running {
@@ -845,6 +850,12 @@ pub(crate) fn shim_binary() -> Result<PathBuf, String> {
         Some(p) => PathBuf::from(p),
         None => exe,
     })
+}
+
+/// A runtime error saying the program to run is not there: Docker's exit code 127 (and
+/// the wording its CLI maps to 127), as opposed to 126 for one that cannot be run.
+pub(crate) fn names_a_missing_program(msg: &str) -> bool {
+    msg.contains("executable file not found") || msg.contains("no such file")
 }
 
 /// `max-size` (Docker's units: k, m, g) and `max-file`; bounded by default.

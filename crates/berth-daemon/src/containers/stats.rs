@@ -9,7 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use crate::images::params;
+use crate::images::{param, params, truthy};
 use crate::{ApiResult, Shared};
 
 /// Host CPU time in nanoseconds (the `cpu` line of /proc/stat), Docker's system_cpu_usage.
@@ -125,23 +125,14 @@ pub async fn stats(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let ps = params(q.as_deref());
-    let flag = |k: &str, default: bool| {
-        ps.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| matches!(v.as_str(), "1" | "true" | "True"))
-            .unwrap_or(default)
-    };
+    let flag = |k: &str, default: bool| param(&ps, k).map_or(default, |v| truthy(Some(v)));
     let stream = flag("stream", true);
     let one_shot = flag("one-shot", false);
     let e = d.containers.get(&id)?;
     let rec = e.snapshot();
-    let runtime = berth_runtime::Runtime {
-        root: d.containers.runtime.root.clone(),
-        systemd_cgroup: false,
-    };
     let take = {
-        let id = rec.id.clone();
-        move || -> Option<Value> { runtime.stats(&id).ok().map(|raw| sample(&raw)) }
+        let (c, id) = (d.containers.clone(), rec.id.clone());
+        move || -> Option<Value> { c.runtime.stats(&id).ok().map(|raw| sample(&raw)) }
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
     let (cid, name) = (rec.id.clone(), rec.name.clone());
