@@ -284,16 +284,8 @@ enum Cmd {
     },
     /// Update configuration of one or more containers
     Update {
-        #[arg(short, long)]
-        memory: Option<String>,
-        #[arg(long = "memory-swap")]
-        memory_swap: Option<String>,
-        #[arg(long)]
-        cpus: Option<f64>,
-        #[arg(short = 'c', long = "cpu-shares")]
-        cpu_shares: Option<i64>,
-        #[arg(long = "pids-limit")]
-        pids_limit: Option<i64>,
+        #[command(flatten)]
+        resources: ResourceArgs,
         #[arg(long)]
         restart: Option<String>,
         #[arg(required = true)]
@@ -377,6 +369,54 @@ struct ExecArgs {
     command: Vec<String>,
 }
 
+/// The resource flags `run`/`create` and `update` share.
+#[derive(Args, Clone)]
+struct ResourceArgs {
+    #[arg(short, long)]
+    memory: Option<String>,
+    // `-1` is a value here (unlimited swap), not a flag.
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    #[arg(long)]
+    cpus: Option<f64>,
+    #[arg(short = 'c', long = "cpu-shares")]
+    cpu_shares: Option<i64>,
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<i64>,
+}
+
+impl ResourceArgs {
+    /// The HostConfig fields these flags set; 0 means "no limit" on create and "unchanged"
+    /// on update, as in Docker's API.
+    fn host_config(&self) -> Result<Value, String> {
+        let swap = match self.memory_swap.as_deref() {
+            Some("-1") => -1,
+            Some(s) => ram_in_bytes(s)?,
+            None => 0,
+        };
+        Ok(json!({
+            "Memory": self.memory.as_deref().map(ram_in_bytes).transpose()?.unwrap_or(0),
+            "MemorySwap": swap,
+            "NanoCpus": self.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
+            "CpuShares": self.cpu_shares.unwrap_or(0),
+            "PidsLimit": self.pids_limit,
+        }))
+    }
+}
+
+/// `--restart name[:max-retries]` as a RestartPolicy object.
+fn restart_policy(r: &str) -> Result<Value, String> {
+    let (name, count) = match r.split_once(':') {
+        Some((n, c)) => (
+            n,
+            c.parse::<i64>()
+                .map_err(|_| format!("invalid restart policy format: {r}"))?,
+        ),
+        None => (r, 0),
+    };
+    Ok(json!({"Name": name, "MaximumRetryCount": count}))
+}
+
 #[derive(Args, Clone)]
 #[command(disable_help_flag = true)]
 struct RunArgs {
@@ -406,16 +446,8 @@ struct RunArgs {
     label: Vec<String>,
     #[arg(short = 'h', long)]
     hostname: Option<String>,
-    #[arg(short, long)]
-    memory: Option<String>,
-    #[arg(long = "memory-swap")]
-    memory_swap: Option<String>,
-    #[arg(long)]
-    cpus: Option<f64>,
-    #[arg(short = 'c', long = "cpu-shares")]
-    cpu_shares: Option<i64>,
-    #[arg(long = "pids-limit")]
-    pids_limit: Option<i64>,
+    #[command(flatten)]
+    resources: ResourceArgs,
     #[arg(long = "read-only")]
     read_only: bool,
     #[arg(long = "cap-add")]
@@ -640,23 +672,6 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
             env.push(format!("{e}={v}"));
         }
     }
-    let memory = a.memory.as_deref().map(ram_in_bytes).transpose()?;
-    let swap = match a.memory_swap.as_deref() {
-        Some("-1") => Some(-1),
-        Some(s) => Some(ram_in_bytes(s)?),
-        None => None,
-    };
-    let (restart, retries) = match a.restart.as_deref() {
-        None => ("no".to_string(), 0),
-        Some(r) => match r.split_once(':') {
-            Some((n, c)) => (
-                n.to_string(),
-                c.parse::<i64>()
-                    .map_err(|_| format!("invalid restart policy format: {r}"))?,
-            ),
-            None => (r.to_string(), 0),
-        },
-    };
     // An empty type lets the daemon's default (daemon.json log-driver) apply.
     let mut log_config =
         json!({"Type": a.log_driver.clone().unwrap_or_default(), "Config": key_values(&a.log_opt)});
@@ -711,7 +726,7 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
             "Binds": a.volume,
             "Mounts": mounts,
             "NetworkMode": a.network.clone().unwrap_or_else(|| "default".into()),
-            "RestartPolicy": {"Name": restart, "MaximumRetryCount": retries},
+            "RestartPolicy": restart_policy(a.restart.as_deref().unwrap_or("no"))?,
             "AutoRemove": a.rm,
             "LogConfig": log_config,
             "CapAdd": a.cap_add,
@@ -730,11 +745,6 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
             "ShmSize": a.shm_size.as_deref().map(ram_in_bytes).transpose()?.unwrap_or(0),
             "Sysctls": key_values(&a.sysctl),
             "Init": if a.init { json!(true) } else { Value::Null },
-            "Memory": memory.unwrap_or(0),
-            "MemorySwap": swap.unwrap_or(0),
-            "NanoCpus": a.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
-            "CpuShares": a.cpu_shares.unwrap_or(0),
-            "PidsLimit": a.pids_limit,
             "Ulimits": ulimits,
             "GroupAdd": a.group_add,
             "Devices": a.device.iter().map(|d| {
@@ -746,6 +756,12 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
                 json!({"PathOnHost": host, "PathInContainer": inside, "CgroupPermissions": perms})
             }).collect::<Vec<_>>()
     });
+    if let (Some(hc), Value::Object(r)) = (
+        body["HostConfig"].as_object_mut(),
+        a.resources.host_config()?,
+    ) {
+        hc.extend(r);
+    }
     if body["HostConfig"]["NetworkMode"] == "default" {
         body["HostConfig"]["NetworkMode"] = json!("bridge");
     }
@@ -1500,30 +1516,13 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
         Cmd::Update {
-            memory,
-            memory_swap,
-            cpus,
-            cpu_shares,
-            pids_limit,
+            resources,
             restart,
             containers,
         } => {
-            let size = |s: Option<String>| -> Result<i64, Error> {
-                s.map(|s| ram_in_bytes(&s).map_err(Error::Other))
-                    .transpose()
-                    .map(|v| v.unwrap_or(0))
-            };
-            let mut body = json!({
-                "Memory": size(memory)?,
-                "MemorySwap": size(memory_swap)?,
-                "NanoCpus": cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
-                "CpuShares": cpu_shares.unwrap_or(0),
-                "PidsLimit": pids_limit,
-            });
+            let mut body = resources.host_config().map_err(Error::Other)?;
             if let Some(r) = restart {
-                let (n, count) = r.split_once(':').unwrap_or((&r, "0"));
-                body["RestartPolicy"] =
-                    json!({"Name": n, "MaximumRetryCount": count.parse::<i64>().unwrap_or(0)});
+                body["RestartPolicy"] = restart_policy(&r).map_err(Error::Other)?;
             }
             let body = &body;
             each(&containers, |n| async move {

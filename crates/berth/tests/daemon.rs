@@ -699,6 +699,19 @@ fn exec_into_a_running_container() {
     ]);
     let (code, out, err) = d.docker(&["attach", "late"]);
     assert_eq!((code, out.as_str()), (6, "late\n"), "{err}");
+    // A terminal size that is not a number is refused, for an exec as for a container.
+    let (status, body) = post_json(&d, "/v1.47/containers/box/exec", r#"{"Cmd":["true"]}"#);
+    assert_eq!(status, 201, "{body}");
+    let exec: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = exec["Id"].as_str().unwrap();
+    for path in [
+        format!("/v1.47/exec/{id}/resize?h=tall&w=80"),
+        "/v1.47/containers/box/resize?h=tall&w=80".to_string(),
+    ] {
+        let (status, body) = post_json(&d, &path, "");
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("invalid h"), "{body}");
+    }
     // A stopped container takes no exec.
     d.ok(&["kill", "box"]);
     let (code, _, err) = d.docker(&["exec", "box", "true"]);
@@ -1255,6 +1268,27 @@ fn diff_export_commit_update_and_swarm_refusal() {
     assert_eq!(
         d.ok(&["exec", "limited", "cat", "/sys/fs/cgroup/pids/pids.max"]),
         "50\n"
+    );
+    // `update` parses --restart and --memory-swap as `run` does.
+    let (code, _, err) = d.berth(&["update", "--restart", "always:x", "limited"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid restart policy format"), "{err}");
+    d.berth_ok(&[
+        "update",
+        "--restart",
+        "on-failure:3",
+        "--memory-swap",
+        "-1",
+        "limited",
+    ]);
+    assert_eq!(
+        d.ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}} {{.HostConfig.MemorySwap}}",
+            "limited"
+        ]),
+        "on-failure:3 -1\n"
     );
 }
 

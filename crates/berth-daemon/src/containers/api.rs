@@ -555,26 +555,32 @@ pub async fn rename(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn resize(
-    State(d): State<Shared>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult<StatusCode> {
-    let ps = params(q.as_deref());
+/// The shim's resize request for a `?h=&w=` query, shared by container and exec resize;
+/// a size that is not a number is the client's error, as in Docker.
+pub(super) fn resize_op(q: Option<&str>) -> ApiResult<Value> {
+    let ps = params(q);
     let num = |k: &str| -> ApiResult<u16> {
         param(&ps, k)
             .unwrap_or("0")
             .parse()
             .map_err(|_| ApiError::bad_request(format!("invalid {k}")))
     };
-    let (h, w) = (num("h")?, num("w")?);
+    Ok(json!({"op": "resize", "h": num("h")?, "w": num("w")?}))
+}
+
+pub async fn resize(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<StatusCode> {
+    let op = resize_op(q.as_deref())?;
     let e = lookup(&d, &id)?;
     let rec = e.snapshot();
     if !rec.state.running {
         return Err(not_running(&rec.id));
     }
     d.containers
-        .connect(&rec.id, json!({"op": "resize", "h": h, "w": w}))
+        .connect(&rec.id, op)
         .await
         .map_err(ApiError::internal)?;
     Ok(StatusCode::OK)

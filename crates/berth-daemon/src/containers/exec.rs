@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::model::strip_nulls;
-use crate::images::{param, params};
 use crate::{ApiError, ApiResult, Shared};
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
@@ -401,14 +400,10 @@ pub async fn resize(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<StatusCode> {
-    let ps = params(q.as_deref());
-    let num = |k: &str| -> u16 { param(&ps, k).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    let op = super::api::resize_op(q.as_deref())?;
     let exec = d.execs.get(&id)?;
     d.containers
-        .connect(
-            &exec.id,
-            json!({"op": "resize", "h": num("h"), "w": num("w")}),
-        )
+        .connect(&exec.id, op)
         .await
         .map_err(ApiError::internal)?;
     Ok(StatusCode::CREATED)
