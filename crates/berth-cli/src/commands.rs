@@ -486,6 +486,12 @@ struct RunArgs {
     dns_option: Vec<String>,
     #[arg(long, visible_alias = "net")]
     network: Option<String>,
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
+    #[arg(long)]
+    expose: Vec<String>,
     #[arg(long)]
     pid: Option<String>,
     #[arg(long)]
@@ -522,6 +528,93 @@ struct RunArgs {
     image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// The PORTS column: `127.0.0.1:8080->80/tcp, 443/tcp`, published first.
+fn ports_text(ports: &Value) -> String {
+    let mut published = Vec::new();
+    let mut exposed = Vec::new();
+    for p in ports.as_array().into_iter().flatten() {
+        let private = p["PrivatePort"].as_u64().unwrap_or(0);
+        let proto = p["Type"].as_str().unwrap_or("tcp");
+        match (p["IP"].as_str(), p["PublicPort"].as_u64()) {
+            (Some(ip), Some(public)) => published.push(format!("{ip}:{public}->{private}/{proto}")),
+            _ => exposed.push(format!("{private}/{proto}")),
+        }
+    }
+    published.extend(exposed);
+    published.join(", ")
+}
+
+/// `80`, `8000-8010`.
+fn port_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let (lo, hi) = (lo.parse::<u16>().ok()?, hi.parse::<u16>().ok()?);
+    (lo > 0 && lo <= hi).then_some((lo, hi))
+}
+
+/// `-p [ip:][hostPort:]containerPort[/proto]`, with ranges on either side, as Docker
+/// reads it: (`port/proto`, `{"HostIp", "HostPort"}`) per container port.
+fn parse_publish(spec: &str) -> Result<Vec<(String, Value)>, String> {
+    let bad = |why: &str| format!("invalid publish spec {spec}: {why}");
+    let (rest, proto) = match spec.rsplit_once('/') {
+        Some((r, p)) => (r, p.to_ascii_lowercase()),
+        None => (spec, "tcp".to_string()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(format!("invalid proto: {proto}"));
+    }
+    // An IPv6 host address comes in brackets.
+    let (ip, rest) = match rest.strip_prefix('[') {
+        Some(r) => {
+            let (ip, tail) = r.split_once("]:").ok_or_else(|| bad("unclosed '['"))?;
+            (ip.to_string(), tail)
+        }
+        None => {
+            let parts: Vec<&str> = rest.split(':').collect();
+            match parts.len() {
+                1 | 2 => (String::new(), rest),
+                3 => (parts[0].to_string(), &rest[parts[0].len() + 1..]),
+                _ => return Err(bad("too many colons")),
+            }
+        }
+    };
+    let (host, container) = match rest.split_once(':') {
+        Some((h, c)) => (h, c),
+        None => ("", rest),
+    };
+    let (clo, chi) =
+        port_range(container).ok_or_else(|| format!("invalid containerPort: {container}"))?;
+    let host_range = if host.is_empty() {
+        None
+    } else {
+        Some(port_range(host).ok_or_else(|| format!("invalid hostPort: {host}"))?)
+    };
+    let mut out = Vec::new();
+    for (i, cp) in (clo..=chi).enumerate() {
+        let host_port = match host_range {
+            None => String::new(),
+            // One container port over a host range: any port of the range.
+            Some((lo, hi)) if clo == chi => {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            }
+            Some((lo, hi)) => {
+                if u32::from(hi - lo) != u32::from(chi - clo) {
+                    return Err(bad("hostPort and containerPort ranges differ in size"));
+                }
+                (lo + i as u16).to_string()
+            }
+        };
+        out.push((
+            format!("{cp}/{proto}"),
+            json!({"HostIp": ip, "HostPort": host_port}),
+        ));
+    }
+    Ok(out)
 }
 
 /// Docker's `units.RAMInBytes`.
@@ -703,6 +796,28 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
         .iter()
         .map(|m| parse_mount(m))
         .collect::<Result<_, _>>()?;
+    let mut exposed = serde_json::Map::new();
+    let mut bindings = serde_json::Map::new();
+    for spec in &a.publish {
+        for (key, b) in parse_publish(spec)? {
+            exposed.insert(key.clone(), json!({}));
+            if let Some(list) = bindings
+                .entry(key)
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+            {
+                list.push(b);
+            }
+        }
+    }
+    for e in &a.expose {
+        let (ports, proto) = e.split_once('/').unwrap_or((e, "tcp"));
+        let (lo, hi) =
+            port_range(ports).ok_or_else(|| format!("invalid range format for --expose: {e}"))?;
+        for p in lo..=hi {
+            exposed.insert(format!("{p}/{proto}"), json!({}));
+        }
+    }
     let mut body = json!({
         "Hostname": a.hostname.clone().unwrap_or_default(),
         "User": a.user.clone().unwrap_or_default(),
@@ -721,11 +836,14 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
         "StopSignal": a.stop_signal,
         "StopTimeout": a.stop_timeout,
         "Healthcheck": healthcheck(a)?,
+        "ExposedPorts": if exposed.is_empty() { Value::Null } else { Value::Object(exposed) },
     });
     body["HostConfig"] = json!({
             "Binds": a.volume,
             "Mounts": mounts,
             "NetworkMode": a.network.clone().unwrap_or_else(|| "default".into()),
+            "PortBindings": bindings,
+            "PublishAllPorts": a.publish_all,
             "RestartPolicy": restart_policy(a.restart.as_deref().unwrap_or("no"))?,
             "AutoRemove": a.rm,
             "LogConfig": log_config,
@@ -2378,7 +2496,7 @@ fn ps_view(v: &Value, no_trunc: bool) -> Value {
         "Command": command,
         "CreatedAt": berth_types::time::rfc3339(created, 0).replace('T', " ").replace(".000000000Z", " +0000 UTC"),
         "RunningFor": format!("{} ago", berth_types::time::human_duration(now() - created)),
-        "Ports": "",
+        "Ports": ports_text(&v["Ports"]),
         "Status": v["Status"],
         "State": v["State"],
         "Names": names.join(","),
@@ -2596,6 +2714,61 @@ mod tests {
         assert_eq!(human_size(999.0), "999B");
         assert_eq!(human_size(12_345.0), "12.3kB");
         assert_eq!(human_size(0.0), "0B");
+    }
+
+    #[test]
+    fn publish_specs_read_like_docker() {
+        let one = |s: &str| parse_publish(s).unwrap();
+        assert_eq!(
+            one("80"),
+            vec![("80/tcp".into(), json!({"HostIp": "", "HostPort": ""}))]
+        );
+        assert_eq!(
+            one("127.0.0.1:8080:80/udp"),
+            vec![(
+                "80/udp".into(),
+                json!({"HostIp": "127.0.0.1", "HostPort": "8080"})
+            )]
+        );
+        assert_eq!(
+            one("127.0.0.1::80"),
+            vec![(
+                "80/tcp".into(),
+                json!({"HostIp": "127.0.0.1", "HostPort": ""})
+            )]
+        );
+        assert_eq!(
+            one("[::1]:8080:80"),
+            vec![(
+                "80/tcp".into(),
+                json!({"HostIp": "::1", "HostPort": "8080"})
+            )]
+        );
+        assert_eq!(
+            one("8000-8001:80-81"),
+            vec![
+                ("80/tcp".into(), json!({"HostIp": "", "HostPort": "8000"})),
+                ("81/tcp".into(), json!({"HostIp": "", "HostPort": "8001"}))
+            ]
+        );
+        assert_eq!(
+            one("8000-8010:80"),
+            vec![(
+                "80/tcp".into(),
+                json!({"HostIp": "", "HostPort": "8000-8010"})
+            )]
+        );
+        for bad in [
+            "",
+            "x",
+            "80/icmp",
+            "8000-8002:80-81",
+            "1:2:3:4",
+            "0",
+            "70000:80",
+        ] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

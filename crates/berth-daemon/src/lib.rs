@@ -9,6 +9,7 @@
 pub mod config;
 pub mod containers;
 mod images;
+pub mod networks;
 mod system;
 pub mod volumes;
 
@@ -32,6 +33,7 @@ pub struct Daemon {
     pub containers: Arc<containers::Containers>,
     pub execs: containers::exec::Execs,
     pub volumes: Arc<volumes::Volumes>,
+    pub networks: Arc<networks::Networks>,
     pub data_root: PathBuf,
     pub events: tokio::sync::broadcast::Sender<serde_json::Value>,
     /// Reloaded on SIGHUP (log and ulimit defaults, log level, registries).
@@ -176,6 +178,8 @@ pub fn router(daemon: Shared) -> Router {
             "/volumes/{name}",
             get(volumes::inspect).delete(volumes::remove),
         )
+        .route("/networks", get(networks::list))
+        .route("/networks/{id}", get(networks::inspect))
         .route("/containers/json", get(containers::api::list))
         .route("/containers/create", post(containers::api::create))
         .route("/containers/prune", post(containers::api::prune))
@@ -386,14 +390,26 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
         listeners.push(listener);
     }
     let store = Arc::new(ImageStore::open(&settings.data_root).map_err(|e| e.to_string())?);
+    let networks = Arc::new(
+        networks::Networks::open(
+            &settings.data_root,
+            &settings.exec_root,
+            settings.bip.as_deref(),
+            settings.iptables,
+        )
+        .await
+        .map_err(|e| format!("setting up networks: {e}"))?,
+    );
     let containers = Arc::new(containers::Containers::new(
         store.clone(),
+        networks.clone(),
         &settings.data_root,
         &settings.exec_root,
     ));
     let daemon = Arc::new(Daemon {
         store,
         volumes: containers.volumes.clone(),
+        networks,
         containers,
         execs: Default::default(),
         data_root: settings.data_root.clone(),
@@ -403,6 +419,7 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
     });
     let _ = daemon.containers.daemon.set(Arc::downgrade(&daemon));
     daemon.containers.restore().await;
+    daemon.networks.reconcile().await;
     if let Some(p) = &settings.pidfile {
         std::fs::write(p, std::process::id().to_string())
             .map_err(|e| format!("writing {}: {e}", p.display()))?;

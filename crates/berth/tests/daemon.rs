@@ -13,6 +13,20 @@ struct Daemon {
     child: Child,
 }
 
+/// Whether the daemon at `socket` answers `/_ping` (a socket file alone may belong to a
+/// daemon still starting, which a signal would kill before it can clean up).
+fn answers(socket: &Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /_ping HTTP/1.0\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out.starts_with(b"HTTP/1.0 200") || out.starts_with(b"HTTP/1.1 200")
+}
+
 fn spawn_daemon(dir: &Path) -> Child {
     spawn_daemon_with(dir, &[])
 }
@@ -23,7 +37,11 @@ fn spawn_daemon_with(dir: &Path, extra: &[&str]) -> Child {
         .append(true)
         .open(dir.join("daemon.log"))
         .unwrap();
-    Command::new(common::berth())
+    // Each test daemon has a network namespace of its own (its bridge, ruleset and
+    // published ports stay there), kept across restarts.
+    let ns = dir.join("netns");
+    common::make_netns(&ns);
+    common::in_netns(Some(&ns), common::berth())
         .arg("daemon")
         .arg("-H")
         .arg(format!("unix://{}", dir.join("d.sock").display()))
@@ -56,7 +74,7 @@ impl Daemon {
         let child = spawn_daemon_with(dir.path(), extra);
         let d = Daemon { dir, child };
         assert!(
-            wait_for(10, || d.socket().exists()),
+            wait_for(10, || answers(&d.socket())),
             "the daemon did not start: {}",
             d.log()
         );
@@ -65,6 +83,16 @@ impl Daemon {
 
     fn socket(&self) -> PathBuf {
         self.dir.path().join("d.sock")
+    }
+
+    /// The daemon's network namespace: its "host".
+    fn netns(&self) -> PathBuf {
+        self.dir.path().join("netns")
+    }
+
+    /// `prog` run on the daemon's "host" (its network namespace).
+    fn host_cmd(&self, prog: &str) -> Command {
+        common::in_netns(Some(&self.netns()), prog)
     }
 
     fn log(&self) -> String {
@@ -110,6 +138,9 @@ impl Daemon {
 impl Daemon {
     /// SIGTERM, as an init system stops a daemon; then wait for it.
     fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -128,7 +159,7 @@ impl Daemon {
         let _ = std::fs::remove_file(self.socket());
         self.child = spawn_daemon(self.dir.path());
         assert!(
-            wait_for(10, || self.socket().exists()),
+            wait_for(10, || answers(&self.socket())),
             "the daemon did not start again: {}",
             self.log()
         );
@@ -148,6 +179,15 @@ impl Drop for Daemon {
             let _ = self.docker(&["volume", "rm", "-f", v]);
         }
         self.stop();
+        // Namespaces a failed test left bound, then the daemon's own.
+        for e in std::fs::read_dir(self.dir.path().join("exec/netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = berth_network::netns::remove(&e.path());
+        }
+        let _ = berth_network::netns::remove(&self.netns());
     }
 }
 
@@ -313,7 +353,11 @@ fn daemon_removes_its_socket_on_sigterm_and_refuses_a_second_instance() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("another daemon is listening"));
     let mut d = d;
     d.stop();
-    assert!(!d.socket().exists(), "the socket outlived the daemon");
+    assert!(
+        !d.socket().exists(),
+        "the socket outlived the daemon: {}",
+        d.log()
+    );
     assert!(
         d.dir.path().join("root/content/oci-layout").exists(),
         "the data root stays"
@@ -625,10 +669,24 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(status, 400, "{body}");
     let (status, _) = post_json(&d, "/v1.47/containers/nosuch/start", "");
     assert_eq!(status, 404);
-    // Ports cannot be published yet: refused, not silently dropped.
-    let (code, _, err) = d.docker(&["run", "--rm", "-p", "8080:80", "busybox", "true"]);
+    // Ports cannot be published without a network to publish from: refused, not dropped.
+    let (code, _, err) = d.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-p",
+        "8080:80",
+        "busybox",
+        "true",
+    ]);
     assert_eq!(code, 125);
-    assert!(err.contains("needs bridge networking"), "{err}");
+    assert!(
+        err.contains("conflicting options: port publishing"),
+        "{err}"
+    );
+    let (code, _, err) = d.docker(&["run", "--rm", "-p", "8080:80/icmp", "busybox", "true"]);
+    assert_eq!(code, 125, "{err}");
     // A 10 MB header is refused before it is buffered.
     let mut req = b"GET /_ping HTTP/1.1\r\nHost: d\r\nX-Big: ".to_vec();
     req.extend(std::iter::repeat_n(b'a', 10 << 20));
@@ -714,6 +772,7 @@ fn exec_into_a_running_container() {
     }
     // A stopped container takes no exec.
     d.ok(&["kill", "box"]);
+    d.ok(&["wait", "box"]);
     let (code, _, err) = d.docker(&["exec", "box", "true"]);
     assert_ne!(code, 0);
     assert!(err.contains("is not running"), "{err}");
@@ -1761,18 +1820,17 @@ fn tcp_hosts_only_on_loopback() {
         .unwrap();
     let tcp = format!("tcp://127.0.0.1:{port}");
     let d = Daemon::start_with(dir, &["-H", &tcp]);
-    assert!(wait_for(5, || std::net::TcpStream::connect((
-        "127.0.0.1",
-        port
-    ))
-    .is_ok()));
-    let out = capture(Command::new("docker").env("DOCKER_HOST", &tcp).args([
+    let ns = d.netns();
+    assert!(wait_for(5, || common::net(Some(&ns), move || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })));
+    let out = capture(d.host_cmd("docker").env("DOCKER_HOST", &tcp).args([
         "version",
         "-f",
         "{{.Server.APIVersion}}",
     ]));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1.47\n");
-    let out = capture(Command::new(common::berth()).args([
+    let out = capture(d.host_cmd(common::berth()).args([
         "-H",
         &tcp,
         "version",
@@ -1943,6 +2001,7 @@ fn host_config_flags_reach_the_container() {
             "db:10.1.2.3",
             "busybox",
             "grep",
+            "-w",
             "db",
             "/etc/hosts"
         ]),
@@ -2099,12 +2158,12 @@ fn pull_from_a_registry_on_loopback() {
         return;
     }
     let d = Daemon::start();
-    let registry = common::Registry::start();
+    let registry = common::Registry::start_in(Some(&d.netns()));
     let port = registry.port;
     let archive = busybox_archive(d.dir.path());
     let name = format!("127.0.0.1:{port}/test/busybox:1");
     let out = capture(
-        Command::new("skopeo")
+        d.host_cmd("skopeo")
             .args(["copy", "--insecure-policy", "--dest-tls-verify=false"])
             .arg(format!("docker-archive:{}", archive.display()))
             .arg(format!("docker://{name}")),
@@ -2122,7 +2181,7 @@ fn pull_from_a_registry_on_loopback() {
         .unwrap()
         .to_string();
     let out = capture(
-        Command::new("skopeo")
+        d.host_cmd("skopeo")
             .args(["inspect", "--tls-verify=false"])
             .arg(format!("docker://{name}")),
     );
@@ -2165,7 +2224,7 @@ fn pull_from_a_registry_on_loopback() {
     let out = d.ok(&["push", &pushed]);
     assert!(out.contains("2: digest: sha256:"), "{out}");
     let out = capture(
-        Command::new("skopeo")
+        d.host_cmd("skopeo")
             .args(["inspect", "--tls-verify=false"])
             .arg(format!("docker://{pushed}")),
     );
@@ -2189,4 +2248,235 @@ fn pull_from_a_registry_on_loopback() {
         "{err}"
     );
     drop(registry);
+}
+
+/// An HTTP GET from the daemon's "host" (its network namespace): the whole answer.
+fn http_get(d: &Daemon, port: u16, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    common::net(Some(&d.netns()), move || {
+        use std::io::{Read, Write};
+        let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => s,
+            Err(e) => return format!("connect: {e}"),
+        };
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let _ = s.write_all(req.as_bytes());
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+}
+
+/// What the daemon's "host" has of Berth's: links other than `lo`, namespaces bound under
+/// the exec root, and the published-port rules.
+fn network_leftovers(d: &Daemon) -> (String, Vec<String>, String) {
+    let links = capture(d.host_cmd("ip").args(["-o", "link", "show"]));
+    let links: String = String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split(": ")
+                .nth(1)
+                .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        })
+        .filter(|n| n != "lo")
+        .collect::<Vec<_>>()
+        .join(" ");
+    let netns: Vec<String> = std::fs::read_dir(d.dir.path().join("exec/netns"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let ports = capture(
+        d.host_cmd("nft")
+            .args(["list", "chain", "ip", "berth", "ports"]),
+    );
+    let ports = String::from_utf8_lossy(&ports.stdout)
+        .lines()
+        .filter(|l| l.contains("dnat"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (links, netns, ports)
+}
+
+#[test]
+fn bridge_network_published_ports_and_no_leftovers() {
+    let Some(mut d) = daemon_with_busybox() else {
+        return;
+    };
+    // The default bridge takes Docker's subnet (nothing else routes it in this namespace).
+    let addr = d.ok(&[
+        "run", "--rm", "busybox", "ip", "-o", "-4", "addr", "show", "eth0",
+    ]);
+    assert!(addr.contains("inet 172.17.0."), "{addr}");
+    assert!(addr.contains("/16"), "{addr}");
+    let route = d.ok(&["run", "--rm", "busybox", "ip", "route"]);
+    assert!(route.contains("default via 172.17.0.1 dev eth0"), "{route}");
+    let hosts = d.ok(&[
+        "run",
+        "--rm",
+        "--hostname",
+        "box",
+        "--add-host",
+        "gw:host-gateway",
+        "busybox",
+        "cat",
+        "/etc/hosts",
+    ]);
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.starts_with("172.17.0.") && l.ends_with("\tbox")),
+        "{hosts}"
+    );
+    assert!(hosts.contains("172.17.0.1\tgw"), "{hosts}");
+
+    // A web server published on the host's loopback answers there.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "127.0.0.1:8080:80",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir /www && echo hello-from-berth > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    assert!(
+        wait_for(5, || http_get(&d, 8080, "/").contains("hello-from-berth")),
+        "{}",
+        http_get(&d, 8080, "/")
+    );
+    let web_ip = d.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
+    let web_ip = web_ip.trim().to_string();
+    assert_eq!(d.ok(&["port", "web"]), "80/tcp -> 127.0.0.1:8080\n");
+    assert!(d.ok(&["ps"]).contains("127.0.0.1:8080->80/tcp"));
+    let nets = d.ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    assert_eq!(nets, "bridge bridge\nhost host\nnone null\n");
+    let members = d.ok(&[
+        "network",
+        "inspect",
+        "bridge",
+        "-f",
+        "{{range .Containers}}{{.Name}} {{.IPv4Address}}{{end}}",
+    ]);
+    assert_eq!(members.trim(), format!("web {web_ip}/16"));
+    // Containers on the bridge reach each other.
+    let got = d.ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "wget",
+        "-qO-",
+        &format!("http://{web_ip}/"),
+    ]);
+    assert_eq!(got, "hello-from-berth\n");
+
+    // -P: a port from the ephemeral range; the same host port again: a clear error.
+    d.ok(&[
+        "run", "-d", "--name", "any", "-P", "--expose", "80", "busybox", "httpd", "-f", "-p", "80",
+    ]);
+    let any = d.ok(&["port", "any", "80"]);
+    let port: u16 = any.trim().rsplit(':').next().unwrap().parse().unwrap();
+    assert!(port >= 32768, "{any}");
+    assert!(
+        wait_for(5, || http_get(&d, port, "/").starts_with("HTTP/1")),
+        "{}",
+        http_get(&d, port, "/")
+    );
+    let (code, _, err) = d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "clash",
+        "-p",
+        "127.0.0.1:8080:80",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(code, 125, "{err}");
+    assert!(
+        err.contains("Bind for 127.0.0.1:8080 failed: port is already allocated"),
+        "{err}"
+    );
+    d.ok(&["rm", "clash"]);
+
+    // --network none has only lo; host sees the daemon's host, bridge included.
+    let none = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "ip",
+        "-o",
+        "link",
+    ]);
+    assert_eq!(none.lines().count(), 1, "{none}");
+    let host = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "busybox",
+        "ip",
+        "-o",
+        "link",
+    ]);
+    assert!(host.contains("berth0"), "{host}");
+    let (code, _, err) = d.docker(&["run", "--rm", "--network", "nowhere", "busybox", "true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("network nowhere not found"), "{err}");
+
+    // kill -9 of the daemon: the published port keeps answering, and addresses stay taken.
+    d.crash_and_restart();
+    assert!(http_get(&d, 8080, "/").contains("hello-from-berth"));
+    let again = d.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
+    assert_eq!(again.trim(), web_ip);
+    let fresh = d.ok(&[
+        "run", "--rm", "busybox", "ip", "-o", "-4", "addr", "show", "eth0",
+    ]);
+    assert!(
+        !fresh.contains(&format!("inet {web_ip}/")),
+        "a duplicate address: {fresh}"
+    );
+    let (code, _, err) = d.docker(&["run", "--rm", "-p", "127.0.0.1:8080:80", "busybox", "true"]);
+    assert_eq!(code, 125, "the port is still held after the restart: {err}");
+
+    // A container that dies while no daemon runs: the next daemon removes what it held.
+    let pid: i32 = d
+        .ok(&["inspect", "-f", "{{.State.Pid}}", "any"])
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    assert!(wait_for(5, || common::process_gone(pid)));
+    d.crash_and_restart();
+    assert!(wait_for(5, || d.ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}}",
+        "any"
+    ]) == "exited\n"));
+    let (links, netns, ports) = network_leftovers(&d);
+    assert_eq!(netns.len(), 1, "only web's namespace: {netns:?}");
+    assert_eq!(
+        links.split(' ').filter(|l| l.starts_with("vb")).count(),
+        1,
+        "{links}"
+    );
+    assert!(!ports.contains(&port.to_string()), "{ports}");
+
+    // Everything goes with the containers.
+    d.ok(&["rm", "-f", "web", "any"]);
+    let (links, netns, ports) = network_leftovers(&d);
+    assert_eq!(links, "berth0", "only the bridge stays");
+    assert!(netns.is_empty(), "{netns:?}");
+    assert!(ports.is_empty(), "{ports}");
+    assert!(http_get(&d, 8080, "/").starts_with("connect:"));
 }

@@ -186,14 +186,17 @@ pub async fn create(
     if hc.network_mode.is_empty() || hc.network_mode == "default" {
         hc.network_mode = "bridge".into();
     }
-    // Refused rather than silently dropped until bridge networking exists.
     let published = hc
         .port_bindings
         .values()
-        .any(|v| v.as_array().is_some_and(|a| !a.is_empty()));
-    if published && hc.network_mode != "host" {
+        .any(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+        || hc.publish_all_ports;
+    // An unknown network is refused at start, as Docker does (a 404 here would make
+    // the docker CLI try to pull the image).
+    let mode = hc.network_mode.as_str();
+    if published && (mode == "none" || mode.starts_with("container:")) {
         return Err(ApiError::bad_request(
-            "publishing ports (-p) needs bridge networking, which Berth does not have yet; use --network host (see docs/STATUS.md)",
+            "conflicting options: port publishing and the container type network mode",
         ));
     }
     {
@@ -234,6 +237,7 @@ pub async fn create(
         layers: img.snapshot_ids(),
         stopped_by_user: false,
         volumes,
+        network: None,
     };
     let c = d.containers.clone();
     let name = name.map(String::from);
@@ -615,11 +619,7 @@ pub fn inspect_json(c: &Containers, r: &Record) -> Value {
         "GraphDriver": {"Name": "overlay2", "Data": {"MergedDir": dir.join("rootfs")}},
         "Mounts": mounts_json(c, r),
         "Config": r.config,
-        "NetworkSettings": {
-            "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": false,
-            "Ports": {}, "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "MacAddress": "",
-            "Networks": {}
-        }
+        "NetworkSettings": crate::networks::settings_json(r)
     })
 }
 
@@ -764,12 +764,12 @@ pub fn summary(c: &Containers, r: &Record, now: i64) -> Value {
         "ImageID": r.image,
         "Command": command,
         "Created": berth_types::time::parse_rfc3339(&r.created).unwrap_or(0),
-        "Ports": [],
+        "Ports": crate::networks::summary_ports(r),
         "Labels": r.config.labels,
         "State": if r.state.paused { "paused" } else { r.state.status.as_str() },
         "Status": r.status_text(now),
         "HostConfig": {"NetworkMode": r.host_config.network_mode},
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": {"Networks": crate::networks::summary_networks(r)},
         "Mounts": mounts_json(c, r)
     })
 }

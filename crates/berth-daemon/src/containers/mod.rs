@@ -68,6 +68,7 @@ impl Entry {
 pub struct Containers {
     pub store: Arc<ImageStore>,
     pub volumes: Arc<crate::volumes::Volumes>,
+    pub networks: Arc<crate::networks::Networks>,
     pub data_root: PathBuf,
     pub exec_root: PathBuf,
     pub runtime: Runtime,
@@ -137,9 +138,15 @@ const NAMES: &[&str] = &[
 ];
 
 impl Containers {
-    pub fn new(store: Arc<ImageStore>, data_root: &Path, exec_root: &Path) -> Containers {
+    pub fn new(
+        store: Arc<ImageStore>,
+        networks: Arc<crate::networks::Networks>,
+        data_root: &Path,
+        exec_root: &Path,
+    ) -> Containers {
         Containers {
             store,
+            networks,
             volumes: Arc::new(crate::volumes::Volumes::new(data_root)),
             data_root: data_root.to_path_buf(),
             exec_root: exec_root.to_path_buf(),
@@ -302,6 +309,9 @@ impl Containers {
         for rec in recs {
             let running = rec.state.running || rec.state.status == "restarting";
             let id = rec.id.clone();
+            if let (true, Some(att)) = (running, &rec.network) {
+                self.networks.restore(&id, att).await;
+            }
             let auto_remove = rec.host_config.auto_remove;
             let e = self.insert(rec);
             if !running {
@@ -395,6 +405,7 @@ impl Containers {
         }
         let rec = {
             let mut r = e.rec.lock().expect("lock");
+            r.network = None;
             r.state.status = "exited".into();
             r.state.running = false;
             r.state.paused = false;
@@ -405,6 +416,8 @@ impl Containers {
             r.state.finished_at = exit.finished_at;
             r.clone()
         };
+        // Its state first (an exec or inspect now sees it stopped), then its network.
+        self.networks.detach(&rec.id).await;
         if rec.host_config.auto_remove {
             // Going anyway: no record to update (a restarted daemon removes it too).
             e.progress.send_modify(|p| {
@@ -472,11 +485,30 @@ impl Containers {
 
     /// Starts a created or exited container. Returns false when it was already running.
     pub async fn start(self: &Arc<Self>, e: &Arc<Entry>) -> Result<bool, ApiError> {
-        let rec = e.snapshot();
+        let mut rec = e.snapshot();
         if rec.state.running {
             return Ok(false);
         }
         let id = rec.id.clone();
+        let mode = rec.host_config.network_mode.clone();
+        if !mode.starts_with("container:") && !self.networks.known(&mode).await {
+            let err = ApiError::new(StatusCode::NOT_FOUND, format!("network {mode} not found"));
+            let _ = self.start_failed(e, err.message.clone());
+            return Err(err);
+        }
+        let bridged = mode == "bridge";
+        if bridged {
+            match self.networks.attach(&rec).await {
+                Ok(att) => {
+                    rec.network = Some(att.clone());
+                    e.rec.lock().expect("lock").network = Some(att);
+                }
+                Err(err) => {
+                    let _ = self.start_failed(e, err.message.clone());
+                    return Err(err);
+                }
+            }
+        }
         let me = self.clone();
         let store_layers = rec.layers.clone();
         let spawned = {
@@ -487,11 +519,16 @@ impl Containers {
         };
         let pid = match spawned {
             Ok(pid) => pid,
-            Err(msg) => return Err(self.start_failed(e, msg)),
+            Err(msg) => {
+                self.networks.detach(&id).await;
+                e.rec.lock().expect("lock").network = None;
+                return Err(self.start_failed(e, msg));
+            }
         };
-        // A network namespace of its own starts with `lo` down (Docker brings it up).
+        // A network namespace of its own starts with `lo` down (Docker brings it up); a
+        // bridged one was set up with it up.
         let hc = &rec.host_config;
-        if hc.network_mode != "host" && !hc.network_mode.starts_with("container:") {
+        if !bridged && hc.network_mode != "host" && !hc.network_mode.starts_with("container:") {
             if let Err(err) = berth_runtime::sys::loopback_up(pid) {
                 let _ = self.runtime.kill(&id, libc::SIGKILL, false);
                 return Err(self.start_failed(e, format!("setting up lo: {err}")));
@@ -621,6 +658,9 @@ impl Containers {
     fn joined_namespaces(&self, rec: &Record) -> Result<Vec<(&'static str, PathBuf)>, String> {
         let hc = &rec.host_config;
         let mut out = Vec::new();
+        if let Some(att) = &rec.network {
+            out.push(("network", att.netns.clone()));
+        }
         for (kind, proc_name, mode) in [
             ("network", "net", &hc.network_mode),
             ("pid", "pid", &hc.pid_mode),
@@ -776,6 +816,7 @@ impl Containers {
     /// Removes a container that is not running: its mount, writable layer, files, record.
     pub async fn remove_stopped(self: &Arc<Self>, e: &Arc<Entry>) -> Result<(), ApiError> {
         let rec = e.snapshot();
+        self.networks.detach(&rec.id).await;
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             me.unmount(&rec.id);

@@ -102,6 +102,7 @@ pub struct HostConfig {
     pub binds: Option<Vec<String>>,
     pub network_mode: String,
     pub port_bindings: BTreeMap<String, Value>,
+    pub publish_all_ports: bool,
     pub restart_policy: RestartPolicy,
     pub auto_remove: bool,
     pub log_config: LogConfig,
@@ -203,7 +204,7 @@ pub struct VolumeMount {
 }
 
 /// What the daemon keeps of a container (`<data-root>/containers/<id>/container.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Record {
     pub id: String,
     /// Without the leading '/'.
@@ -224,6 +225,9 @@ pub struct Record {
     pub stopped_by_user: bool,
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
+    /// While running on a bridge: its namespace, addresses and published ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::networks::Attachment>,
 }
 
 impl Record {

@@ -649,8 +649,23 @@ pub fn write_etc_files(rec: &Record, dir: &Path) -> std::io::Result<()> {
     );
     for h in rec.host_config.extra_hosts.iter().flatten() {
         if let Some((host, ip)) = h.split_once(':') {
+            // `host-gateway` is the host as containers on the bridge reach it.
+            let gateway = rec
+                .network
+                .iter()
+                .flat_map(|a| a.endpoints.first())
+                .map(|ep| ep.gateway.to_string())
+                .next();
+            let ip = match (ip, gateway) {
+                ("host-gateway", Some(gw)) => gw,
+                (ip, _) => ip.to_string(),
+            };
             hosts.push_str(&format!("{ip}\t{host}\n"));
         }
+    }
+    // Its own address under its host name, as Docker writes it.
+    for ep in rec.network.iter().flat_map(|a| a.endpoints.iter()) {
+        hosts.push_str(&format!("{}\t{name}\n", ep.ip));
     }
     std::fs::write(dir.join("hosts"), hosts)?;
     // The host's resolver, minus loopback servers the container cannot reach (Docker's

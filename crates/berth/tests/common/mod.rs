@@ -304,15 +304,56 @@ pub struct Registry {
     child: std::process::Child,
 }
 
+/// `prog` run inside the network namespace bound at `netns` (or here, for `None`).
+pub fn in_netns(netns: Option<&Path>, prog: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg(prog);
+            c
+        }
+        None => Command::new(prog),
+    }
+}
+
+/// `f` on a thread inside the network namespace at `netns` (or here, for `None`).
+pub fn net<T: Send + 'static>(netns: Option<&Path>, f: impl FnOnce() -> T + Send + 'static) -> T {
+    match netns {
+        Some(ns) => berth_network::netns::run_in(ns, f).expect("entering the namespace"),
+        None => f(),
+    }
+}
+
+/// A network namespace of its own with `lo` up, bound at `path`: a test daemon there has
+/// its own bridge and ruleset, and nothing of them reaches the machine's.
+pub fn make_netns(path: &Path) {
+    if path.exists() {
+        return;
+    }
+    berth_network::netns::create(path).expect("creating a network namespace");
+    let st = in_netns(Some(path), "ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 impl Registry {
     pub fn start() -> Registry {
+        Registry::start_in(None)
+    }
+
+    /// In the network namespace at `netns`, for a daemon that lives there.
+    pub fn start_in(netns: Option<&Path>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(berth())
+        let port = net(netns, || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
+        let child = in_netns(netns, berth())
             .args([
                 "registry",
                 "serve",
@@ -325,11 +366,9 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        assert!(wait_for(10, || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok()));
+        assert!(wait_for(10, || net(netns, move || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })));
         Registry { dir, port, child }
     }
 }
