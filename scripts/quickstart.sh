@@ -24,7 +24,12 @@ cleanup() {
     [ -n "$ids" ] && "$berth" rm -f $ids >/dev/null 2>&1
     kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
   fi
-  [ -z "$had_bridge" ] && ip link del berth0 2>/dev/null
+  if [ -z "$had_bridge" ]; then
+    ip link del berth0 2>/dev/null
+    # Berth's rules in Docker's DOCKER-USER chain, when Docker is here too.
+    iptables -S DOCKER-USER 2>/dev/null | grep -- '--comment berth ' | sed 's/^-A/-D/' \
+      | while read -r rule; do eval iptables -w "$rule"; done
+  fi
   [ -z "$had_table" ] && nft delete table ip berth 2>/dev/null
   rm -rf "$work"
 }

@@ -234,6 +234,70 @@ enum Cmd {
         #[arg(short, long)]
         force: bool,
     },
+    #[command(name = "network-create", hide = true)]
+    NetworkCreate {
+        #[arg(short, long, default_value = "bridge")]
+        driver: String,
+        #[arg(long)]
+        subnet: Option<String>,
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long = "ip-range")]
+        ip_range: Option<String>,
+        #[arg(long)]
+        internal: bool,
+        #[arg(long)]
+        ipv6: bool,
+        #[arg(long)]
+        label: Vec<String>,
+        #[arg(short, long = "opt")]
+        opt: Vec<String>,
+        name: String,
+    },
+    #[command(name = "network-ls", hide = true)]
+    NetworkLs {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(short, long = "filter")]
+        filter: Vec<String>,
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long = "no-trunc")]
+        no_trunc: bool,
+    },
+    #[command(name = "network-inspect", hide = true)]
+    NetworkInspect {
+        #[arg(short, long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    #[command(name = "network-rm", hide = true)]
+    NetworkRm {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    #[command(name = "network-prune", hide = true)]
+    NetworkPrune {
+        #[arg(short, long)]
+        force: bool,
+    },
+    #[command(name = "network-connect", hide = true)]
+    NetworkConnect {
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        alias: Vec<String>,
+        network: String,
+        container: String,
+    },
+    #[command(name = "network-disconnect", hide = true)]
+    NetworkDisconnect {
+        #[arg(short, long)]
+        force: bool,
+        network: String,
+        container: String,
+    },
     /// List port mappings or a specific mapping for the container
     Port {
         container: String,
@@ -486,6 +550,10 @@ struct RunArgs {
     dns_option: Vec<String>,
     #[arg(long, visible_alias = "net")]
     network: Option<String>,
+    #[arg(long = "network-alias")]
+    network_alias: Vec<String>,
+    #[arg(long)]
+    ip: Option<String>,
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
     #[arg(short = 'P', long = "publish-all")]
@@ -528,6 +596,24 @@ struct RunArgs {
     image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// A `network ls` row with Docker's field names.
+fn network_row(n: &Value, no_trunc: bool) -> Value {
+    let id = n["Id"].as_str().unwrap_or("");
+    let labels: Vec<String> = n["Labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", format::plain(v)))
+        .collect();
+    json!({
+        "ID": if no_trunc { id.to_string() } else { id.chars().take(12).collect() },
+        "Name": n["Name"], "Driver": n["Driver"], "Scope": n["Scope"],
+        "IPv6": n["EnableIPv6"].as_bool().unwrap_or(false).to_string(),
+        "Internal": n["Internal"].as_bool().unwrap_or(false).to_string(),
+        "Labels": labels.join(","), "CreatedAt": n["Created"],
+    })
 }
 
 /// The PORTS column: `127.0.0.1:8080->80/tcp, 443/tcp`, published first.
@@ -882,6 +968,14 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
     }
     if body["HostConfig"]["NetworkMode"] == "default" {
         body["HostConfig"]["NetworkMode"] = json!("bridge");
+    }
+    if a.ip.is_some() || !a.network_alias.is_empty() {
+        let mode = body["HostConfig"]["NetworkMode"].clone();
+        let mode = mode.as_str().unwrap_or("bridge");
+        body["NetworkingConfig"] = json!({"EndpointsConfig": {mode: {
+            "IPAMConfig": {"IPv4Address": a.ip.clone().unwrap_or_default()},
+            "Aliases": a.network_alias,
+        }}});
     }
     Ok(body)
 }
@@ -1459,6 +1553,142 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             }
             let total = prune_volumes(c, all).await?;
             println!("Total reclaimed space: {}", human_size(total));
+            Ok(0)
+        }
+        Cmd::NetworkCreate {
+            driver,
+            subnet,
+            gateway,
+            ip_range,
+            internal,
+            ipv6,
+            label,
+            opt,
+            name,
+        } => {
+            let mut ipam = json!({});
+            if subnet.is_some() || gateway.is_some() || ip_range.is_some() {
+                ipam = json!({"Subnet": subnet, "Gateway": gateway, "IPRange": ip_range});
+            }
+            let body = json!({
+                "Name": name, "Driver": driver, "Internal": internal, "EnableIPv6": ipv6,
+                "Labels": key_values(&label), "Options": key_values(&opt),
+                "IPAM": {"Driver": "default", "Config": if ipam == json!({}) { json!([]) } else { json!([ipam]) }},
+            });
+            let v = c
+                .json(Method::POST, "/networks/create", Some(&body))
+                .await?;
+            println!("{}", format::plain(&v["Id"]));
+            Ok(0)
+        }
+        Cmd::NetworkLs {
+            quiet,
+            filter,
+            format,
+            no_trunc,
+        } => {
+            let mut path = "/networks".to_string();
+            if !filter.is_empty() {
+                path.push_str(&format!("?filters={}", filters_json(&filter)));
+            }
+            let v = c.json(Method::GET, &path, None).await?;
+            let mut items: Vec<Value> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|n| network_row(n, no_trunc))
+                .collect();
+            items.sort_by(|a, b| a["Name"].as_str().cmp(&b["Name"].as_str()));
+            let default = if quiet {
+                "{{.ID}}"
+            } else {
+                "table {{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Scope}}"
+            };
+            let fmt = if quiet { None } else { format.as_deref() };
+            print_list(&items, fmt, default, |f| match f {
+                "ID" => "NETWORK ID".into(),
+                other => other.to_uppercase(),
+            })
+        }
+        Cmd::NetworkInspect { format, networks } => {
+            let mut found = Vec::new();
+            let mut status = 0;
+            for n in &networks {
+                match c
+                    .json(Method::GET, &format!("/networks/{}", q(n)), None)
+                    .await
+                {
+                    Ok(v) => found.push(v),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        status = 1;
+                    }
+                }
+            }
+            match format {
+                Some(f) => {
+                    let t = Template::parse(&f).map_err(Error::Other)?;
+                    for v in &found {
+                        println!("{}", t.render(v));
+                    }
+                }
+                None => println!("{}", pretty(&Value::Array(found))),
+            }
+            Ok(status)
+        }
+        Cmd::NetworkRm { networks } => {
+            call_each(c, Method::DELETE, &networks, |n| {
+                format!("/networks/{}", q(n))
+            })
+            .await
+        }
+        Cmd::NetworkPrune { force } => {
+            if !force && !confirm("WARNING! This will remove all custom networks not used by at least one container.") {
+                return Ok(0);
+            }
+            let v = c.json(Method::POST, "/networks/prune", None).await?;
+            let names: Vec<&str> = v["NetworksDeleted"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if !names.is_empty() {
+                println!("Deleted Networks:");
+                for n in names {
+                    println!("{n}");
+                }
+            }
+            Ok(0)
+        }
+        Cmd::NetworkConnect {
+            ip,
+            alias,
+            network,
+            container,
+        } => {
+            let body = json!({"Container": container, "EndpointConfig": {
+                "IPAMConfig": {"IPv4Address": ip.unwrap_or_default()}, "Aliases": alias}});
+            c.json(
+                Method::POST,
+                &format!("/networks/{}/connect", q(&network)),
+                Some(&body),
+            )
+            .await?;
+            Ok(0)
+        }
+        Cmd::NetworkDisconnect {
+            force,
+            network,
+            container,
+        } => {
+            let body = json!({"Container": container, "Force": force});
+            c.json(
+                Method::POST,
+                &format!("/networks/{}/disconnect", q(&network)),
+                Some(&body),
+            )
+            .await?;
             Ok(0)
         }
         Cmd::Cp {

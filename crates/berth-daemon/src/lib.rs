@@ -76,6 +76,17 @@ impl Daemon {
         self.publish("image", action, id, name, attrs);
     }
 
+    /// A network event (create, destroy, connect, disconnect).
+    pub fn network_event(&self, action: &str, id: &str, name: &str, container: Option<&str>) {
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("name".into(), name.into());
+        attrs.insert("type".into(), "bridge".into());
+        if let Some(c) = container {
+            attrs.insert("container".into(), c.into());
+        }
+        self.publish("network", action, id, "", attrs);
+    }
+
     fn publish(
         &self,
         kind: &str,
@@ -179,7 +190,14 @@ pub fn router(daemon: Shared) -> Router {
             get(volumes::inspect).delete(volumes::remove),
         )
         .route("/networks", get(networks::list))
-        .route("/networks/{id}", get(networks::inspect))
+        .route("/networks/create", post(networks::create))
+        .route("/networks/prune", post(networks::prune))
+        .route(
+            "/networks/{id}",
+            get(networks::inspect).delete(networks::remove),
+        )
+        .route("/networks/{id}/connect", post(networks::connect))
+        .route("/networks/{id}/disconnect", post(networks::disconnect))
         .route("/containers/json", get(containers::api::list))
         .route("/containers/create", post(containers::api::create))
         .route("/containers/prune", post(containers::api::prune))
@@ -459,6 +477,8 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
     for s in servers {
         let _ = s.await;
     }
+    // Links of containers that just stopped are removed before the daemon goes.
+    daemon.networks.settle().await;
     for socket in &sockets {
         let _ = std::fs::remove_file(socket);
     }

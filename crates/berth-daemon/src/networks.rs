@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -17,7 +18,7 @@ use axum::Json;
 use berth_network::firewall::{self, BridgeRules, Desired, PortRule};
 use berth_network::ipam::{self, Pool, Subnet};
 use berth_network::link::{self, Netlink};
-use berth_network::netns;
+use berth_network::{dns, netns};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -47,6 +48,15 @@ pub struct NetworkConfig {
     pub created: String,
 }
 
+/// What a container asks of one network it is connected to (`--ip`, `--network-alias`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EndpointRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
 /// A container's place on one network.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Endpoint {
@@ -59,6 +69,10 @@ pub struct Endpoint {
     pub mac: String,
     /// The host side of the veth pair.
     pub veth: String,
+    /// Its name inside the container.
+    pub ifname: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// A published port as it was bound.
@@ -70,12 +84,26 @@ pub struct Binding {
     pub container_port: u16,
 }
 
-/// What a running container on a bridge holds.
+/// What a running container on bridges holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Attachment {
     pub netns: PathBuf,
     pub endpoints: Vec<Endpoint>,
     pub ports: Vec<Binding>,
+    /// Its name, for the embedded DNS.
+    #[serde(default)]
+    pub name: String,
+    /// Where the embedded DNS forwards names it does not know.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+}
+
+impl Attachment {
+    /// On a user network: the embedded DNS serves it (not on the default bridge, as
+    /// with Docker).
+    pub fn uses_embedded_dns(&self) -> bool {
+        self.endpoints.iter().any(|e| e.network != "bridge")
+    }
 }
 
 struct Net {
@@ -91,12 +119,38 @@ struct Inner {
     /// Sockets bound to each published host port: nothing else on the host can take the
     /// port while a container publishes it (Docker's proxy holds it the same way).
     reservations: HashMap<String, Vec<OwnedFd>>,
+    /// The embedded DNS server of each container on a user network.
+    resolvers: HashMap<String, tokio::task::AbortHandle>,
+}
+
+impl Inner {
+    /// By name, full id, or unique id prefix.
+    fn find(&self, key: &str) -> Option<&Net> {
+        if let Some(n) = self.nets.get(key) {
+            return Some(n);
+        }
+        if let Some(n) = self.nets.values().find(|n| n.cfg.id == key) {
+            return Some(n);
+        }
+        let mut hits = self
+            .nets
+            .values()
+            .filter(|n| !key.is_empty() && n.cfg.id.starts_with(key));
+        match (hits.next(), hits.next()) {
+            (Some(n), None) => Some(n),
+            _ => None,
+        }
+    }
 }
 
 pub struct Networks {
     dir: PathBuf,
     netns_dir: PathBuf,
     firewall: bool,
+    /// The bridges Berth's rules in Docker's DOCKER-USER chain were last written for.
+    coexisting: std::sync::Mutex<Option<Vec<String>>>,
+    /// Link removals still under way.
+    cleanups: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     link: Netlink,
     inner: tokio::sync::Mutex<Inner>,
 }
@@ -113,6 +167,48 @@ fn sys(e: berth_network::Error) -> ApiError {
         berth_network::Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
         berth_network::Error::System(m) => ApiError::internal(m),
     }
+}
+
+fn not_found(key: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("network {key} not found"))
+}
+
+/// The networks a container is connected to, its primary one (its network mode) first.
+pub fn requested(rec: &Record) -> Vec<(String, EndpointRequest)> {
+    let mode = rec.host_config.network_mode.as_str();
+    let mut out: Vec<(String, EndpointRequest)> = Vec::new();
+    if is_network_name(mode) {
+        out.push((
+            mode.to_string(),
+            rec.networks.get(mode).cloned().unwrap_or_default(),
+        ));
+    }
+    for (name, req) in &rec.networks {
+        if name != mode {
+            out.push((name.clone(), req.clone()));
+        }
+    }
+    out
+}
+
+/// A network mode that names a network (not host, none or container:<x>).
+pub fn is_network_name(mode: &str) -> bool {
+    !matches!(mode, "host" | "none" | "") && !mode.starts_with("container:")
+}
+
+/// The nameservers of the host's /etc/resolv.conf (loopback ones included: the daemon
+/// forwards from the host's namespace, where they answer).
+fn host_nameservers() -> Vec<String> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some("nameserver"))
+                .then(|| f.next().map(String::from))
+                .flatten()
+        })
+        .collect()
 }
 
 impl Networks {
@@ -156,6 +252,7 @@ impl Networks {
                             .into_iter()
                             .filter(|(dev, _)| dev != DEFAULT_BRIDGE)
                             .map(|(_, s)| s)
+                            .chain(configs.iter().map(|c| c.subnet))
                             .collect();
                         let s = ipam::pick_free(&ipam::default_pools(), &taken)
                             .ok_or("no free subnet for the default bridge: set one with --bip")?;
@@ -194,31 +291,35 @@ impl Networks {
             dir,
             netns_dir: exec_root.join("netns"),
             firewall,
+            coexisting: std::sync::Mutex::new(None),
+            cleanups: std::sync::Mutex::new(Vec::new()),
             link,
             inner: tokio::sync::Mutex::new(Inner::default()),
         };
         let mut inner = me.inner.lock().await;
         for cfg in configs {
             me.persist(&cfg)?;
-            let pool = Pool::new(cfg.subnet, Some(cfg.gateway), cfg.ip_range)
-                .map_err(|e| format!("network {}: {e}", cfg.name))?;
-            let index = me
-                .link
-                .ensure_bridge(&cfg.bridge, cfg.gateway, cfg.subnet.prefix, None)
-                .await
-                .map_err(|e| e.to_string())?;
-            // Connections from the host's loopback are DNATed onto the bridge; the guard
-            // chain keeps containers from using this the other way round.
-            link::set_ipv4_conf(&cfg.bridge, "route_localnet", "1").map_err(|e| e.to_string())?;
-            inner
-                .nets
-                .insert(cfg.name.clone(), Net { cfg, pool, index });
+            let net = me.bring_up(cfg).await.map_err(|e| e.message)?;
+            inner.nets.insert(net.cfg.name.clone(), net);
         }
         if firewall {
             link::enable_forwarding().map_err(|e| e.to_string())?;
         }
         drop(inner);
         Ok(me)
+    }
+
+    async fn bring_up(&self, cfg: NetworkConfig) -> ApiResult<Net> {
+        let pool = Pool::new(cfg.subnet, Some(cfg.gateway), cfg.ip_range).map_err(sys)?;
+        let index = self
+            .link
+            .ensure_bridge(&cfg.bridge, cfg.gateway, cfg.subnet.prefix, None)
+            .await
+            .map_err(sys)?;
+        // Connections from the host's loopback are DNATed onto the bridge; the guard
+        // chain keeps containers from using this the other way round.
+        link::set_ipv4_conf(&cfg.bridge, "route_localnet", "1").map_err(sys)?;
+        Ok(Net { cfg, pool, index })
     }
 
     fn persist(&self, cfg: &NetworkConfig) -> Result<(), String> {
@@ -242,6 +343,7 @@ impl Networks {
             });
         }
         for a in inner.attached.values() {
+            // Published ports lead to the container's address on its first network.
             let Some(ep) = a.endpoints.first() else {
                 continue;
             };
@@ -265,37 +367,200 @@ impl Networks {
             return Ok(());
         }
         let d = Self::desired(inner);
-        tokio::task::spawn_blocking(move || firewall::apply(&d))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(sys)
+        let bridges: Vec<String> = d.bridges.iter().map(|b| b.bridge.clone()).collect();
+        let resync = self.coexisting.lock().expect("lock").as_ref() != Some(&bridges);
+        tokio::task::spawn_blocking(move || {
+            firewall::apply(&d)?;
+            if resync {
+                berth_network::coexist::sync(&bridges);
+            }
+            Ok::<_, berth_network::Error>(bridges)
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map(|bridges| {
+            *self.coexisting.lock().expect("lock") = Some(bridges);
+        })
+        .map_err(sys)
     }
 
-    /// Puts a container being started on its network: a namespace, a veth pair, an
-    /// address, and its published ports.
-    pub async fn attach(&self, rec: &Record) -> ApiResult<Attachment> {
+    /// The network's name for a name, id or id prefix.
+    pub async fn name_of(&self, key: &str) -> Option<String> {
+        if matches!(key, "host" | "none") {
+            return Some(key.to_string());
+        }
+        self.inner
+            .lock()
+            .await
+            .find(key)
+            .map(|n| n.cfg.name.clone())
+    }
+
+    /// `network create`: a bridge of its own (`br-<id>`), on the given subnet or the first
+    /// free one of Docker's pools.
+    pub async fn create(&self, req: CreateRequest) -> ApiResult<NetworkConfig> {
         let mut inner = self.inner.lock().await;
-        let wanted = bindings(rec).map_err(ApiError::bad_request)?;
-        let net = inner
-            .nets
-            .get_mut("bridge")
-            .ok_or_else(|| ApiError::internal("the default bridge is missing"))?;
-        let ip = net.pool.allocate().map_err(sys)?;
-        let ep = Endpoint {
-            network_id: net.cfg.id.clone(),
-            network: net.cfg.name.clone(),
-            endpoint_id: crate::containers::random_id(),
-            ip,
-            prefix: net.cfg.subnet.prefix,
-            gateway: net.cfg.gateway,
-            mac: link::mac_string(link::mac_for(ip)),
-            veth: format!("vb{}", &rec.id[..12]),
+        if req.name.is_empty() || !crate::containers::valid_name(&req.name) {
+            return Err(ApiError::bad_request(format!(
+                "invalid network name: {:?}",
+                req.name
+            )));
+        }
+        if matches!(req.name.as_str(), "host" | "none") || inner.nets.contains_key(&req.name) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("network with name {} already exists", req.name),
+            ));
+        }
+        let driver = if req.driver.is_empty() {
+            "bridge".to_string()
+        } else {
+            req.driver.clone()
         };
-        let index = net.index;
-        let att = Attachment {
-            netns: self.netns_dir.join(&rec.id),
-            endpoints: vec![ep.clone()],
+        if driver != "bridge" {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("plugin \"{driver}\" not found"),
+            ));
+        }
+        let taken: Vec<Subnet> = ipam::host_routes()
+            .into_iter()
+            .map(|(_, s)| s)
+            .chain(inner.nets.values().map(|n| n.cfg.subnet))
+            .collect();
+        let (subnet, gateway, ip_range) = match &req.subnet {
+            Some(s) => {
+                let subnet: Subnet = s.parse().map_err(sys)?;
+                if let Some(t) = inner.nets.values().find(|n| n.cfg.subnet.overlaps(&subnet)) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "Pool overlaps with other one on this address space ({})",
+                            t.cfg.name
+                        ),
+                    ));
+                }
+                let gw = match &req.gateway {
+                    Some(g) => g
+                        .parse::<Ipv4Addr>()
+                        .map_err(|_| ApiError::bad_request(format!("invalid gateway: {g}")))?,
+                    None => subnet.nth(1),
+                };
+                let range = match &req.ip_range {
+                    Some(r) => Some(r.parse::<Subnet>().map_err(sys)?),
+                    None => None,
+                };
+                (subnet, gw, range)
+            }
+            None => {
+                if req.gateway.is_some() || req.ip_range.is_some() {
+                    return Err(ApiError::bad_request(
+                        "a gateway or ip-range needs a subnet",
+                    ));
+                }
+                let s = ipam::pick_free(&ipam::default_pools(), &taken).ok_or_else(|| {
+                    ApiError::internal("all predefined address pools have been fully subnetted")
+                })?;
+                (s, s.nth(1), None)
+            }
+        };
+        let id = crate::containers::random_id();
+        let bridge = req
+            .options
+            .get("com.docker.network.bridge.name")
+            .cloned()
+            .unwrap_or_else(|| format!("br-{}", &id[..12]));
+        let cfg = NetworkConfig {
+            id,
+            name: req.name.clone(),
+            driver,
+            bridge,
+            subnet,
+            gateway,
+            ip_range,
+            internal: req.internal,
+            labels: req.labels.clone(),
+            options: req.options.clone(),
+            created: berth_types::time::now_rfc3339(),
+        };
+        // Checked before anything is made.
+        Pool::new(subnet, Some(gateway), ip_range).map_err(sys)?;
+        let net = match self.bring_up(cfg.clone()).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = self.link.delete(&cfg.bridge).await;
+                return Err(e);
+            }
+        };
+        self.persist(&cfg).map_err(ApiError::internal)?;
+        inner.nets.insert(cfg.name.clone(), net);
+        if let Err(e) = self.apply(&inner).await {
+            tracing::warn!("writing the firewall: {}", e.message);
+        }
+        Ok(cfg)
+    }
+
+    /// `network rm`: only user networks no running container is on.
+    pub async fn remove(&self, key: &str) -> ApiResult<()> {
+        let mut inner = self.inner.lock().await;
+        if matches!(key, "bridge" | "host" | "none") {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{key} is a pre-defined network and cannot be removed"),
+            ));
+        }
+        let net = inner.find(key).ok_or_else(|| not_found(key))?;
+        let (name, id, bridge) = (
+            net.cfg.name.clone(),
+            net.cfg.id.clone(),
+            net.cfg.bridge.clone(),
+        );
+        if name == "bridge" {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "bridge is a pre-defined network and cannot be removed",
+            ));
+        }
+        let active = inner
+            .attached
+            .values()
+            .any(|a| a.endpoints.iter().any(|e| e.network == name));
+        if active {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "error while removing network: network {name} id {id} has active endpoints"
+                ),
+            ));
+        }
+        self.link.delete(&bridge).await.map_err(sys)?;
+        let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
+        inner.nets.remove(&name);
+        if let Err(e) = self.apply(&inner).await {
+            tracing::warn!("writing the firewall: {}", e.message);
+        }
+        Ok(())
+    }
+
+    /// Puts a container being started on its networks: a namespace, a veth pair and an
+    /// address per network, its published ports, and (on user networks) its DNS server.
+    pub async fn attach(self: &Arc<Self>, rec: &Record) -> ApiResult<Attachment> {
+        let wanted = bindings(rec).map_err(ApiError::bad_request)?;
+        let mut inner = self.inner.lock().await;
+        let mut att = Attachment {
+            netns: self.netns_dir.join(format!(
+                "{}.{}",
+                rec.id,
+                &crate::containers::random_id()[..8]
+            )),
+            endpoints: Vec::new(),
             ports: Vec::new(),
+            name: rec.name.clone(),
+            upstreams: if rec.host_config.dns.is_empty() {
+                host_nameservers()
+            } else {
+                rec.host_config.dns.clone()
+            },
         };
         let wired = async {
             let (ports, fds) = reserve(&rec.name, &rec.id, &wanted)?;
@@ -304,33 +569,27 @@ impl Networks {
                 .await
                 .map_err(ApiError::internal)?
                 .map_err(sys)?;
-            self.link
-                .add_veth(&ep.veth, index, &att.netns, link::mac_for(ip), None)
-                .await
-                .map_err(sys)?;
-            Netlink::in_netns(&att.netns)
-                .map_err(sys)?
-                .configure_interface("eth0", ip, ep.prefix, Some(ep.gateway))
-                .await
-                .map_err(sys)?;
+            for (net, req) in requested(rec) {
+                let ep = self.add_endpoint(&mut inner, &att, &net, &req).await?;
+                att.endpoints.push(ep);
+            }
             Ok::<_, ApiError>((ports, fds))
         }
         .await;
         let (ports, fds) = match wired {
             Ok(x) => x,
             Err(e) => {
-                self.unwire(&att).await;
-                if let Some(n) = inner.nets.get_mut("bridge") {
-                    n.pool.release(ip);
-                }
+                self.unwire(&mut inner, &att).await;
                 return Err(e);
             }
         };
-        let att = Attachment { ports, ..att };
-        let published = !att.ports.is_empty();
+        att.ports = ports;
         inner.attached.insert(rec.id.clone(), att.clone());
         inner.reservations.insert(rec.id.clone(), fds);
-        if published {
+        if att.uses_embedded_dns() {
+            self.start_resolver(&mut inner, &rec.id, &att.netns);
+        }
+        if !att.ports.is_empty() {
             if let Err(e) = self.apply(&inner).await {
                 drop(inner);
                 self.detach(&rec.id).await;
@@ -340,7 +599,96 @@ impl Networks {
         Ok(att)
     }
 
-    async fn unwire(&self, att: &Attachment) {
+    /// One more interface in the container's namespace, on network `net`.
+    async fn add_endpoint(
+        &self,
+        inner: &mut Inner,
+        att: &Attachment,
+        net: &str,
+        req: &EndpointRequest,
+    ) -> ApiResult<Endpoint> {
+        // The first network that leads out gives the default route.
+        let routed = att
+            .endpoints
+            .iter()
+            .any(|e| inner.nets.get(&e.network).is_some_and(|x| !x.cfg.internal));
+        let n = inner.nets.get_mut(net).ok_or_else(|| not_found(net))?;
+        if req.ipv4.is_some() && n.cfg.name == "bridge" {
+            return Err(ApiError::bad_request(
+                "user specified IP address is supported on user defined networks only",
+            ));
+        }
+        if att.endpoints.iter().any(|e| e.network == n.cfg.name) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "endpoint with name {} already exists in network {}",
+                    att.name, n.cfg.name
+                ),
+            ));
+        }
+        let ip = match req.ipv4 {
+            Some(ip) => {
+                n.pool.reserve(ip).map_err(sys)?;
+                ip
+            }
+            None => n.pool.allocate().map_err(sys)?,
+        };
+        let slot = (0..16)
+            .find(|i| !att.endpoints.iter().any(|e| e.ifname == format!("eth{i}")))
+            .ok_or_else(|| ApiError::bad_request("too many networks for one container"))?;
+        let ep = Endpoint {
+            network_id: n.cfg.id.clone(),
+            network: n.cfg.name.clone(),
+            endpoint_id: crate::containers::random_id(),
+            ip,
+            prefix: n.cfg.subnet.prefix,
+            gateway: n.cfg.gateway,
+            mac: link::mac_string(link::mac_for(ip)),
+            veth: format!("vb{}", &crate::containers::random_id()[..12]),
+            ifname: format!("eth{slot}"),
+            aliases: req.aliases.clone(),
+        };
+        let index = n.index;
+        let gateway = (!n.cfg.internal && !routed).then_some(ep.gateway);
+        let wired = async {
+            self.link
+                .add_veth(
+                    &ep.veth,
+                    &ep.ifname,
+                    index,
+                    &att.netns,
+                    link::mac_for(ip),
+                    None,
+                )
+                .await
+                .map_err(sys)?;
+            Netlink::in_netns(&att.netns)
+                .map_err(sys)?
+                .configure_interface(&ep.ifname, ip, ep.prefix, gateway)
+                .await
+                .map_err(sys)
+        }
+        .await;
+        if let Err(e) = wired {
+            let _ = self.link.delete(&ep.veth).await;
+            n.pool.release(ip);
+            return Err(e);
+        }
+        Ok(ep)
+    }
+
+    async fn unwire(&self, inner: &mut Inner, att: &Attachment) {
+        for ep in &att.endpoints {
+            if let Some(n) = inner.nets.get_mut(&ep.network) {
+                n.pool.release(ep.ip);
+            }
+        }
+        self.unwire_links(att).await;
+    }
+
+    /// The kernel's side of a detach: the veths and the namespace.
+    async fn unwire_links(&self, att: &Attachment) {
         for ep in &att.endpoints {
             if let Err(e) = self.link.delete(&ep.veth).await {
                 tracing::warn!("removing {}: {e}", ep.veth);
@@ -350,29 +698,111 @@ impl Networks {
         let _ = tokio::task::spawn_blocking(move || netns::remove(&path)).await;
     }
 
-    /// Takes a container off its networks (it stopped, or is removed). Idempotent.
-    pub async fn detach(&self, id: &str) {
+    /// Takes a container off its networks (it stopped, or is removed). Idempotent. The
+    /// addresses and ports are free when this returns; removing the links (deleting a
+    /// device waits for RCU grace periods, 10-30 ms) and rewriting the rules happen after,
+    /// off the path of `run --rm` and `stop`. Namespace files and veth names are unique
+    /// per start, so a restart never meets what is still being removed.
+    pub async fn detach(self: &Arc<Self>, id: &str) {
         let mut inner = self.inner.lock().await;
         let Some(att) = inner.attached.remove(id) else {
             return;
         };
         inner.reservations.remove(id);
-        self.unwire(&att).await;
+        if let Some(r) = inner.resolvers.remove(id) {
+            r.abort();
+        }
         for ep in &att.endpoints {
             if let Some(n) = inner.nets.get_mut(&ep.network) {
                 n.pool.release(ep.ip);
             }
         }
-        if !att.ports.is_empty() {
+        drop(inner);
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            me.unwire_links(&att).await;
+            if !att.ports.is_empty() {
+                let inner = me.inner.lock().await;
+                if let Err(e) = me.apply(&inner).await {
+                    tracing::warn!("rewriting the firewall: {}", e.message);
+                }
+            }
+        });
+        let mut cleanups = self.cleanups.lock().expect("lock");
+        cleanups.retain(|t| !t.is_finished());
+        cleanups.push(task);
+    }
+
+    /// Waits for the cleanups detach started (the daemon's shutdown, tests).
+    pub async fn settle(&self) {
+        let tasks: Vec<_> = std::mem::take(&mut *self.cleanups.lock().expect("lock"));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// `network connect` of a running container: a new interface now. Returns the new
+    /// attachment.
+    pub async fn connect_running(
+        self: &Arc<Self>,
+        id: &str,
+        net: &str,
+        req: &EndpointRequest,
+    ) -> ApiResult<Attachment> {
+        let mut inner = self.inner.lock().await;
+        let mut att = inner.attached.get(id).cloned().ok_or_else(|| {
+            ApiError::bad_request("container has no network namespace of its own")
+        })?;
+        let ep = self.add_endpoint(&mut inner, &att, net, req).await?;
+        att.endpoints.push(ep);
+        inner.attached.insert(id.to_string(), att.clone());
+        if att.uses_embedded_dns() && !inner.resolvers.contains_key(id) {
+            let ns = att.netns.clone();
+            self.start_resolver(&mut inner, id, &ns);
+        }
+        Ok(att)
+    }
+
+    /// `network disconnect` of a running container: its interface on `net` goes.
+    pub async fn disconnect_running(&self, id: &str, net: &str) -> ApiResult<Attachment> {
+        let mut inner = self.inner.lock().await;
+        let mut att =
+            inner.attached.get(id).cloned().ok_or_else(|| {
+                ApiError::bad_request("container is not connected to the network")
+            })?;
+        let pos = att
+            .endpoints
+            .iter()
+            .position(|e| e.network == net)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("container {id} is not connected to network {net}"),
+                )
+            })?;
+        let ep = att.endpoints.remove(pos);
+        self.link.delete(&ep.veth).await.map_err(sys)?;
+        if let Some(n) = inner.nets.get_mut(&ep.network) {
+            n.pool.release(ep.ip);
+        }
+        if !att.uses_embedded_dns() {
+            if let Some(r) = inner.resolvers.remove(id) {
+                r.abort();
+            }
+        }
+        inner.attached.insert(id.to_string(), att.clone());
+        if pos == 0 && !att.ports.is_empty() {
+            // Published ports now lead to the next network's address.
             if let Err(e) = self.apply(&inner).await {
                 tracing::warn!("rewriting the firewall: {}", e.message);
             }
         }
+        Ok(att)
     }
 
-    /// At daemon start, for each running container that has an attachment: its address
-    /// and ports are taken again.
-    pub async fn restore(&self, id: &str, att: &Attachment) {
+    /// At daemon start, for each running container that has an attachment: its addresses,
+    /// ports and DNS server are taken again.
+    pub async fn restore(self: &Arc<Self>, id: &str, att: &Attachment) {
         let mut inner = self.inner.lock().await;
         for ep in &att.endpoints {
             if let Some(n) = inner.nets.get_mut(&ep.network) {
@@ -390,6 +820,9 @@ impl Networks {
         }
         inner.attached.insert(id.to_string(), att.clone());
         inner.reservations.insert(id.to_string(), fds);
+        if att.uses_embedded_dns() {
+            self.start_resolver(&mut inner, id, &att.netns);
+        }
     }
 
     /// After restore: namespaces and veths nothing holds are removed (a crash left them),
@@ -401,9 +834,9 @@ impl Networks {
             .flatten()
             .flatten()
         {
-            let name = e.file_name().to_string_lossy().to_string();
-            if !inner.attached.contains_key(&name) {
-                let _ = netns::remove(&e.path());
+            let path = e.path();
+            if !inner.attached.values().any(|a| a.netns == path) {
+                let _ = netns::remove(&path);
             }
         }
         let bridges: Vec<u32> = inner.nets.values().map(|n| n.index).collect();
@@ -425,9 +858,118 @@ impl Networks {
         }
     }
 
+    /// A network's id by name.
+    pub async fn id_of(&self, name: &str) -> Option<String> {
+        if matches!(name, "host" | "none") {
+            return Some(fixed_id(name));
+        }
+        self.inner
+            .lock()
+            .await
+            .nets
+            .get(name)
+            .map(|n| n.cfg.id.clone())
+    }
+
     /// Whether `mode` names a network containers can join here.
     pub async fn known(&self, mode: &str) -> bool {
-        matches!(mode, "host" | "none") || self.inner.lock().await.nets.contains_key(mode)
+        matches!(mode, "host" | "none") || self.inner.lock().await.find(mode).is_some()
+    }
+
+    /// The embedded DNS server of one container: a UDP socket on 127.0.0.11:53 made
+    /// inside its namespace, served by the daemon (no rule in the container needed).
+    fn start_resolver(self: &Arc<Self>, inner: &mut Inner, id: &str, ns: &Path) {
+        let sock = netns::run_in(ns, || {
+            let s = std::net::UdpSocket::bind("127.0.0.11:53")?;
+            s.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(s)
+        });
+        let sock = match sock
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("container {id}: the embedded DNS server: {e}");
+                return;
+            }
+        };
+        let sock = match tokio::net::UdpSocket::from_std(sock) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::warn!("container {id}: the embedded DNS server: {e}");
+                return;
+            }
+        };
+        let me = Arc::downgrade(self);
+        let id2 = id.to_string();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                    return;
+                };
+                let msg = buf[..n].to_vec();
+                let Some(me) = me.upgrade() else {
+                    return;
+                };
+                let Some(q) = dns::parse_query(&msg) else {
+                    continue;
+                };
+                match me.resolve(&id2, &q.name).await {
+                    Some(addrs) => {
+                        let _ = sock
+                            .send_to(&dns::answer(&msg, &q, &addrs, 600), peer)
+                            .await;
+                    }
+                    None => {
+                        let upstreams = me.upstreams(&id2).await;
+                        let sock = sock.clone();
+                        tokio::spawn(async move {
+                            let reply = forward(&msg, &upstreams)
+                                .await
+                                .unwrap_or_else(|| dns::servfail(&msg, &q));
+                            let _ = sock.send_to(&reply, peer).await;
+                        });
+                    }
+                }
+            }
+        });
+        if let Some(old) = inner.resolvers.insert(id.to_string(), task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    async fn upstreams(&self, id: &str) -> Vec<String> {
+        self.inner
+            .lock()
+            .await
+            .attached
+            .get(id)
+            .map(|a| a.upstreams.clone())
+            .unwrap_or_default()
+    }
+
+    /// What the embedded DNS answers for `name` asked by container `id`: the addresses,
+    /// on the networks they share, of the containers with that name, alias or short id.
+    /// `None` for a name no container has (it is forwarded).
+    pub async fn resolve(&self, id: &str, name: &str) -> Option<Vec<Ipv4Addr>> {
+        let inner = self.inner.lock().await;
+        let me = inner.attached.get(id)?;
+        let mut out = Vec::new();
+        for mine in me.endpoints.iter().filter(|e| e.network != "bridge") {
+            for (other_id, other) in &inner.attached {
+                for ep in other.endpoints.iter().filter(|e| e.network == mine.network) {
+                    let hit = other.name.eq_ignore_ascii_case(name)
+                        || ep.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+                        || (name.len() == 12 && other_id.starts_with(name));
+                    if hit && !out.contains(&ep.ip) {
+                        out.push(ep.ip);
+                    }
+                }
+            }
+        }
+        (!out.is_empty()).then_some(out)
     }
 
     async fn list_json(&self, containers: &crate::containers::Containers) -> Vec<Value> {
@@ -440,7 +982,7 @@ impl Networks {
                     let name = containers
                         .get(id)
                         .map(|e| e.snapshot().name)
-                        .unwrap_or_default();
+                        .unwrap_or_else(|_| a.name.clone());
                     members.insert(
                         id.clone(),
                         json!({"Name": name, "EndpointID": ep.endpoint_id, "MacAddress": ep.mac,
@@ -475,6 +1017,48 @@ impl Networks {
         }
         out
     }
+}
+
+/// Sends a query to each upstream in turn (2 s each); the first answer wins.
+async fn forward(msg: &[u8], upstreams: &[String]) -> Option<Vec<u8>> {
+    for up in upstreams {
+        let addr: std::net::SocketAddr = match up.parse::<std::net::IpAddr>() {
+            Ok(ip) => (ip, 53).into(),
+            Err(_) => continue,
+        };
+        let bind: std::net::SocketAddr = if addr.is_ipv4() {
+            "0.0.0.0:0".parse().ok()?
+        } else {
+            "[::]:0".parse().ok()?
+        };
+        let Ok(s) = tokio::net::UdpSocket::bind(bind).await else {
+            continue;
+        };
+        if s.send_to(msg, addr).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; 4096];
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), s.recv_from(&mut buf)).await
+        {
+            buf.truncate(n);
+            return Some(buf);
+        }
+    }
+    None
+}
+
+/// The body of `POST /networks/create`, as Berth reads it.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub name: String,
+    pub driver: String,
+    pub internal: bool,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub ip_range: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
 }
 
 /// The ports a container asks to publish: `PortBindings`, and with `PublishAllPorts` every
@@ -703,9 +1287,63 @@ pub fn summary_networks(rec: &Record) -> Value {
     }
 }
 
+/// Docker's `network ls` filters: name (substring), id (prefix), driver, label, type
+/// (builtin or custom), dangling.
+fn keep(n: &Value, filters: &BTreeMap<String, Vec<String>>, used: &[String]) -> ApiResult<bool> {
+    for (key, vals) in filters {
+        let any = |f: &dyn Fn(&str) -> bool| vals.iter().any(|v| f(v));
+        let name = n["Name"].as_str().unwrap_or("");
+        let builtin = matches!(name, "bridge" | "host" | "none");
+        let ok = match key.as_str() {
+            "name" => any(&|v| name.contains(v)),
+            "id" => any(&|v| n["Id"].as_str().unwrap_or("").starts_with(v)),
+            "driver" => any(&|v| n["Driver"] == v),
+            "type" => any(&|v| (v == "builtin") == builtin && matches!(v, "builtin" | "custom")),
+            "label" => any(&|v| match v.split_once('=') {
+                Some((k, val)) => n["Labels"][k] == val,
+                None => n["Labels"].get(v).is_some(),
+            }),
+            "dangling" => any(&|v| {
+                let dangling = !builtin && !used.iter().any(|u| u == name);
+                crate::images::truthy(Some(v)) == dangling
+            }),
+            other => return Err(ApiError::bad_request(format!("invalid filter '{other}'"))),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Networks some container (running or not) is connected to.
+fn networks_in_use(d: &Shared) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in d.containers.all() {
+        let r = e.snapshot();
+        for (name, _) in requested(&r) {
+            out.push(name);
+        }
+    }
+    out
+}
+
 /// `GET /networks`.
-pub async fn list(State(d): State<Shared>) -> Json<Value> {
-    Json(json!(d.networks.list_json(&d.containers).await))
+pub async fn list(
+    State(d): State<Shared>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> ApiResult<Json<Value>> {
+    let ps = crate::images::params(q.as_deref());
+    let filters: BTreeMap<String, Vec<String>> =
+        crate::containers::api::filters(&ps)?.into_iter().collect();
+    let used = networks_in_use(&d);
+    let mut out = Vec::new();
+    for n in d.networks.list_json(&d.containers).await {
+        if keep(&n, &filters, &used)? {
+            out.push(n);
+        }
+    }
+    Ok(Json(json!(out)))
 }
 
 /// `GET /networks/{id}`: by name, id, or id prefix.
@@ -726,9 +1364,218 @@ pub async fn inspect(
                 _ => None,
             }
         });
-    hit.cloned()
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("network {id} not found")))
+    hit.cloned().map(Json).ok_or_else(|| not_found(&id))
+}
+
+fn body_json(bytes: &[u8]) -> ApiResult<Value> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid JSON body: expected an object",
+        ));
+    }
+    Ok(v)
+}
+
+fn string_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+        .collect()
+}
+
+/// `POST /networks/create`.
+pub async fn create(
+    State(d): State<Shared>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let v = body_json(&body)?;
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(String::from);
+    if v["EnableIPv6"] == true {
+        return Err(ApiError::bad_request(
+            "IPv6 networks are not supported by Berth yet",
+        ));
+    }
+    let configs = v["IPAM"]["Config"].as_array().cloned().unwrap_or_default();
+    if configs.len() > 1 {
+        return Err(ApiError::bad_request(
+            "one IPv4 subnet per network is supported by Berth",
+        ));
+    }
+    let c = configs.first().cloned().unwrap_or(Value::Null);
+    let req = CreateRequest {
+        name: v["Name"].as_str().unwrap_or("").to_string(),
+        driver: v["Driver"].as_str().unwrap_or("").to_string(),
+        internal: v["Internal"] == true,
+        subnet: text(&c["Subnet"]),
+        gateway: text(&c["Gateway"]),
+        ip_range: text(&c["IPRange"]),
+        labels: string_map(&v["Labels"]),
+        options: string_map(&v["Options"]),
+    };
+    let cfg = d.networks.create(req).await?;
+    d.network_event("create", &cfg.id, &cfg.name, None);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"Id": cfg.id, "Warning": ""})),
+    ))
+}
+
+/// `DELETE /networks/{id}`.
+pub async fn remove(
+    State(d): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    let name = d
+        .networks
+        .name_of(&id)
+        .await
+        .ok_or_else(|| not_found(&id))?;
+    let net_id = d.networks.id_of(&name).await.unwrap_or_default();
+    d.networks.remove(&name).await?;
+    d.network_event("destroy", &net_id, &name, None);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /networks/prune`: user networks no container is connected to.
+pub async fn prune(State(d): State<Shared>) -> ApiResult<Json<Value>> {
+    let used = networks_in_use(&d);
+    let mut deleted = Vec::new();
+    for n in d.networks.list_json(&d.containers).await {
+        let name = n["Name"].as_str().unwrap_or("").to_string();
+        if matches!(name.as_str(), "bridge" | "host" | "none") || used.contains(&name) {
+            continue;
+        }
+        if d.networks.remove(&name).await.is_ok() {
+            d.network_event("destroy", n["Id"].as_str().unwrap_or(""), &name, None);
+            deleted.push(name);
+        }
+    }
+    Ok(Json(json!({"NetworksDeleted": deleted})))
+}
+
+/// `POST /networks/{id}/connect`: on a running container the interface comes at once.
+pub async fn connect(
+    State(d): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    let v = body_json(&body)?;
+    let name = d
+        .networks
+        .name_of(&id)
+        .await
+        .ok_or_else(|| not_found(&id))?;
+    if matches!(name.as_str(), "host" | "none") {
+        return Err(ApiError::bad_request(format!(
+            "container cannot be disconnected from host network or connected to {name} network"
+        )));
+    }
+    let who = v["Container"].as_str().unwrap_or("");
+    let e = d.containers.get(who)?;
+    let _g = e.op.lock().await;
+    let rec = e.snapshot();
+    if !is_network_name(&rec.host_config.network_mode) {
+        return Err(ApiError::bad_request(
+            "container sharing network namespace with another container or host cannot be connected to any other network",
+        ));
+    }
+    if requested(&rec).iter().any(|(n, _)| *n == name) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "endpoint with name {} already exists in network {name}",
+                rec.name
+            ),
+        ));
+    }
+    let cfg = &v["EndpointConfig"];
+    let ipv4 = match cfg["IPAMConfig"]["IPv4Address"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+    {
+        Some(ip) => Some(
+            ip.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {ip}")))?,
+        ),
+        None => None,
+    };
+    let aliases = cfg["Aliases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect();
+    let req = EndpointRequest { ipv4, aliases };
+    let att = if rec.state.running {
+        Some(d.networks.connect_running(&rec.id, &name, &req).await?)
+    } else {
+        None
+    };
+    let rec = {
+        let mut r = e.rec.lock().expect("lock");
+        r.networks.insert(name.clone(), req);
+        if att.is_some() {
+            r.network = att;
+        }
+        r.clone()
+    };
+    d.containers.persist(&rec)?;
+    let net_id = d.networks.id_of(&name).await.unwrap_or_default();
+    d.network_event("connect", &net_id, &name, Some(&rec.id));
+    Ok(StatusCode::OK)
+}
+
+/// `POST /networks/{id}/disconnect`.
+pub async fn disconnect(
+    State(d): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    let v = body_json(&body)?;
+    let name = d
+        .networks
+        .name_of(&id)
+        .await
+        .ok_or_else(|| not_found(&id))?;
+    let who = v["Container"].as_str().unwrap_or("");
+    let e = d.containers.get(who)?;
+    let _g = e.op.lock().await;
+    let rec = e.snapshot();
+    if !requested(&rec).iter().any(|(n, _)| *n == name) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("container {} is not connected to network {name}", rec.id),
+        ));
+    }
+    let att = if rec.state.running {
+        Some(d.networks.disconnect_running(&rec.id, &name).await?)
+    } else {
+        None
+    };
+    let rec = {
+        let mut r = e.rec.lock().expect("lock");
+        r.networks.remove(&name);
+        if r.host_config.network_mode == name {
+            // Its next network becomes its mode; with none left, it has no network.
+            r.host_config.network_mode = r
+                .networks
+                .keys()
+                .next()
+                .cloned()
+                .unwrap_or_else(|| "none".into());
+        }
+        if att.is_some() {
+            r.network = att;
+        }
+        r.clone()
+    };
+    d.containers.persist(&rec)?;
+    let net_id = d.networks.id_of(&name).await.unwrap_or_default();
+    d.network_event("disconnect", &net_id, &name, Some(&rec.id));
+    Ok(StatusCode::OK)
 }
 
 #[cfg(test)]
@@ -812,6 +1659,7 @@ mod tests {
                 host_port: 8080,
                 container_port: 80,
             }],
+            ..Attachment::default()
         });
         let s = settings_json(&r);
         assert_eq!(

@@ -1,6 +1,8 @@
 //! IPAM, bridges and veths over netlink, network namespaces, and Berth's nftables ruleset
 //! (published ports, masquerade, isolation).
 
+pub mod coexist;
+pub mod dns;
 pub mod firewall;
 pub mod ipam;
 pub mod link;

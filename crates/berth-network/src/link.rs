@@ -134,11 +134,12 @@ impl Netlink {
         Ok(index)
     }
 
-    /// A veth pair: `host` on the bridge, up, and its peer `eth0` inside the namespace at
-    /// `netns_path` with `mac`.
+    /// A veth pair: `host` on the bridge, up, and its peer `peer` (`eth0`) inside the
+    /// namespace at `netns_path` with `mac`.
     pub async fn add_veth(
         &self,
         host: &str,
+        peer: &str,
         bridge: u32,
         netns_path: &Path,
         mac: [u8; 6],
@@ -147,10 +148,10 @@ impl Netlink {
         let ns = std::fs::File::open(netns_path)
             .map_err(|e| Error::System(format!("opening {}: {e}", netns_path.display())))?;
         let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
-            .name("eth0".to_string())
+            .name(peer.to_string())
             .address(mac.to_vec())
             .setns_by_fd(ns.as_raw_fd());
-        let mut veth = LinkVeth::new(host, "eth0").controller(bridge).up();
+        let mut veth = LinkVeth::new(host, "peer").controller(bridge).up();
         if let Some(m) = mtu {
             peer = peer.mtu(m);
             veth = veth.mtu(m);

@@ -51,7 +51,7 @@ fn bridge_veth_and_a_published_port_reached_from_loopback() {
             // Twice: the second finds it.
             assert_eq!(nl.ensure_bridge("berth0", gw, 24, None).await?, br);
             link::set_ipv4_conf("berth0", "route_localnet", "1")?;
-            nl.add_veth("vbtest0", br, &c1b, link::mac_for(ip), None)
+            nl.add_veth("vbtest0", "eth0", br, &c1b, link::mac_for(ip), None)
                 .await?;
             Netlink::in_netns(&c1b)?
                 .configure_interface("eth0", ip, 24, Some(gw))
@@ -145,4 +145,71 @@ fn bridge_veth_and_a_published_port_reached_from_loopback() {
     netns::remove(&c1).unwrap();
     netns::remove(&host).unwrap();
     assert!(!c1.exists() && !host.exists());
+}
+
+#[test]
+fn rules_in_dockers_chain_follow_the_bridges() {
+    if !is_root() || Command::new("iptables").arg("-V").output().is_err() {
+        eprintln!("skipped: needs root and iptables");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("host");
+    netns::create(&host).unwrap();
+    let listing = |ns: &Path| {
+        inside(ns, || {
+            String::from_utf8_lossy(
+                &Command::new("iptables")
+                    .args(["-S", "DOCKER-USER"])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .into_owned()
+        })
+    };
+    // No Docker chain: nothing is written.
+    assert!(!inside(&host, || berth_network::coexist::sync(&[
+        "berth0".into()
+    ])));
+    inside(&host, || {
+        assert!(Command::new("iptables")
+            .args(["-N", "DOCKER-USER"])
+            .status()
+            .unwrap()
+            .success());
+        assert!(Command::new("iptables")
+            .args(["-A", "DOCKER-USER", "-j", "RETURN"])
+            .status()
+            .unwrap()
+            .success());
+    });
+    assert!(inside(&host, || berth_network::coexist::sync(&[
+        "berth0".into(),
+        "br-1".into()
+    ])));
+    let l = listing(&host);
+    assert_eq!(berth_network::coexist::ours(&l).len(), 4, "{l}");
+    // Twice changes nothing; a bridge that goes takes its rules along.
+    assert!(inside(&host, || berth_network::coexist::sync(&[
+        "berth0".into(),
+        "br-1".into()
+    ])));
+    assert_eq!(berth_network::coexist::ours(&listing(&host)).len(), 4);
+    assert!(inside(&host, || berth_network::coexist::sync(&[
+        "berth0".into()
+    ])));
+    let l = listing(&host);
+    let mut found = berth_network::coexist::ours(&l);
+    let mut want = berth_network::coexist::rules_for("berth0");
+    found.sort();
+    want.sort();
+    assert_eq!(found, want, "{l}");
+    assert!(
+        l.contains("-A DOCKER-USER -j RETURN"),
+        "Docker's own rule stays: {l}"
+    );
+    assert!(inside(&host, || berth_network::coexist::sync(&[])));
+    assert!(berth_network::coexist::ours(&listing(&host)).is_empty());
+    netns::remove(&host).unwrap();
 }

@@ -1242,6 +1242,15 @@ fn stats_come_from_the_containers_cgroup() {
         "busy",
     ]);
     assert_eq!(out, "busy 1\n");
+    // Network counters of its namespace, per interface, loopback left out.
+    let (status, body) = raw_request(
+        &d,
+        b"GET /containers/busy/stats?stream=false HTTP/1.0\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["networks"]["eth0"]["rx_bytes"].is_u64(), "{body}");
+    assert!(v["networks"].get("lo").is_none(), "{body}");
 }
 
 #[test]
@@ -2300,6 +2309,14 @@ fn network_leftovers(d: &Daemon) -> (String, Vec<String>, String) {
     (links, netns, ports)
 }
 
+/// Waits (up to 5 s) for the daemon's link removals to reach `done`.
+fn settle(d: &Daemon, done: impl Fn(&str, &[String], &str) -> bool) {
+    wait_for(5, || {
+        let (l, n, p) = network_leftovers(d);
+        done(&l, &n, &p)
+    });
+}
+
 #[test]
 fn bridge_network_published_ports_and_no_leftovers() {
     let Some(mut d) = daemon_with_busybox() else {
@@ -2463,6 +2480,10 @@ fn bridge_network_published_ports_and_no_leftovers() {
         "{{.State.Status}}",
         "any"
     ]) == "exited\n"));
+    // Links go just after the exit is recorded (off the path of `run --rm`).
+    settle(&d, |l, n, _| {
+        n.len() == 1 && l.split(' ').filter(|x| x.starts_with("vb")).count() == 1
+    });
     let (links, netns, ports) = network_leftovers(&d);
     assert_eq!(netns.len(), 1, "only web's namespace: {netns:?}");
     assert_eq!(
@@ -2474,9 +2495,269 @@ fn bridge_network_published_ports_and_no_leftovers() {
 
     // Everything goes with the containers.
     d.ok(&["rm", "-f", "web", "any"]);
+    settle(&d, |l, n, p| l == "berth0" && n.is_empty() && p.is_empty());
     let (links, netns, ports) = network_leftovers(&d);
     assert_eq!(links, "berth0", "only the bridge stays");
     assert!(netns.is_empty(), "{netns:?}");
     assert!(ports.is_empty(), "{ports}");
     assert!(http_get(&d, 8080, "/").starts_with("connect:"));
+}
+
+#[test]
+fn user_networks_dns_isolation_connect_and_disconnect() {
+    let Some(mut d) = daemon_with_busybox() else {
+        return;
+    };
+    d.ok(&["network", "create", "appnet"]);
+    d.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.77.0.0/24",
+        "--gateway",
+        "10.77.0.254",
+        "fixed",
+    ]);
+    d.ok(&["network", "create", "--label", "spare=1", "spare"]);
+    let (code, _, err) = d.docker(&["network", "create", "appnet"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("network with name appnet already exists"),
+        "{err}"
+    );
+    // The next of Docker's pools: the default bridge has 172.17.0.0/16.
+    let subnet = d.ok(&[
+        "network",
+        "inspect",
+        "appnet",
+        "-f",
+        "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+    ]);
+    assert_eq!(subnet, "172.18.0.0/16\n");
+    let custom = d.ok(&[
+        "network",
+        "ls",
+        "--filter",
+        "type=custom",
+        "--format",
+        "{{.Name}}",
+    ]);
+    assert_eq!(custom, "appnet\nfixed\nspare\n");
+
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "--network",
+        "appnet",
+        "--network-alias",
+        "database",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir /www && echo db-here > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    let db_ip = d.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.appnet.IPAddress}}",
+        "db",
+    ]);
+    let db_ip = db_ip.trim().to_string();
+    assert!(db_ip.starts_with("172.18.0."), "{db_ip}");
+    // By name and by alias, through the embedded DNS server.
+    let conf = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "appnet",
+        "busybox",
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    assert!(conf.starts_with("nameserver 127.0.0.11\n"), "{conf}");
+    assert!(conf.contains("ndots:0"), "{conf}");
+    let looked = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "appnet",
+        "busybox",
+        "nslookup",
+        "database",
+        "127.0.0.11",
+    ]);
+    assert!(looked.contains(&db_ip), "{looked}");
+    for name in ["db", "database"] {
+        let got = d.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "appnet",
+            "busybox",
+            "wget",
+            "-qO-",
+            &format!("http://{name}/"),
+        ]);
+        assert_eq!(got, "db-here\n", "{name}");
+    }
+    // Another network cannot reach it.
+    let (code, _, _) = d.docker(&[
+        "run",
+        "--rm",
+        "busybox",
+        "wget",
+        "-T",
+        "2",
+        "-qO-",
+        &format!("http://{db_ip}/"),
+    ]);
+    assert_ne!(code, 0, "the default bridge reached a container on appnet");
+    let (code, _, _) = d.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "fixed",
+        "busybox",
+        "wget",
+        "-T",
+        "2",
+        "-qO-",
+        &format!("http://{db_ip}/"),
+    ]);
+    assert_ne!(code, 0, "fixed reached a container on appnet");
+
+    // A static address, and the network's own gateway.
+    let addr = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "fixed",
+        "--ip",
+        "10.77.0.10",
+        "busybox",
+        "sh",
+        "-c",
+        "ip -o -4 addr show eth0; ip route",
+    ]);
+    assert!(addr.contains("inet 10.77.0.10/24"), "{addr}");
+    assert!(addr.contains("default via 10.77.0.254"), "{addr}");
+    let (code, _, err) = d.docker(&["run", "--rm", "--ip", "172.17.0.50", "busybox", "true"]);
+    assert_eq!(code, 125);
+    assert!(
+        err.contains("user specified IP address is supported on user defined networks only"),
+        "{err}"
+    );
+
+    // connect and disconnect a running container.
+    d.ok(&["run", "-d", "--name", "box", "busybox", "sleep", "600"]);
+    d.ok(&["network", "connect", "--alias", "boxy", "appnet", "box"]);
+    let links = d.ok(&["exec", "box", "ip", "-o", "link"]);
+    assert!(links.contains("eth1"), "{links}");
+    assert_eq!(
+        d.ok(&["exec", "box", "wget", "-qO-", &format!("http://{db_ip}/")]),
+        "db-here\n"
+    );
+    let members = d.ok(&[
+        "network",
+        "inspect",
+        "appnet",
+        "-f",
+        "{{range .Containers}}{{.Name}} {{end}}",
+    ]);
+    assert!(
+        members.contains("box") && members.contains("db"),
+        "{members}"
+    );
+    let looked = d.ok(&["exec", "db", "nslookup", "boxy", "127.0.0.11"]);
+    assert!(looked.contains("172.18.0."), "{looked}");
+    d.ok(&["network", "disconnect", "appnet", "box"]);
+    let links = d.ok(&["exec", "box", "ip", "-o", "link"]);
+    assert!(!links.contains("eth1"), "{links}");
+    let (code, _, err) = d.docker(&["network", "rm", "appnet"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("has active endpoints"), "{err}");
+
+    // kill -9 of the daemon: names still resolve from containers that kept running.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cli",
+        "--network",
+        "appnet",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    d.crash_and_restart();
+    assert_eq!(
+        d.ok(&["exec", "cli", "wget", "-qO-", "http://database/"]),
+        "db-here\n"
+    );
+
+    // Prune takes only what no container uses; the rest goes with its containers.
+    let pruned = d.ok(&["network", "prune", "-f"]);
+    assert!(
+        pruned.contains("spare") && pruned.contains("fixed"),
+        "{pruned}"
+    );
+    assert!(!pruned.contains("appnet"), "{pruned}");
+    d.ok(&["rm", "-f", "db", "box", "cli"]);
+    d.ok(&["network", "rm", "appnet"]);
+    settle(&d, |l, n, _| l == "berth0" && n.is_empty());
+    let (links, netns, _) = network_leftovers(&d);
+    assert_eq!(links, "berth0", "only the default bridge stays");
+    assert!(netns.is_empty(), "{netns:?}");
+    let rules = capture(d.host_cmd("nft").args(["list", "table", "ip", "berth"]));
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(!rules.contains("br-"), "{rules}");
+
+    // The same through Berth's own CLI.
+    d.berth_ok(&["network", "create", "--subnet", "10.78.0.0/24", "clinet"]);
+    let ls = d.berth_ok(&["network", "ls"]);
+    assert!(
+        ls.starts_with("NETWORK ID     NAME      DRIVER    SCOPE\n"),
+        "{ls}"
+    );
+    assert!(ls.contains(" clinet    bridge    local\n"), "{ls}");
+    d.berth_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web2",
+        "--network",
+        "clinet",
+        "--network-alias",
+        "www",
+        "--ip",
+        "10.78.0.9",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+    ]);
+    let looked = d.berth_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "clinet",
+        "busybox",
+        "nslookup",
+        "www",
+        "127.0.0.11",
+    ]);
+    assert!(looked.contains("10.78.0.9"), "{looked}");
+    d.berth_ok(&["run", "-d", "--name", "box2", "busybox", "sleep", "600"]);
+    d.berth_ok(&["network", "connect", "--ip", "10.78.0.20", "clinet", "box2"]);
+    let addr = d.berth_ok(&["exec", "box2", "ip", "-o", "-4", "addr", "show", "eth1"]);
+    assert!(addr.contains("10.78.0.20/24"), "{addr}");
+    d.berth_ok(&["network", "disconnect", "clinet", "box2"]);
+    d.berth_ok(&["rm", "-f", "web2", "box2"]);
+    assert_eq!(d.berth_ok(&["network", "rm", "clinet"]), "clinet\n");
+    settle(&d, |l, _, _| l == "berth0");
+    let (links, _, _) = network_leftovers(&d);
+    assert_eq!(links, "berth0");
 }

@@ -39,6 +39,61 @@ fn strings(v: &Value) -> Option<Vec<String>> {
     })
 }
 
+/// `NetworkingConfig.EndpointsConfig` of a create body: what the container asks of each
+/// network (`--ip`, `--network-alias`), by network name.
+async fn endpoint_requests(
+    d: &Shared,
+    mode: &str,
+    networking: &Value,
+) -> ApiResult<std::collections::BTreeMap<String, crate::networks::EndpointRequest>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (key, cfg) in networking["EndpointsConfig"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        let key = if key == "default" {
+            "bridge"
+        } else {
+            key.as_str()
+        };
+        let name = d
+            .networks
+            .name_of(key)
+            .await
+            .unwrap_or_else(|| key.to_string());
+        if !crate::networks::is_network_name(&name) {
+            continue;
+        }
+        let ipv4 = match cfg["IPAMConfig"]["IPv4Address"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+        {
+            Some(ip) => Some(
+                ip.parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {ip}")))?,
+            ),
+            None => None,
+        };
+        if ipv4.is_some() && name == "bridge" {
+            return Err(ApiError::bad_request(
+                "user specified IP address is supported on user defined networks only",
+            ));
+        }
+        let aliases = cfg["Aliases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect();
+        out.insert(name, crate::networks::EndpointRequest { ipv4, aliases });
+    }
+    if crate::networks::is_network_name(mode) {
+        out.entry(mode.to_string()).or_default();
+    }
+    Ok(out)
+}
+
 /// `POST /containers/create`: the body merged over the image's config, as Docker does.
 pub async fn create(
     State(d): State<Shared>,
@@ -191,8 +246,13 @@ pub async fn create(
         .values()
         .any(|v| v.as_array().is_some_and(|a| !a.is_empty()))
         || hc.publish_all_ports;
-    // An unknown network is refused at start, as Docker does (a 404 here would make
-    // the docker CLI try to pull the image).
+    // Networks by name (a network given by id or id prefix is recorded by name); an
+    // unknown one is refused at start, as Docker does (a 404 here would make the docker
+    // CLI try to pull the image).
+    if let Some(name) = d.networks.name_of(&hc.network_mode).await {
+        hc.network_mode = name;
+    }
+    let networks = endpoint_requests(&d, &hc.network_mode, &body.networking_config).await?;
     let mode = hc.network_mode.as_str();
     if published && (mode == "none" || mode.starts_with("container:")) {
         return Err(ApiError::bad_request(
@@ -237,6 +297,7 @@ pub async fn create(
         layers: img.snapshot_ids(),
         stopped_by_user: false,
         volumes,
+        networks,
         network: None,
     };
     let c = d.containers.clone();

@@ -496,7 +496,7 @@ impl Containers {
             let _ = self.start_failed(e, err.message.clone());
             return Err(err);
         }
-        let bridged = mode == "bridge";
+        let bridged = crate::networks::is_network_name(&mode);
         if bridged {
             match self.networks.attach(&rec).await {
                 Ok(att) => {

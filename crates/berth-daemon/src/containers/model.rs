@@ -225,6 +225,10 @@ pub struct Record {
     pub stopped_by_user: bool,
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
+    /// The networks it is connected to beside its network mode, and what it asked of
+    /// each (`--ip`, aliases); kept while it is stopped.
+    #[serde(default)]
+    pub networks: BTreeMap<String, crate::networks::EndpointRequest>,
     /// While running on a bridge: its namespace, addresses and published ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::networks::Attachment>,

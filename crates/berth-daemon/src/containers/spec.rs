@@ -670,6 +670,31 @@ pub fn write_etc_files(rec: &Record, dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join("hosts"), hosts)?;
     // The host's resolver, minus loopback servers the container cannot reach (Docker's
     // rule), or the explicit --dns settings.
+    if rec.network.as_ref().is_some_and(|a| a.uses_embedded_dns()) {
+        // On a user network the embedded DNS server answers (and forwards to the
+        // host's resolvers or --dns); search and options follow the host's or the flags.
+        let hc = &rec.host_config;
+        let host_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let mut out = String::from("nameserver 127.0.0.11\n");
+        let search: Vec<String> = if hc.dns_search.is_empty() {
+            host_conf
+                .lines()
+                .filter_map(|l| l.strip_prefix("search "))
+                .flat_map(|l| l.split_whitespace().map(String::from))
+                .collect()
+        } else {
+            hc.dns_search.clone()
+        };
+        if !search.is_empty() {
+            out.push_str(&format!("search {}\n", search.join(" ")));
+        }
+        let mut opts = hc.dns_options.clone();
+        if !opts.iter().any(|o| o.starts_with("ndots:")) {
+            opts.push("ndots:0".into());
+        }
+        out.push_str(&format!("options {}\n", opts.join(" ")));
+        return std::fs::write(dir.join("resolv.conf"), out);
+    }
     let hc = &rec.host_config;
     let host_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let mut out = String::new();

@@ -85,6 +85,31 @@ fn sample(raw: &Value) -> Value {
     })
 }
 
+/// Per-interface counters of a network namespace (`/proc/<pid>/net/dev`), `lo` left
+/// out, in Docker's shape.
+fn parse_net_dev(text: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    for line in text.lines().skip(2) {
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        let n: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if name == "lo" || n.len() < 12 {
+            continue;
+        }
+        out.insert(
+            name.to_string(),
+            json!({"rx_bytes": n[0], "rx_packets": n[1], "rx_errors": n[2], "rx_dropped": n[3],
+                   "tx_bytes": n[8], "tx_packets": n[9], "tx_errors": n[10], "tx_dropped": n[11]}),
+        );
+    }
+    Value::Object(out)
+}
+
 fn zero_cpu() -> Value {
     json!({"cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
            "system_cpu_usage": 0, "online_cpus": 0,
@@ -115,7 +140,7 @@ fn entry(
         "memory_stats": now["memory_stats"],
         "name": format!("/{name}"),
         "id": id,
-        "networks": {},
+        "networks": now["networks"],
     })
 }
 
@@ -132,7 +157,13 @@ pub async fn stats(
     let rec = e.snapshot();
     let take = {
         let (c, id) = (d.containers.clone(), rec.id.clone());
-        move || -> Option<Value> { c.runtime.stats(&id).ok().map(|raw| sample(&raw)) }
+        let pid = rec.state.pid;
+        move || -> Option<Value> {
+            let mut v = c.runtime.stats(&id).ok().map(|raw| sample(&raw))?;
+            let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
+            v["networks"] = parse_net_dev(&dev);
+            Some(v)
+        }
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
     let (cid, name) = (rec.id.clone(), rec.name.clone());
@@ -198,5 +229,16 @@ mod tests {
         let e = entry("x", "n", &s, None, "t", "p");
         assert_eq!(e["name"], "/n");
         assert_eq!(e["precpu_stats"]["system_cpu_usage"], 0);
+    }
+
+    #[test]
+    fn network_counters_leave_out_loopback() {
+        let text = "Inter-|   Receive                            |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0\n  eth0:    1296      16    1    2    0     0          0         0      726       9    3    4    0     0       0          0\n";
+        let v = parse_net_dev(text);
+        assert!(v.get("lo").is_none());
+        assert_eq!(v["eth0"]["rx_bytes"], 1296);
+        assert_eq!(v["eth0"]["rx_dropped"], 2);
+        assert_eq!(v["eth0"]["tx_packets"], 9);
+        assert_eq!(v["eth0"]["tx_dropped"], 4);
     }
 }
