@@ -30,6 +30,33 @@ pub struct File {
     pub default_ulimits: Option<BTreeMap<String, Value>>,
     pub log_driver: Option<String>,
     pub log_opts: Option<BTreeMap<String, String>>,
+    pub default_address_pools: Option<Vec<AddressPool>>,
+}
+
+/// One of `default-address-pools`: subnets of `size` bits cut from `base`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct AddressPool {
+    pub base: String,
+    pub size: u8,
+}
+
+/// `--default-address-pool base=10.10.0.0/16,size=24`.
+pub fn parse_address_pool(s: &str) -> Result<AddressPool, String> {
+    let mut base = None;
+    let mut size = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("base", v)) => base = Some(v.to_string()),
+            Some(("size", v)) => size = v.parse::<u8>().ok(),
+            _ => return Err(format!("invalid default address pool: {s}")),
+        }
+    }
+    match (base, size) {
+        (Some(base), Some(size)) => Ok(AddressPool { base, size }),
+        _ => Err(format!(
+            "invalid default address pool: {s} (base=CIDR,size=N)"
+        )),
+    }
 }
 
 /// Keys of dockerd's daemon.json that Berth accepts without acting on them (yet).
@@ -47,7 +74,6 @@ const IGNORED: &[&str] = &[
     "ipv6",
     "fixed-cidr",
     "fixed-cidr-v6",
-    "default-address-pools",
     "userland-proxy",
     "icc",
     "ip-forward",
@@ -97,6 +123,8 @@ pub struct Settings {
     pub insecure_registries: Vec<String>,
     pub registry_mirrors: Vec<String>,
     pub bip: Option<String>,
+    /// Where networks without a subnet get theirs (Docker's pools when empty).
+    pub default_address_pools: Vec<AddressPool>,
     pub iptables: bool,
     pub live_restore: bool,
     /// name -> (soft, hard)
@@ -145,6 +173,7 @@ pub fn read_file(path: &Path, explicit: bool) -> Result<(File, Vec<String>), Str
         "default-ulimits",
         "log-driver",
         "log-opts",
+        "default-address-pools",
     ];
     let mut unknown = Vec::new();
     let mut warnings = Vec::new();
@@ -203,6 +232,7 @@ pub struct Flags {
     pub insecure_registries: Vec<String>,
     pub registry_mirrors: Vec<String>,
     pub bip: Option<String>,
+    pub default_address_pools: Vec<String>,
     pub iptables: Option<bool>,
     pub live_restore: Option<bool>,
     pub default_ulimits: Vec<String>,
@@ -237,6 +267,11 @@ pub fn merge(flags: &Flags, file: &File) -> Result<Settings, String> {
     );
     check("group", flags.group.is_some(), file.group.is_some());
     check("bip", flags.bip.is_some(), file.bip.is_some());
+    check(
+        "default-address-pools",
+        !flags.default_address_pools.is_empty(),
+        file.default_address_pools.is_some(),
+    );
     check(
         "iptables",
         flags.iptables.is_some(),
@@ -351,6 +386,14 @@ pub fn merge(flags: &Flags, file: &File) -> Result<Settings, String> {
         ]
         .concat(),
         bip: flags.bip.clone().or_else(|| file.bip.clone()),
+        default_address_pools: match &file.default_address_pools {
+            Some(p) => p.clone(),
+            None => flags
+                .default_address_pools
+                .iter()
+                .map(|p| parse_address_pool(p))
+                .collect::<Result<_, _>>()?,
+        },
         iptables: flags.iptables.or(file.iptables).unwrap_or(true),
         live_restore: flags.live_restore.or(file.live_restore).unwrap_or(true),
         default_ulimits: ulimits,
@@ -385,6 +428,32 @@ mod tests {
         let p = d.path().join("daemon.json");
         std::fs::write(&p, json).unwrap();
         read_file(&p, true)
+    }
+
+    #[test]
+    fn address_pools_from_the_file_or_flags_not_both() {
+        let (f, w) =
+            file_of(r#"{"default-address-pools": [{"base": "10.1.0.0/16", "size": 24}]}"#).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let s = merge(&Flags::default(), &f).unwrap();
+        assert_eq!(
+            s.default_address_pools,
+            vec![AddressPool {
+                base: "10.1.0.0/16".into(),
+                size: 24
+            }]
+        );
+        let flags = Flags {
+            default_address_pools: vec!["base=10.2.0.0/16,size=20".into()],
+            ..Flags::default()
+        };
+        let s = merge(&flags, &File::default()).unwrap();
+        assert_eq!(s.default_address_pools[0].size, 20);
+        assert!(merge(&flags, &f)
+            .unwrap_err()
+            .contains("default-address-pools"));
+        assert!(parse_address_pool("base=10.0.0.0/8").is_err());
+        assert!(parse_address_pool("size=24,base=10.0.0.0/8").is_ok());
     }
 
     #[test]

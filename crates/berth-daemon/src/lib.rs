@@ -413,6 +413,7 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
             &settings.data_root,
             &settings.exec_root,
             settings.bip.as_deref(),
+            &settings.default_address_pools,
             settings.iptables,
         )
         .await

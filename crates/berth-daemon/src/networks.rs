@@ -147,6 +147,8 @@ pub struct Networks {
     dir: PathBuf,
     netns_dir: PathBuf,
     firewall: bool,
+    /// Where networks without a subnet get theirs.
+    pools: Vec<Subnet>,
     /// The bridges Berth's rules in Docker's DOCKER-USER chain were last written for.
     coexisting: std::sync::Mutex<Option<Vec<String>>>,
     /// Link removals still under way.
@@ -218,8 +220,19 @@ impl Networks {
         data_root: &Path,
         exec_root: &Path,
         bip: Option<&str>,
+        pools: &[crate::config::AddressPool],
         firewall: bool,
     ) -> Result<Networks, String> {
+        let pools = if pools.is_empty() {
+            ipam::default_pools()
+        } else {
+            let bases = pools
+                .iter()
+                .map(|p| Ok((p.base.parse::<Subnet>()?, p.size)))
+                .collect::<Result<Vec<_>, berth_network::Error>>()
+                .map_err(|e| format!("default-address-pools: {e}"))?;
+            ipam::pools_from(&bases).map_err(|e| format!("default-address-pools: {e}"))?
+        };
         let dir = data_root.join("networks");
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let link = Netlink::current().map_err(|e| e.to_string())?;
@@ -254,7 +267,7 @@ impl Networks {
                             .map(|(_, s)| s)
                             .chain(configs.iter().map(|c| c.subnet))
                             .collect();
-                        let s = ipam::pick_free(&ipam::default_pools(), &taken)
+                        let s = ipam::pick_free(&pools, &taken)
                             .ok_or("no free subnet for the default bridge: set one with --bip")?;
                         (s, s.nth(1))
                     }
@@ -291,6 +304,7 @@ impl Networks {
             dir,
             netns_dir: exec_root.join("netns"),
             firewall,
+            pools,
             coexisting: std::sync::Mutex::new(None),
             cleanups: std::sync::Mutex::new(Vec::new()),
             link,
@@ -458,7 +472,7 @@ impl Networks {
                         "a gateway or ip-range needs a subnet",
                     ));
                 }
-                let s = ipam::pick_free(&ipam::default_pools(), &taken).ok_or_else(|| {
+                let s = ipam::pick_free(&self.pools, &taken).ok_or_else(|| {
                     ApiError::internal("all predefined address pools have been fully subnetted")
                 })?;
                 (s, s.nth(1), None)
@@ -879,64 +893,102 @@ impl Networks {
     /// The embedded DNS server of one container: a UDP socket on 127.0.0.11:53 made
     /// inside its namespace, served by the daemon (no rule in the container needed).
     fn start_resolver(self: &Arc<Self>, inner: &mut Inner, id: &str, ns: &Path) {
-        let sock = netns::run_in(ns, || {
-            let s = std::net::UdpSocket::bind("127.0.0.11:53")?;
-            s.set_nonblocking(true)?;
-            Ok::<_, std::io::Error>(s)
+        // UDP, and TCP for answers too long for a datagram (a client retries there).
+        let made = netns::run_in(ns, || {
+            let u = std::net::UdpSocket::bind("127.0.0.11:53")?;
+            u.set_nonblocking(true)?;
+            let t = std::net::TcpListener::bind("127.0.0.11:53")?;
+            t.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>((u, t))
         });
-        let sock = match sock
+        let socks = made
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
-        {
+            .and_then(|(u, t)| {
+                Ok((
+                    tokio::net::UdpSocket::from_std(u).map_err(|e| e.to_string())?,
+                    tokio::net::TcpListener::from_std(t).map_err(|e| e.to_string())?,
+                ))
+            });
+        let (udp, tcp) = match socks {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("container {id}: the embedded DNS server: {e}");
                 return;
             }
         };
-        let sock = match tokio::net::UdpSocket::from_std(sock) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                tracing::warn!("container {id}: the embedded DNS server: {e}");
-                return;
-            }
-        };
+        let udp = Arc::new(udp);
         let me = Arc::downgrade(self);
         let id2 = id.to_string();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
-                let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
-                    return;
-                };
-                let msg = buf[..n].to_vec();
-                let Some(me) = me.upgrade() else {
-                    return;
-                };
-                let Some(q) = dns::parse_query(&msg) else {
-                    continue;
-                };
-                match me.resolve(&id2, &q.name).await {
-                    Some(addrs) => {
-                        let _ = sock
-                            .send_to(&dns::answer(&msg, &q, &addrs, 600), peer)
-                            .await;
-                    }
-                    None => {
-                        let upstreams = me.upstreams(&id2).await;
-                        let sock = sock.clone();
+                tokio::select! {
+                    got = udp.recv_from(&mut buf) => {
+                        let Ok((n, peer)) = got else { return };
+                        let Some(me) = me.upgrade() else { return };
+                        let (msg, udp, id) = (buf[..n].to_vec(), udp.clone(), id2.clone());
                         tokio::spawn(async move {
-                            let reply = forward(&msg, &upstreams)
-                                .await
-                                .unwrap_or_else(|| dns::servfail(&msg, &q));
-                            let _ = sock.send_to(&reply, peer).await;
+                            if let Some(reply) = me.answer(&id, &msg, false).await {
+                                let _ = udp.send_to(&reply, peer).await;
+                            }
                         });
+                    }
+                    got = tcp.accept() => {
+                        let Ok((conn, _)) = got else { return };
+                        let Some(me) = me.upgrade() else { return };
+                        let id = id2.clone();
+                        tokio::spawn(async move { me.serve_tcp(&id, conn).await });
                     }
                 }
             }
         });
         if let Some(old) = inner.resolvers.insert(id.to_string(), task.abort_handle()) {
             old.abort();
+        }
+    }
+
+    /// One query of container `id`: answered here for container names, else forwarded
+    /// (over TCP when the client asked over TCP). `None` for what is not a query.
+    async fn answer(&self, id: &str, msg: &[u8], tcp: bool) -> Option<Vec<u8>> {
+        let q = dns::parse_query(msg)?;
+        if let Some(addrs) = self.resolve(id, &q.name).await {
+            return Some(dns::answer(msg, &q, &addrs, 600));
+        }
+        let upstreams = self.upstreams(id).await;
+        let reply = if tcp {
+            forward_tcp(msg, &upstreams).await
+        } else {
+            forward(msg, &upstreams).await
+        };
+        Some(reply.unwrap_or_else(|| dns::servfail(msg, &q)))
+    }
+
+    /// DNS over TCP: messages with a two-byte length, until the client closes.
+    async fn serve_tcp(&self, id: &str, mut conn: tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let mut len = [0u8; 2];
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                conn.read_exact(&mut len),
+            )
+            .await;
+            if !matches!(read, Ok(Ok(_))) {
+                return;
+            }
+            let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+            if conn.read_exact(&mut msg).await.is_err() {
+                return;
+            }
+            let Some(reply) = self.answer(id, &msg, true).await else {
+                return;
+            };
+            let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(&reply);
+            if conn.write_all(&out).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -1043,6 +1095,32 @@ async fn forward(msg: &[u8], upstreams: &[String]) -> Option<Vec<u8>> {
         {
             buf.truncate(n);
             return Some(buf);
+        }
+    }
+    None
+}
+
+/// The same over TCP (two-byte length prefix), 2 s per upstream.
+async fn forward_tcp(msg: &[u8], upstreams: &[String]) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for up in upstreams {
+        let Ok(ip) = up.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        let exchange = async {
+            let mut s = tokio::net::TcpStream::connect((ip, 53)).await.ok()?;
+            let mut out = (msg.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(msg);
+            s.write_all(&out).await.ok()?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).await.ok()?;
+            let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+            s.read_exact(&mut reply).await.ok()?;
+            Some(reply)
+        };
+        if let Ok(Some(r)) = tokio::time::timeout(std::time::Duration::from_secs(2), exchange).await
+        {
+            return Some(r);
         }
     }
     None

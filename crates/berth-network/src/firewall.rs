@@ -153,7 +153,8 @@ pub fn ruleset_json(d: &Desired) -> Value {
             vec![
                 eq(meta("oifname"), br.clone()),
                 eq(field("ip", "saddr"), prefix(&b.subnet)),
-                eq(json!({"ct": {"key": "status"}}), json!("dnat")),
+                // A bit test ("in"), not equality: the status has other bits set too.
+                json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}),
                 json!({"masquerade": null}),
             ],
         ));

@@ -101,6 +101,24 @@ pub fn default_pools() -> Vec<Subnet> {
     out
 }
 
+/// `default-address-pools`: each base cut into subnets of `size` bits, in order.
+pub fn pools_from(bases: &[(Subnet, u8)]) -> Result<Vec<Subnet>, Error> {
+    let mut out = Vec::new();
+    for (base, size) in bases {
+        if *size < base.prefix || *size > 30 {
+            return Err(Error::Invalid(format!(
+                "invalid address pool {base} with size {size}: the size must be between the base's prefix and 30"
+            )));
+        }
+        let count = 1u64 << (size - base.prefix).min(16);
+        let step = 1u64 << (32 - u32::from(*size));
+        for i in 0..count {
+            out.push(Subnet::new(base.nth((i * step) as u32), *size));
+        }
+    }
+    Ok(out)
+}
+
 /// The first pool that overlaps none of `taken` (the host's routes and other networks).
 pub fn pick_free(pools: &[Subnet], taken: &[Subnet]) -> Option<Subnet> {
     pools
@@ -269,6 +287,17 @@ mod tests {
         );
         let all: Vec<Subnet> = vec![s("172.16.0.0/12"), s("192.168.0.0/16")];
         assert_eq!(pick_free(&pools, &all), None);
+    }
+
+    #[test]
+    fn configured_pools_are_cut_by_size() {
+        let p = pools_from(&[(s("10.10.0.0/16"), 24), (s("192.168.100.0/24"), 26)]).unwrap();
+        assert_eq!(p.len(), 256 + 4);
+        assert_eq!(p[0], s("10.10.0.0/24"));
+        assert_eq!(p[255], s("10.10.255.0/24"));
+        assert_eq!(p[257], s("192.168.100.64/26"));
+        assert!(pools_from(&[(s("10.0.0.0/16"), 8)]).is_err());
+        assert_eq!(pick_free(&p, &[s("10.10.0.0/23")]), Some(s("10.10.2.0/24")));
     }
 
     #[test]

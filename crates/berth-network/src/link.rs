@@ -9,7 +9,8 @@ use std::path::Path;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 
 use crate::{netns, Error};
@@ -162,7 +163,19 @@ impl Netlink {
             .add(veth.build())
             .execute()
             .await
-            .map_err(|e| nl(&format!("creating veth {host}"), e))
+            .map_err(|e| nl(&format!("creating veth {host}"), e))?;
+        // Hairpin: a container reaching its own published port has its packets DNATed
+        // back to itself inside the bridge (br_netfilter), out of the port they came in.
+        let index = self
+            .index(host)
+            .await?
+            .ok_or_else(|| Error::System(format!("veth {host} vanished")))?;
+        self.handle
+            .link()
+            .set_port(LinkBridgePort::new(index).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(|e| nl(&format!("hairpin mode on {host}"), e))
     }
 
     /// Deletes a link by name; a missing one is fine (deleting either end of a veth pair

@@ -41,6 +41,8 @@ struct DaemonArgs {
     registry_mirror: Vec<String>,
     #[arg(long)]
     bip: Option<String>,
+    #[arg(long = "default-address-pool")]
+    default_address_pool: Vec<String>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     iptables: Option<bool>,
     /// Containers keep running while the daemon is down (default true).
@@ -77,6 +79,7 @@ fn daemon_main(bin: &str, args: &[String]) -> i32 {
         insecure_registries: a.insecure_registry,
         registry_mirrors: a.registry_mirror,
         bip: a.bip,
+        default_address_pools: a.default_address_pool,
         iptables: a.iptables,
         live_restore: a.live_restore,
         default_ulimits: a.default_ulimit,

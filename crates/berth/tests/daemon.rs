@@ -2421,6 +2421,31 @@ fn bridge_network_published_ports_and_no_leftovers() {
     );
     d.ok(&["rm", "clash"]);
 
+    // Hairpin: a container reaches its own published port through the host's address.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "loop",
+        "-p",
+        "8090:80",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /w && echo hairpin > /w/index.html && exec httpd -f -p 80 -h /w",
+    ]);
+    let got = d.ok(&[
+        "exec",
+        "loop",
+        "timeout",
+        "3",
+        "wget",
+        "-qO-",
+        "http://172.17.0.1:8090/",
+    ]);
+    assert_eq!(got, "hairpin\n");
+    d.ok(&["rm", "-f", "loop"]);
+
     // --network none has only lo; host sees the daemon's host, bridge included.
     let none = d.ok(&[
         "run",
@@ -2602,31 +2627,42 @@ fn user_networks_dns_isolation_connect_and_disconnect() {
         ]);
         assert_eq!(got, "db-here\n", "{name}");
     }
-    // Another network cannot reach it.
-    let (code, _, _) = d.docker(&[
-        "run",
-        "--rm",
-        "busybox",
-        "wget",
-        "-T",
-        "2",
-        "-qO-",
-        &format!("http://{db_ip}/"),
-    ]);
-    assert_ne!(code, 0, "the default bridge reached a container on appnet");
-    let (code, _, _) = d.docker(&[
+    // Another network cannot reach it. (busybox's `wget -T` crashes, so `timeout`
+    // bounds the attempt, from a shell: a signal to pid 1 would be ignored.)
+    for net in ["bridge", "fixed"] {
+        let out = d.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            net,
+            "busybox",
+            "sh",
+            "-c",
+            &format!("timeout 2 wget -qO- http://{db_ip}/; echo rc=$?"),
+        ]);
+        assert!(
+            !out.contains("db-here"),
+            "{net} reached a container on appnet"
+        );
+        assert!(
+            out.contains("rc=143") || out.contains("rc=1\n"),
+            "{net}: {out}"
+        );
+    }
+    // The same reaches it once on the network.
+    let got = d.ok(&[
         "run",
         "--rm",
         "--network",
-        "fixed",
+        "appnet",
         "busybox",
-        "wget",
-        "-T",
+        "timeout",
         "2",
+        "wget",
         "-qO-",
         &format!("http://{db_ip}/"),
     ]);
-    assert_ne!(code, 0, "fixed reached a container on appnet");
+    assert_eq!(got, "db-here\n");
 
     // A static address, and the network's own gateway.
     let addr = d.ok(&[
@@ -2760,4 +2796,148 @@ fn user_networks_dns_isolation_connect_and_disconnect() {
     settle(&d, |l, _, _| l == "berth0");
     let (links, _, _) = network_leftovers(&d);
     assert_eq!(links, "berth0");
+}
+
+/// A stand-in upstream resolver on 127.0.0.1:53 of the daemon's "host": every A query is
+/// answered with 10.9.9.9, anything else with no records.
+fn fake_upstream_dns(d: &Daemon) {
+    let sock = common::net(Some(&d.netns()), || {
+        std::net::UdpSocket::bind("127.0.0.1:53").unwrap()
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            let q = &buf[..n];
+            let mut i = 12;
+            while i < n && q[i] != 0 {
+                i += q[i] as usize + 1;
+            }
+            i += 5;
+            if i > n {
+                continue;
+            }
+            let is_a = q[i - 4..i - 2] == [0, 1];
+            let mut r = q[..i].to_vec();
+            r[2] = 0x81;
+            r[3] = 0x80;
+            r[7] = u8::from(is_a);
+            if is_a {
+                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 9, 9, 9]);
+            }
+            let _ = sock.send_to(&r, peer);
+        }
+    });
+}
+
+#[test]
+fn address_pools_no_iptables_and_dns_forwarding() {
+    require_root!();
+    if !docker_cli() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("berth-daemon-")
+        .tempdir()
+        .unwrap();
+    let conf = dir.path().join("daemon.json");
+    std::fs::write(
+        &conf,
+        r#"{"default-address-pools": [{"base": "10.123.0.0/16", "size": 24}], "iptables": false}"#,
+    )
+    .unwrap();
+    let d = Daemon::start_with(dir, &["--config-file", conf.to_str().unwrap()]);
+    let archive = busybox_archive(d.dir.path());
+    d.ok(&["load", "-i", archive.to_str().unwrap()]);
+    // The default bridge and new networks come from the configured pool.
+    let addr = d.ok(&[
+        "run", "--rm", "busybox", "ip", "-o", "-4", "addr", "show", "eth0",
+    ]);
+    assert!(addr.contains("inet 10.123.0.2/24"), "{addr}");
+    d.ok(&["network", "create", "n1"]);
+    let subnet = d.ok(&[
+        "network",
+        "inspect",
+        "n1",
+        "-f",
+        "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+    ]);
+    assert_eq!(subnet, "10.123.1.0/24\n");
+    // --iptables=false: no ruleset at all, and the bridge still carries traffic.
+    let out = capture(d.host_cmd("nft").args(["list", "table", "ip", "berth"]));
+    assert!(!out.status.success(), "a ruleset was written");
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "--network",
+        "n1",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir /w && echo up > /w/index.html && exec httpd -f -p 80 -h /w",
+    ]);
+    let got = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        "busybox",
+        "wget",
+        "-qO-",
+        "http://srv/",
+    ]);
+    assert_eq!(got, "up\n");
+    // Names the embedded DNS does not know go to the container's --dns, from the host.
+    fake_upstream_dns(&d);
+    let looked = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        "--dns",
+        "127.0.0.1",
+        "busybox",
+        "nslookup",
+        "elsewhere.test",
+        "127.0.0.11",
+    ]);
+    assert!(looked.contains("10.9.9.9"), "{looked}");
+    // ... while container names are answered here, never asked upstream.
+    let looked = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        "--dns",
+        "127.0.0.1",
+        "busybox",
+        "nslookup",
+        "srv",
+        "127.0.0.11",
+    ]);
+    assert!(
+        looked.contains("10.123.1.") && !looked.contains("10.9.9.9"),
+        "{looked}"
+    );
+    // Over TCP too (a client retries there when an answer is truncated): asked from
+    // inside srv's namespace.
+    let key = d.ok(&["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", "srv"]);
+    let reply = common::net(Some(Path::new(key.trim())), || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.11:53").unwrap();
+        let q: &[u8] = &[
+            0, 21, 0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b's', b'r', b'v', 0, 0, 1, 0, 1,
+        ];
+        s.write_all(q).unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut r).unwrap();
+        r
+    });
+    assert_eq!(&reply[..2], &[0x12, 0x34], "the query's id: {reply:?}");
+    assert_eq!(&reply[reply.len() - 4..][..3], &[10, 123, 1], "{reply:?}");
+    d.ok(&["rm", "-f", "srv"]);
+    d.ok(&["network", "rm", "n1"]);
 }
