@@ -32,6 +32,8 @@ pub struct Cli {
 enum Cmd {
     /// Create and run a new container from an image
     Run(RunArgs),
+    /// Define and run multi-container applications (compose files)
+    Compose(crate::compose::ComposeArgs),
     /// Create a new container
     Create(RunArgs),
     /// Start one or more stopped containers
@@ -469,7 +471,7 @@ impl ResourceArgs {
 }
 
 /// `--restart name[:max-retries]` as a RestartPolicy object.
-fn restart_policy(r: &str) -> Result<Value, String> {
+pub(crate) fn restart_policy(r: &str) -> Result<Value, String> {
     let (name, count) = match r.split_once(':') {
         Some((n, c)) => (
             n,
@@ -617,7 +619,7 @@ fn network_row(n: &Value, no_trunc: bool) -> Value {
 }
 
 /// The PORTS column: `127.0.0.1:8080->80/tcp, 443/tcp`, published first.
-fn ports_text(ports: &Value) -> String {
+pub(crate) fn ports_text(ports: &Value) -> String {
     let mut published = Vec::new();
     let mut exposed = Vec::new();
     for p in ports.as_array().into_iter().flatten() {
@@ -641,7 +643,7 @@ fn port_range(s: &str) -> Option<(u16, u16)> {
 
 /// `-p [ip:][hostPort:]containerPort[/proto]`, with ranges on either side, as Docker
 /// reads it: (`port/proto`, `{"HostIp", "HostPort"}`) per container port.
-fn parse_publish(spec: &str) -> Result<Vec<(String, Value)>, String> {
+pub(crate) fn parse_publish(spec: &str) -> Result<Vec<(String, Value)>, String> {
     let bad = |why: &str| format!("invalid publish spec {spec}: {why}");
     let (rest, proto) = match spec.rsplit_once('/') {
         Some((r, p)) => (r, p.to_ascii_lowercase()),
@@ -704,7 +706,7 @@ fn parse_publish(spec: &str) -> Result<Vec<(String, Value)>, String> {
 }
 
 /// Docker's `units.RAMInBytes`.
-fn ram_in_bytes(s: &str) -> Result<i64, String> {
+pub(crate) fn ram_in_bytes(s: &str) -> Result<i64, String> {
     let t = s.trim().to_ascii_lowercase();
     let t = t.strip_suffix('b').unwrap_or(&t);
     let (num, mul) = match t.chars().last() {
@@ -764,7 +766,7 @@ fn parse_mount(s: &str) -> Result<Value, String> {
 }
 
 /// Go's time.ParseDuration for the forms people write: `30s`, `1m30s`, `500ms`, `2h`.
-fn go_duration(s: &str) -> Result<u64, String> {
+pub(crate) fn go_duration(s: &str) -> Result<u64, String> {
     let bad = || format!("time: invalid duration \"{s}\"");
     let mut total = 0f64;
     let mut rest = s.trim();
@@ -1062,7 +1064,7 @@ where
     Ok(status)
 }
 
-fn q(s: &str) -> String {
+pub(crate) fn q(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -1074,7 +1076,7 @@ fn q(s: &str) -> String {
     out
 }
 
-fn filters_json(list: &[String]) -> String {
+pub(crate) fn filters_json(list: &[String]) -> String {
     let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for f in list {
         let (k, v) = f.split_once('=').unwrap_or((f, ""));
@@ -1083,8 +1085,18 @@ fn filters_json(list: &[String]) -> String {
     q(&json!(m).to_string())
 }
 
+/// Runs one `berth` command line (without the program name) against `c`: how compose
+/// reuses `exec` and friends.
+pub(crate) async fn run_args(c: &Client, args: &[String]) -> Result<i32, Error> {
+    let mut argv = vec!["berth".to_string()];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(&argv).map_err(|e| Error::Other(e.to_string()))?;
+    Box::pin(dispatch(c, cli.cmd)).await
+}
+
 async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
     match cmd {
+        Cmd::Compose(a) => crate::compose::run(c, a).await,
         Cmd::Run(a) => run_container(c, a).await,
         Cmd::Create(a) => {
             let id = create(c, &a).await?;
@@ -2595,7 +2607,7 @@ async fn inspect(c: &Client, a: InspectArgs, kind: Option<&str>) -> Result<i32, 
 }
 
 /// JSON indented with four spaces, as docker inspect prints it.
-fn pretty(v: &Value) -> String {
+pub(crate) fn pretty(v: &Value) -> String {
     use serde::Serialize;
     let mut out = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
@@ -2604,7 +2616,7 @@ fn pretty(v: &Value) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn print_list(
+pub(crate) fn print_list(
     items: &[Value],
     fmt: Option<&str>,
     default: &str,

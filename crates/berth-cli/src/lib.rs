@@ -3,8 +3,12 @@
 //! makes, so either CLI works with either daemon). When nothing answers on the default
 //! socket, the CLI starts `berth daemon` in the background and waits for it.
 
+// A compose service's create body is one large `json!`.
+#![recursion_limit = "256"]
+
 pub mod client;
 mod commands;
+mod compose;
 pub mod format;
 mod stream;
 

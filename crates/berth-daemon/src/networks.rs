@@ -1377,7 +1377,8 @@ fn keep(n: &Value, filters: &BTreeMap<String, Vec<String>>, used: &[String]) -> 
             "id" => any(&|v| n["Id"].as_str().unwrap_or("").starts_with(v)),
             "driver" => any(&|v| n["Driver"] == v),
             "type" => any(&|v| (v == "builtin") == builtin && matches!(v, "builtin" | "custom")),
-            "label" => any(&|v| match v.split_once('=') {
+            // Every label asked for (Docker ANDs label filters).
+            "label" => vals.iter().all(|v| match v.split_once('=') {
                 Some((k, val)) => n["Labels"][k] == val,
                 None => n["Labels"].get(v).is_some(),
             }),

@@ -175,7 +175,7 @@ pub async fn events(
                 }
                 "image" => ev["from"].as_str().map(String::from),
                 "label" => {
-                    return vals.iter().any(|v| {
+                    return vals.iter().all(|v| {
                         let (k, want) = v.split_once('=').unwrap_or((v, ""));
                         match ev["Actor"]["Attributes"][k].as_str() {
                             Some(have) => want.is_empty() || have == want,

@@ -340,7 +340,8 @@ pub async fn list(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<J
                 "dangling" => vals
                     .iter()
                     .any(|x| matches!(x.as_str(), "true" | "1") != used.contains_key(&v.name)),
-                "label" => vals.iter().any(|x| match x.split_once('=') {
+                // Every label asked for (Docker ANDs label filters).
+                "label" => vals.iter().all(|x| match x.split_once('=') {
                     Some((k, val)) => v.labels.get(k).is_some_and(|l| l == val),
                     None => v.labels.contains_key(x),
                 }),

@@ -2941,3 +2941,190 @@ fn address_pools_no_iptables_and_dns_forwarding() {
     d.ok(&["rm", "-f", "srv"]);
     d.ok(&["network", "rm", "n1"]);
 }
+
+impl Daemon {
+    /// `berth compose ARGS` in `dir`: (exit code, stdout, stderr).
+    fn compose(&self, dir: &Path, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::new(common::berth());
+        cmd.env("BERTH_HOST", format!("unix://{}", self.socket().display()))
+            .env_remove("COMPOSE_PROJECT_NAME")
+            .env_remove("COMPOSE_PROFILES")
+            .current_dir(dir)
+            .arg("compose");
+        self.client(&mut cmd, args)
+    }
+
+    fn compose_ok(&self, dir: &Path, args: &[&str]) -> (String, String) {
+        let (code, out, err) = self.compose(dir, args);
+        assert_eq!(
+            code,
+            0,
+            "compose {args:?}: {err}\ndaemon log:\n{}",
+            self.log()
+        );
+        (out, err)
+    }
+}
+
+const SHOP: &str = r#"
+name: shop
+x-common: &common
+  image: busybox
+services:
+  web:
+    <<: *common
+    command: sh -c "mkdir -p /www && echo $${GREETING} > /www/index.html && echo serving && exec httpd -f -p 80 -h /www"
+    environment:
+      GREETING: ${GREETING:-nobody}
+    ports: ["127.0.0.1:${WEB_PORT}:80"]
+    volumes: [data:/data]
+    healthcheck:
+      test: wget -qO- http://127.0.0.1/ || exit 1
+      interval: 1s
+      retries: 20
+  client:
+    <<: *common
+    command: sh -c "wget -qO- http://web/ > /data/got && exec sleep 600"
+    init: true
+    volumes: [data:/data]
+    depends_on:
+      web:
+        condition: service_healthy
+  extra:
+    image: busybox
+    command: sleep 600
+    init: true
+    profiles: [debug]
+volumes:
+  data: {}
+"#;
+
+#[test]
+fn compose_up_scale_recreate_profiles_and_down() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("compose.yaml"), SHOP).unwrap();
+    std::fs::write(p.join(".env"), "GREETING=hello-compose\nWEB_PORT=18080\n").unwrap();
+
+    let (_, err) = d.compose_ok(p, &["up", "-d"]);
+    assert!(err.contains("Network shop_default  Created"), "{err}");
+    assert!(err.contains("Container shop-web-1  Healthy"), "{err}");
+    assert!(err.contains("Container shop-client-1  Started"), "{err}");
+    // The page from .env, through the published port on the host's loopback...
+    assert!(
+        wait_for(5, || http_get(&d, 18080, "/").contains("hello-compose")),
+        "{} {}",
+        http_get(&d, 18080, "/"),
+        d.ok(&["ps", "-a"])
+    );
+    // ... and by service name from the client, into the shared named volume.
+    assert!(wait_for(5, || d
+        .docker(&["exec", "shop-client-1", "cat", "/data/got"])
+        .1
+        == "hello-compose\n"));
+    let (ps, _) = d.compose_ok(p, &["ps"]);
+    assert!(ps.starts_with("NAME "), "{ps}");
+    assert!(
+        ps.contains("shop-web-1")
+            && ps.contains("(healthy)")
+            && ps.contains("127.0.0.1:18080->80/tcp"),
+        "{ps}"
+    );
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{index .Config.Labels \"com.docker.compose.service\"}} {{index .Config.Labels \"com.docker.compose.container-number\"}}", "shop-web-1"]),
+        "web 1\n"
+    );
+    assert_eq!(d.ok(&["volume", "ls", "-q"]), "shop_data\n");
+    let (logs, _) = d.compose_ok(p, &["logs", "web"]);
+    assert!(logs.contains("shop-web-1  | serving"), "{logs}");
+    let (got, _) = d.compose_ok(p, &["exec", "-T", "web", "cat", "/www/index.html"]);
+    assert_eq!(got, "hello-compose\n");
+    let (services, _) = d.compose_ok(p, &["config", "--services"]);
+    assert_eq!(services, "web\nclient\n");
+
+    // Up again: nothing recreated.
+    let ids = |d: &Daemon| {
+        d.ok(&[
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            "label=com.docker.compose.project=shop",
+        ])
+    };
+    let before = ids(&d);
+    let (_, err) = d.compose_ok(p, &["up", "-d"]);
+    assert!(
+        !err.contains("Recreated") && err.contains("Container shop-web-1  Running"),
+        "{err}"
+    );
+    assert_eq!(ids(&d), before);
+    let web_id = d.ok(&["inspect", "-f", "{{.Id}}", "shop-web-1"]);
+    // A change to one service recreates only that one.
+    std::fs::write(
+        p.join("compose.yaml"),
+        SHOP.replace("exec sleep 600\"\n    init", "exec sleep 601\"\n    init"),
+    )
+    .unwrap();
+    let (_, err) = d.compose_ok(p, &["up", "-d"]);
+    assert!(err.contains("Container shop-client-1  Recreated"), "{err}");
+    assert!(!err.contains("Container shop-web-1  Recreated"), "{err}");
+    assert_eq!(d.ok(&["inspect", "-f", "{{.Id}}", "shop-web-1"]), web_id);
+
+    // Scale, and a profile.
+    d.compose_ok(p, &["up", "-d", "--scale", "client=3"]);
+    let (ps, _) = d.compose_ok(p, &["ps", "--services"]);
+    assert_eq!(ps, "client\nweb\n");
+    let (q, _) = d.compose_ok(p, &["ps", "-q", "client"]);
+    assert_eq!(q.lines().count(), 3, "{q}");
+    d.compose_ok(p, &["--profile", "debug", "up", "-d", "extra"]);
+    assert!(d
+        .ok(&["ps", "--format", "{{.Names}}"])
+        .contains("shop-extra-1"));
+    // Without the profile, extra is not an orphan.
+    let (_, err) = d.compose_ok(p, &["up", "-d"]);
+    assert!(!err.contains("orphan"), "{err}");
+
+    // down -v: no containers, networks or volumes of the project left.
+    d.compose_ok(p, &["--profile", "debug", "down", "-v"]);
+    assert_eq!(ids(&d), "");
+    assert_eq!(
+        d.ok(&[
+            "ps",
+            "-aq",
+            "--filter",
+            "label=com.docker.compose.project=shop"
+        ]),
+        ""
+    );
+    assert_eq!(d.ok(&["network", "ls", "--filter", "name=shop", "-q"]), "");
+    assert_eq!(d.ok(&["volume", "ls", "-q"]), "");
+
+    // Bad files: clear errors naming the key path, and cycles.
+    std::fs::write(
+        p.join("compose.yaml"),
+        "services:\n  web:\n    imagee: busybox\n",
+    )
+    .unwrap();
+    let (code, _, err) = d.compose(p, &["up", "-d"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("services.web additional properties 'imagee' not allowed"),
+        "{err}"
+    );
+    std::fs::write(p.join("compose.yaml"), "services:\n  a:\n    image: busybox\n    depends_on: [b]\n  b:\n    image: busybox\n    depends_on: [a]\n").unwrap();
+    let (code, _, err) = d.compose(p, &["up", "-d"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("dependency cycle detected"), "{err}");
+    std::fs::write(
+        p.join("compose.yaml"),
+        "services:\n  web:\n    image: busybox\n    ports: 80\n",
+    )
+    .unwrap();
+    let (code, _, err) = d.compose(p, &["config"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("services.web.ports must be a array"), "{err}");
+}

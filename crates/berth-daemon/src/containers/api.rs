@@ -783,7 +783,8 @@ fn matches(d: &Shared, r: &Record, key: &str, vals: &[String]) -> ApiResult<bool
                 .unwrap_or("none");
             any(&|v| v == h)
         }
-        "label" => any(&|v| match v.split_once('=') {
+        // Every label asked for (Docker ANDs label filters).
+        "label" => vals.iter().all(|v| match v.split_once('=') {
             Some((k, val)) => r.config.labels.get(k).is_some_and(|x| x == val),
             None => r.config.labels.contains_key(v),
         }),
