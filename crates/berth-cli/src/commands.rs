@@ -241,11 +241,11 @@ enum Cmd {
         #[arg(short, long, default_value = "bridge")]
         driver: String,
         #[arg(long)]
-        subnet: Option<String>,
+        subnet: Vec<String>,
         #[arg(long)]
-        gateway: Option<String>,
+        gateway: Vec<String>,
         #[arg(long = "ip-range")]
-        ip_range: Option<String>,
+        ip_range: Vec<String>,
         #[arg(long)]
         internal: bool,
         #[arg(long)]
@@ -288,6 +288,8 @@ enum Cmd {
     NetworkConnect {
         #[arg(long)]
         ip: Option<String>,
+        #[arg(long)]
+        ip6: Option<String>,
         #[arg(long)]
         alias: Vec<String>,
         network: String,
@@ -556,6 +558,8 @@ struct RunArgs {
     network_alias: Vec<String>,
     #[arg(long)]
     ip: Option<String>,
+    #[arg(long)]
+    ip6: Option<String>,
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
     #[arg(short = 'P', long = "publish-all")]
@@ -971,11 +975,12 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
     if body["HostConfig"]["NetworkMode"] == "default" {
         body["HostConfig"]["NetworkMode"] = json!("bridge");
     }
-    if a.ip.is_some() || !a.network_alias.is_empty() {
+    if a.ip.is_some() || a.ip6.is_some() || !a.network_alias.is_empty() {
         let mode = body["HostConfig"]["NetworkMode"].clone();
         let mode = mode.as_str().unwrap_or("bridge");
         body["NetworkingConfig"] = json!({"EndpointsConfig": {mode: {
-            "IPAMConfig": {"IPv4Address": a.ip.clone().unwrap_or_default()},
+            "IPAMConfig": {"IPv4Address": a.ip.clone().unwrap_or_default(),
+                "IPv6Address": a.ip6.clone().unwrap_or_default()},
             "Aliases": a.network_alias,
         }}});
     }
@@ -1578,14 +1583,18 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             opt,
             name,
         } => {
-            let mut ipam = json!({});
-            if subnet.is_some() || gateway.is_some() || ip_range.is_some() {
-                ipam = json!({"Subnet": subnet, "Gateway": gateway, "IPRange": ip_range});
-            }
+            // Each --subnet with the --gateway and --ip-range given in the same position.
+            let ipam: Vec<Value> = subnet
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    json!({"Subnet": s, "Gateway": gateway.get(i), "IPRange": ip_range.get(i)})
+                })
+                .collect();
             let body = json!({
                 "Name": name, "Driver": driver, "Internal": internal, "EnableIPv6": ipv6,
                 "Labels": key_values(&label), "Options": key_values(&opt),
-                "IPAM": {"Driver": "default", "Config": if ipam == json!({}) { json!([]) } else { json!([ipam]) }},
+                "IPAM": {"Driver": "default", "Config": ipam},
             });
             let v = c
                 .json(Method::POST, "/networks/create", Some(&body))
@@ -1675,12 +1684,14 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
         }
         Cmd::NetworkConnect {
             ip,
+            ip6,
             alias,
             network,
             container,
         } => {
             let body = json!({"Container": container, "EndpointConfig": {
-                "IPAMConfig": {"IPv4Address": ip.unwrap_or_default()}, "Aliases": alias}});
+                "IPAMConfig": {"IPv4Address": ip.unwrap_or_default(), "IPv6Address": ip6.unwrap_or_default()},
+                "Aliases": alias}});
             c.json(
                 Method::POST,
                 &format!("/networks/{}/connect", q(&network)),

@@ -7,7 +7,7 @@
 //! namespace, veth or rule that nothing holds any more (what a crash left).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::Json;
 use berth_network::firewall::{self, BridgeRules, Desired, PortRule};
-use berth_network::ipam::{self, Pool, Subnet};
+use berth_network::ipam::{self, Pool, Pool6, Subnet, Subnet6};
 use berth_network::link::{self, Netlink};
 use berth_network::{dns, netns};
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,11 @@ pub struct NetworkConfig {
     pub gateway: Ipv4Addr,
     #[serde(default)]
     pub ip_range: Option<Subnet>,
+    /// With IPv6 on: its subnet and gateway.
+    #[serde(default)]
+    pub subnet6: Option<Subnet6>,
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
     #[serde(default)]
     pub internal: bool,
     #[serde(default)]
@@ -53,6 +58,8 @@ pub struct NetworkConfig {
 pub struct EndpointRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
 }
@@ -71,6 +78,12 @@ pub struct Endpoint {
     pub veth: String,
     /// Its name inside the container.
     pub ifname: String,
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub prefix6: u8,
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
     #[serde(default)]
     pub aliases: Vec<String>,
 }
@@ -109,6 +122,7 @@ impl Attachment {
 struct Net {
     cfg: NetworkConfig,
     pool: Pool,
+    pool6: Option<Pool6>,
     index: u32,
 }
 
@@ -121,6 +135,15 @@ struct Inner {
     reservations: HashMap<String, Vec<OwnedFd>>,
     /// The embedded DNS server of each container on a user network.
     resolvers: HashMap<String, tokio::task::AbortHandle>,
+}
+
+impl Net {
+    fn release(&mut self, ep: &Endpoint) {
+        self.pool.release(ep.ip);
+        if let (Some(p6), Some(a6)) = (&mut self.pool6, ep.ip6) {
+            p6.release(a6);
+        }
+    }
 }
 
 impl Inner {
@@ -280,6 +303,8 @@ impl Networks {
                     subnet,
                     gateway,
                     ip_range: None,
+                    subnet6: None,
+                    gateway6: None,
                     internal: false,
                     labels: BTreeMap::new(),
                     options: BTreeMap::from([
@@ -325,15 +350,30 @@ impl Networks {
 
     async fn bring_up(&self, cfg: NetworkConfig) -> ApiResult<Net> {
         let pool = Pool::new(cfg.subnet, Some(cfg.gateway), cfg.ip_range).map_err(sys)?;
+        let pool6 = match cfg.subnet6 {
+            Some(s6) => Some(Pool6::new(s6, cfg.gateway6).map_err(sys)?),
+            None => None,
+        };
         let index = self
             .link
             .ensure_bridge(&cfg.bridge, cfg.gateway, cfg.subnet.prefix, None)
             .await
             .map_err(sys)?;
+        if let Some(p6) = &pool6 {
+            self.link
+                .add_address(index, std::net::IpAddr::V6(p6.gateway), p6.subnet.prefix)
+                .await
+                .map_err(sys)?;
+        }
         // Connections from the host's loopback are DNATed onto the bridge; the guard
         // chain keeps containers from using this the other way round.
         link::set_ipv4_conf(&cfg.bridge, "route_localnet", "1").map_err(sys)?;
-        Ok(Net { cfg, pool, index })
+        Ok(Net {
+            cfg,
+            pool,
+            pool6,
+            index,
+        })
     }
 
     fn persist(&self, cfg: &NetworkConfig) -> Result<(), String> {
@@ -348,6 +388,7 @@ impl Networks {
             d.bridges.push(BridgeRules {
                 bridge: n.cfg.bridge.clone(),
                 subnet: n.cfg.subnet,
+                subnet6: n.cfg.subnet6,
                 internal: n.cfg.internal,
                 masquerade: n
                     .cfg
@@ -484,6 +525,41 @@ impl Networks {
             .get("com.docker.network.bridge.name")
             .cloned()
             .unwrap_or_else(|| format!("br-{}", &id[..12]));
+        // IPv6: the given subnet, or a unique-local /64 of its own.
+        let (subnet6, gateway6) = if req.ipv6 {
+            let s6 = match &req.subnet6 {
+                Some(s6) => s6.parse::<Subnet6>().map_err(sys)?,
+                None => Subnet6::ula_for(&id),
+            };
+            if let Some(t) = inner
+                .nets
+                .values()
+                .find(|n| n.cfg.subnet6.is_some_and(|o| o.overlaps(&s6)))
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "Pool overlaps with other one on this address space ({})",
+                        t.cfg.name
+                    ),
+                ));
+            }
+            let gw6 = match &req.gateway6 {
+                Some(g) => Some(
+                    g.parse::<Ipv6Addr>()
+                        .map_err(|_| ApiError::bad_request(format!("invalid gateway: {g}")))?,
+                ),
+                None => None,
+            };
+            let pool6 = Pool6::new(s6, gw6).map_err(sys)?;
+            (Some(s6), Some(pool6.gateway))
+        } else if req.subnet6.is_some() {
+            return Err(ApiError::bad_request(
+                "an IPv6 subnet needs IPv6 enabled on the network (--ipv6)",
+            ));
+        } else {
+            (None, None)
+        };
         let cfg = NetworkConfig {
             id,
             name: req.name.clone(),
@@ -492,6 +568,8 @@ impl Networks {
             subnet,
             gateway,
             ip_range,
+            subnet6,
+            gateway6,
             internal: req.internal,
             labels: req.labels.clone(),
             options: req.options.clone(),
@@ -648,6 +726,30 @@ impl Networks {
             }
             None => n.pool.allocate().map_err(sys)?,
         };
+        let ip6 = match (&mut n.pool6, req.ipv6) {
+            (Some(p6), Some(want)) => match p6.reserve(want) {
+                Ok(()) => Some(want),
+                Err(e) => {
+                    n.pool.release(ip);
+                    return Err(sys(e));
+                }
+            },
+            (Some(p6), None) => match p6.allocate() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    n.pool.release(ip);
+                    return Err(sys(e));
+                }
+            },
+            (None, Some(_)) => {
+                n.pool.release(ip);
+                return Err(ApiError::bad_request(format!(
+                    "network {} has no IPv6 subnet for --ip6",
+                    n.cfg.name
+                )));
+            }
+            (None, None) => None,
+        };
         let slot = (0..16)
             .find(|i| !att.endpoints.iter().any(|e| e.ifname == format!("eth{i}")))
             .ok_or_else(|| ApiError::bad_request("too many networks for one container"))?;
@@ -662,9 +764,15 @@ impl Networks {
             veth: format!("vb{}", &crate::containers::random_id()[..12]),
             ifname: format!("eth{slot}"),
             aliases: req.aliases.clone(),
+            ip6,
+            prefix6: n.cfg.subnet6.map(|s| s.prefix).unwrap_or(0),
+            gateway6: n.cfg.gateway6,
         };
         let index = n.index;
         let gateway = (!n.cfg.internal && !routed).then_some(ep.gateway);
+        let gateway6 = (!n.cfg.internal && !routed)
+            .then_some(ep.gateway6)
+            .flatten();
         let wired = async {
             self.link
                 .add_veth(
@@ -677,16 +785,26 @@ impl Networks {
                 )
                 .await
                 .map_err(sys)?;
-            Netlink::in_netns(&att.netns)
-                .map_err(sys)?
+            let inside = Netlink::in_netns(&att.netns).map_err(sys)?;
+            inside
                 .configure_interface(&ep.ifname, ip, ep.prefix, gateway)
                 .await
-                .map_err(sys)
+                .map_err(sys)?;
+            if let Some(a6) = ep.ip6 {
+                inside
+                    .configure_ipv6(&ep.ifname, a6, ep.prefix6, gateway6)
+                    .await
+                    .map_err(sys)?;
+            }
+            Ok::<(), ApiError>(())
         }
         .await;
         if let Err(e) = wired {
             let _ = self.link.delete(&ep.veth).await;
             n.pool.release(ip);
+            if let (Some(p6), Some(a6)) = (&mut n.pool6, ep.ip6) {
+                p6.release(a6);
+            }
             return Err(e);
         }
         Ok(ep)
@@ -695,7 +813,7 @@ impl Networks {
     async fn unwire(&self, inner: &mut Inner, att: &Attachment) {
         for ep in &att.endpoints {
             if let Some(n) = inner.nets.get_mut(&ep.network) {
-                n.pool.release(ep.ip);
+                n.release(ep);
             }
         }
         self.unwire_links(att).await;
@@ -728,7 +846,7 @@ impl Networks {
         }
         for ep in &att.endpoints {
             if let Some(n) = inner.nets.get_mut(&ep.network) {
-                n.pool.release(ep.ip);
+                n.release(ep);
             }
         }
         drop(inner);
@@ -822,6 +940,11 @@ impl Networks {
             if let Some(n) = inner.nets.get_mut(&ep.network) {
                 if let Err(e) = n.pool.reserve(ep.ip) {
                     tracing::warn!("container {id}: {e}");
+                }
+                if let (Some(p6), Some(a6)) = (&mut n.pool6, ep.ip6) {
+                    if let Err(e) = p6.reserve(a6) {
+                        tracing::warn!("container {id}: {e}");
+                    }
                 }
             }
         }
@@ -952,8 +1075,8 @@ impl Networks {
     /// (over TCP when the client asked over TCP). `None` for what is not a query.
     async fn answer(&self, id: &str, msg: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let q = dns::parse_query(msg)?;
-        if let Some(addrs) = self.resolve(id, &q.name).await {
-            return Some(dns::answer(msg, &q, &addrs, 600));
+        if let Some((v4, v6)) = self.resolve(id, &q.name).await {
+            return Some(dns::answer(msg, &q, &v4, &v6, 600));
         }
         let upstreams = self.upstreams(id).await;
         let reply = if tcp {
@@ -1005,10 +1128,11 @@ impl Networks {
     /// What the embedded DNS answers for `name` asked by container `id`: the addresses,
     /// on the networks they share, of the containers with that name, alias or short id.
     /// `None` for a name no container has (it is forwarded).
-    pub async fn resolve(&self, id: &str, name: &str) -> Option<Vec<Ipv4Addr>> {
+    pub async fn resolve(&self, id: &str, name: &str) -> Option<(Vec<Ipv4Addr>, Vec<Ipv6Addr>)> {
         let inner = self.inner.lock().await;
         let me = inner.attached.get(id)?;
         let mut out = Vec::new();
+        let mut out6 = Vec::new();
         for mine in me.endpoints.iter().filter(|e| e.network != "bridge") {
             for (other_id, other) in &inner.attached {
                 for ep in other.endpoints.iter().filter(|e| e.network == mine.network) {
@@ -1017,11 +1141,12 @@ impl Networks {
                         || (name.len() == 12 && other_id.starts_with(name));
                     if hit && !out.contains(&ep.ip) {
                         out.push(ep.ip);
+                        out6.extend(ep.ip6);
                     }
                 }
             }
         }
-        (!out.is_empty()).then_some(out)
+        (!out.is_empty()).then_some((out, out6))
     }
 
     async fn list_json(&self, containers: &crate::containers::Containers) -> Vec<Value> {
@@ -1038,7 +1163,8 @@ impl Networks {
                     members.insert(
                         id.clone(),
                         json!({"Name": name, "EndpointID": ep.endpoint_id, "MacAddress": ep.mac,
-                            "IPv4Address": format!("{}/{}", ep.ip, ep.prefix), "IPv6Address": ""}),
+                            "IPv4Address": format!("{}/{}", ep.ip, ep.prefix),
+                            "IPv6Address": ep.ip6.map(|a| format!("{a}/{}", ep.prefix6)).unwrap_or_default()}),
                     );
                 }
             }
@@ -1048,10 +1174,14 @@ impl Networks {
             if let Some(r) = c.ip_range {
                 ipam_cfg["IPRange"] = json!(r.to_string());
             }
+            let mut ipam_cfgs = vec![ipam_cfg];
+            if let (Some(s6), Some(g6)) = (c.subnet6, c.gateway6) {
+                ipam_cfgs.push(json!({"Subnet": s6.to_string(), "Gateway": g6.to_string()}));
+            }
             out.push(json!({
                 "Name": c.name, "Id": c.id, "Created": c.created, "Scope": "local",
-                "Driver": c.driver, "EnableIPv4": true, "EnableIPv6": false,
-                "IPAM": {"Driver": "default", "Options": null, "Config": [ipam_cfg]},
+                "Driver": c.driver, "EnableIPv4": true, "EnableIPv6": c.subnet6.is_some(),
+                "IPAM": {"Driver": "default", "Options": null, "Config": ipam_cfgs},
                 "Internal": c.internal, "Attachable": false, "Ingress": false,
                 "ConfigFrom": {"Network": ""}, "ConfigOnly": false,
                 "Containers": members, "Options": c.options, "Labels": c.labels,
@@ -1135,6 +1265,9 @@ pub struct CreateRequest {
     pub subnet: Option<String>,
     pub gateway: Option<String>,
     pub ip_range: Option<String>,
+    pub ipv6: bool,
+    pub subnet6: Option<String>,
+    pub gateway6: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
 }
@@ -1315,7 +1448,9 @@ pub fn settings_json(rec: &Record) -> Value {
         "IPAddress": first.map(|e| e.ip.to_string()).unwrap_or_default(),
         "IPPrefixLen": first.map(|e| e.prefix).unwrap_or(0),
         "MacAddress": first.map(|e| e.mac.clone()).unwrap_or_default(),
-        "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPv6Gateway": "",
+        "GlobalIPv6Address": first.and_then(|e| e.ip6).map(|a| a.to_string()).unwrap_or_default(),
+        "GlobalIPv6PrefixLen": first.filter(|e| e.ip6.is_some()).map(|e| e.prefix6).unwrap_or(0),
+        "IPv6Gateway": first.and_then(|e| e.gateway6).map(|a| a.to_string()).unwrap_or_default(),
         "Networks": networks,
     })
 }
@@ -1324,8 +1459,11 @@ fn endpoint_json(ep: &Endpoint) -> Value {
     json!({"IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": ep.mac,
         "NetworkID": ep.network_id, "EndpointID": ep.endpoint_id,
         "Gateway": ep.gateway.to_string(), "IPAddress": ep.ip.to_string(),
-        "IPPrefixLen": ep.prefix, "IPv6Gateway": "", "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0, "DriverOpts": null, "DNSNames": null})
+        "IPPrefixLen": ep.prefix,
+        "IPv6Gateway": ep.gateway6.map(|a| a.to_string()).unwrap_or_default(),
+        "GlobalIPv6Address": ep.ip6.map(|a| a.to_string()).unwrap_or_default(),
+        "GlobalIPv6PrefixLen": if ep.ip6.is_some() { ep.prefix6 } else { 0 },
+        "DriverOpts": null, "DNSNames": null})
 }
 
 /// The `Ports` of `GET /containers/json`: published ports, then exposed ones.
@@ -1465,6 +1603,36 @@ fn string_map(v: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// An `EndpointConfig` (`--ip`, `--ip6`, aliases) as Berth keeps it.
+pub fn endpoint_request(cfg: &Value) -> ApiResult<EndpointRequest> {
+    let addr = |key: &str| cfg["IPAMConfig"][key].as_str().filter(|s| !s.is_empty());
+    let ipv4 = match addr("IPv4Address") {
+        Some(ip) => Some(
+            ip.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {ip}")))?,
+        ),
+        None => None,
+    };
+    let ipv6 = match addr("IPv6Address") {
+        Some(ip) => Some(
+            ip.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid IPv6 address: {ip}")))?,
+        ),
+        None => None,
+    };
+    let aliases = cfg["Aliases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect();
+    Ok(EndpointRequest {
+        ipv4,
+        ipv6,
+        aliases,
+    })
+}
+
 /// `POST /networks/create`.
 pub async fn create(
     State(d): State<Shared>,
@@ -1472,18 +1640,18 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let v = body_json(&body)?;
     let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(String::from);
-    if v["EnableIPv6"] == true {
-        return Err(ApiError::bad_request(
-            "IPv6 networks are not supported by Berth yet",
-        ));
-    }
+    // One IPv4 and (with EnableIPv6) one IPv6 subnet; an entry's family is its subnet's.
     let configs = v["IPAM"]["Config"].as_array().cloned().unwrap_or_default();
-    if configs.len() > 1 {
+    let is_v6 = |c: &Value| c["Subnet"].as_str().is_some_and(|s| s.contains(':'));
+    let v4: Vec<&Value> = configs.iter().filter(|c| !is_v6(c)).collect();
+    let v6: Vec<&Value> = configs.iter().filter(|c| is_v6(c)).collect();
+    if v4.len() > 1 || v6.len() > 1 {
         return Err(ApiError::bad_request(
-            "one IPv4 subnet per network is supported by Berth",
+            "one IPv4 and one IPv6 subnet per network are supported by Berth",
         ));
     }
-    let c = configs.first().cloned().unwrap_or(Value::Null);
+    let c = v4.first().copied().cloned().unwrap_or(Value::Null);
+    let c6 = v6.first().copied().cloned().unwrap_or(Value::Null);
     let req = CreateRequest {
         name: v["Name"].as_str().unwrap_or("").to_string(),
         driver: v["Driver"].as_str().unwrap_or("").to_string(),
@@ -1491,6 +1659,9 @@ pub async fn create(
         subnet: text(&c["Subnet"]),
         gateway: text(&c["Gateway"]),
         ip_range: text(&c["IPRange"]),
+        ipv6: v["EnableIPv6"] == true,
+        subnet6: text(&c6["Subnet"]),
+        gateway6: text(&c6["Gateway"]),
         labels: string_map(&v["Labels"]),
         options: string_map(&v["Options"]),
     };
@@ -1570,24 +1741,7 @@ pub async fn connect(
             ),
         ));
     }
-    let cfg = &v["EndpointConfig"];
-    let ipv4 = match cfg["IPAMConfig"]["IPv4Address"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-    {
-        Some(ip) => Some(
-            ip.parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {ip}")))?,
-        ),
-        None => None,
-    };
-    let aliases = cfg["Aliases"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.as_str().map(String::from))
-        .collect();
-    let req = EndpointRequest { ipv4, aliases };
+    let req = endpoint_request(&v["EndpointConfig"])?;
     let att = if rec.state.running {
         Some(d.networks.connect_running(&rec.id, &name, &req).await?)
     } else {

@@ -2,9 +2,10 @@
 //! query's question, answer it with A records (or with no records), or say it failed.
 //! Everything else is forwarded untouched.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const TYPE_A: u16 = 1;
+pub const TYPE_AAAA: u16 = 28;
 const CLASS_IN: u16 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,22 +75,25 @@ fn header(msg: &[u8], q: &Query, rcode: u16, answers: u16) -> Vec<u8> {
     out
 }
 
-/// The answer to `q` from `addrs`: A records for an A query, no records (but no error)
-/// for other types of a name that exists.
-pub fn answer(msg: &[u8], q: &Query, addrs: &[Ipv4Addr], ttl: u32) -> Vec<u8> {
-    let records: &[Ipv4Addr] = if q.qtype == TYPE_A && q.qclass == CLASS_IN {
-        addrs
-    } else {
-        &[]
+/// The answer to `q`: A records from `v4` for an A query, AAAA records from `v6` for an
+/// AAAA query, no records (but no error) for other types of a name that exists.
+pub fn answer(msg: &[u8], q: &Query, v4: &[Ipv4Addr], v6: &[Ipv6Addr], ttl: u32) -> Vec<u8> {
+    let records: Vec<(u16, Vec<u8>)> = match (q.qtype, q.qclass) {
+        (TYPE_A, CLASS_IN) => v4.iter().map(|a| (TYPE_A, a.octets().to_vec())).collect(),
+        (TYPE_AAAA, CLASS_IN) => v6
+            .iter()
+            .map(|a| (TYPE_AAAA, a.octets().to_vec()))
+            .collect(),
+        _ => Vec::new(),
     };
     let mut out = header(msg, q, 0, records.len() as u16);
-    for a in records {
+    for (kind, data) in records {
         out.extend_from_slice(&[0xc0, 12]);
-        out.extend_from_slice(&TYPE_A.to_be_bytes());
+        out.extend_from_slice(&kind.to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());
         out.extend_from_slice(&ttl.to_be_bytes());
-        out.extend_from_slice(&4u16.to_be_bytes());
-        out.extend_from_slice(&a.octets());
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(&data);
     }
     out
 }
@@ -126,6 +130,7 @@ mod tests {
             &m,
             &q,
             &[Ipv4Addr::new(172, 18, 0, 2), Ipv4Addr::new(172, 19, 0, 3)],
+            &[],
             600,
         );
         assert_eq!(&a[..2], &[0x12, 0x34]);
@@ -140,9 +145,16 @@ mod tests {
     fn other_types_get_no_records_and_junk_is_not_a_query() {
         let m = query("web", 28);
         let q = parse_query(&m).unwrap();
-        let a = answer(&m, &q, &[Ipv4Addr::new(1, 2, 3, 4)], 600);
+        let a = answer(&m, &q, &[Ipv4Addr::new(1, 2, 3, 4)], &[], 600);
         assert_eq!(u16::from_be_bytes([a[6], a[7]]), 0);
         assert_eq!(a.len(), m.len());
+        // With an IPv6 address, AAAA answers it.
+        let six: Ipv6Addr = "fd00:77::2".parse().unwrap();
+        let a = answer(&m, &q, &[Ipv4Addr::new(1, 2, 3, 4)], &[six], 600);
+        assert_eq!(u16::from_be_bytes([a[6], a[7]]), 1);
+        assert_eq!(&a[a.len() - 16..], &six.octets());
+        let m = query("other", 15);
+        let q = parse_query(&m).unwrap();
         let f = servfail(&m, &q);
         assert_eq!(f[3] & 0x0f, 2);
         assert!(parse_query(&[0; 5]).is_none());

@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 use nftables::schema::Nftables;
 use serde_json::{json, Value};
 
-use crate::ipam::Subnet;
+use crate::ipam::{Subnet, Subnet6};
 use crate::Error;
 
 pub const TABLE: &str = "berth";
@@ -29,6 +29,8 @@ pub const TABLE: &str = "berth";
 pub struct BridgeRules {
     pub bridge: String,
     pub subnet: Subnet,
+    /// With IPv6 on: the network's IPv6 subnet (masqueraded out, as Docker does).
+    pub subnet6: Option<Subnet6>,
     pub internal: bool,
     pub masquerade: bool,
 }
@@ -197,7 +199,75 @@ pub fn ruleset_json(d: &Desired) -> Value {
             }
         }
     }
+    cmds.extend(ipv6_commands(d));
     json!({"nftables": cmds})
+}
+
+/// The `ip6 berth` table: masquerade out of IPv6 subnets, isolation, internal networks.
+/// Written in the same transaction as the IPv4 one.
+fn ipv6_commands(d: &Desired) -> Vec<Value> {
+    let t = json!({"family": "ip6", "name": TABLE});
+    let chain6 = |name: &str, kind: (&str, &str, i32)| {
+        json!({"add": {"chain": {"family": "ip6", "table": TABLE, "name": name,
+            "type": kind.0, "hook": kind.1, "prio": kind.2, "policy": "accept"}}})
+    };
+    let rule6 = |chain: &str, expr: Vec<Value>| json!({"add": {"rule": {"family": "ip6", "table": TABLE, "chain": chain, "expr": expr}}});
+    let mut cmds = vec![
+        json!({"add": {"table": t.clone()}}),
+        json!({"delete": {"table": t.clone()}}),
+        json!({"add": {"table": t}}),
+        chain6("postrouting", ("nat", "postrouting", 100)),
+        chain6("forward", ("filter", "forward", 0)),
+    ];
+    let v6: Vec<&BridgeRules> = d.bridges.iter().filter(|b| b.subnet6.is_some()).collect();
+    for b in &v6 {
+        let s6 = b.subnet6.expect("filtered");
+        let br = json!(b.bridge);
+        if b.masquerade && !b.internal {
+            cmds.push(rule6(
+                "postrouting",
+                vec![
+                    eq(
+                        field("ip6", "saddr"),
+                        json!({"prefix": {"addr": s6.addr.to_string(), "len": s6.prefix}}),
+                    ),
+                    ne(meta("oifname"), br.clone()),
+                    json!({"masquerade": null}),
+                ],
+            ));
+        }
+        if b.internal {
+            cmds.push(rule6(
+                "forward",
+                vec![
+                    eq(meta("iifname"), br.clone()),
+                    ne(meta("oifname"), br.clone()),
+                    json!({"drop": null}),
+                ],
+            ));
+            cmds.push(rule6(
+                "forward",
+                vec![
+                    eq(meta("oifname"), br.clone()),
+                    ne(meta("iifname"), br.clone()),
+                    json!({"drop": null}),
+                ],
+            ));
+        }
+        for other in &d.bridges {
+            if other.bridge != b.bridge {
+                cmds.push(rule6(
+                    "forward",
+                    vec![
+                        eq(meta("iifname"), br.clone()),
+                        eq(meta("oifname"), json!(other.bridge)),
+                        json!({"drop": null}),
+                    ],
+                ));
+            }
+        }
+    }
+    cmds
 }
 
 /// Replaces Berth's table with `d`, atomically (`nft -j -f -`).
@@ -207,9 +277,12 @@ pub fn apply(d: &Desired) -> Result<(), Error> {
 
 /// Removes Berth's table, if there is one.
 pub fn remove() -> Result<(), Error> {
+    let t6 = json!({"family": "ip6", "name": TABLE});
     run(json!({"nftables": [
         {"add": {"table": table()}},
         {"delete": {"table": table()}},
+        {"add": {"table": t6.clone()}},
+        {"delete": {"table": t6}},
     ]}))
 }
 
@@ -230,12 +303,14 @@ mod tests {
                 BridgeRules {
                     bridge: "berth0".into(),
                     subnet: "172.17.0.0/16".parse().unwrap(),
+                    subnet6: Some("fd00:77::/64".parse().unwrap()),
                     internal: false,
                     masquerade: true,
                 },
                 BridgeRules {
                     bridge: "berth-1a2b3c4d5".into(),
                     subnet: "172.18.0.0/16".parse().unwrap(),
+                    subnet6: None,
                     internal: true,
                     masquerade: true,
                 },
@@ -274,12 +349,23 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|c| c["add"]["rule"]["chain"] == "forward")
+            .filter(|c| {
+                c["add"]["rule"]["chain"] == "forward" && c["add"]["rule"]["family"] == "ip"
+            })
             .count();
         assert_eq!(
             drops, 4,
             "two isolation rules and two for the internal network"
         );
+        // IPv6: the v6 subnet masqueraded out, isolated from the other bridge.
+        let v6 = v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["add"]["rule"]["family"] == "ip6")
+            .count();
+        assert_eq!(v6, 2);
+        assert!(text.contains("fd00:77::"), "{text}");
     }
 
     #[test]

@@ -251,9 +251,179 @@ impl Pool {
     }
 }
 
+/// An IPv6 network: its address (host bits clear) and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subnet6 {
+    pub addr: std::net::Ipv6Addr,
+    pub prefix: u8,
+}
+
+fn mask6(prefix: u8) -> u128 {
+    if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(prefix))
+    }
+}
+
+impl Subnet6 {
+    pub fn new(ip: std::net::Ipv6Addr, prefix: u8) -> Subnet6 {
+        Subnet6 {
+            addr: (u128::from(ip) & mask6(prefix)).into(),
+            prefix,
+        }
+    }
+
+    pub fn contains(&self, ip: std::net::Ipv6Addr) -> bool {
+        u128::from(ip) & mask6(self.prefix) == u128::from(self.addr)
+    }
+
+    pub fn overlaps(&self, other: &Subnet6) -> bool {
+        let m = mask6(self.prefix.min(other.prefix));
+        u128::from(self.addr) & m == u128::from(other.addr) & m
+    }
+
+    pub fn nth(&self, n: u128) -> std::net::Ipv6Addr {
+        u128::from(self.addr).wrapping_add(n).into()
+    }
+
+    /// A unique-local /64 for a network, from its id: fdXX:XXXX:XXXX:XXXX::/64.
+    pub fn ula_for(id: &str) -> Subnet6 {
+        let hex: String = id
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(14)
+            .collect();
+        let bits = u64::from_str_radix(&format!("{hex:0<14}"), 16).unwrap_or(0);
+        let hi = (0xfdu128 << 120) | (u128::from(bits) << 64);
+        Subnet6::new(hi.into(), 64)
+    }
+}
+
+impl fmt::Display for Subnet6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Subnet6 {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Subnet6, Error> {
+        let bad = || Error::Invalid(format!("invalid CIDR address: {s}"));
+        let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let ip: std::net::Ipv6Addr = ip.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if prefix > 128 {
+            return Err(bad());
+        }
+        Ok(Subnet6::new(ip, prefix))
+    }
+}
+
+impl Serialize for Subnet6 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Subnet6 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Subnet6, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// IPv6 addresses of one network: the gateway (::1 unless given) and every address
+/// handed out are taken; new ones follow the last one given.
+#[derive(Debug, Clone)]
+pub struct Pool6 {
+    pub subnet: Subnet6,
+    pub gateway: std::net::Ipv6Addr,
+    used: BTreeSet<std::net::Ipv6Addr>,
+    last: u128,
+}
+
+impl Pool6 {
+    pub fn new(subnet: Subnet6, gateway: Option<std::net::Ipv6Addr>) -> Result<Pool6, Error> {
+        if subnet.prefix > 126 {
+            return Err(Error::Invalid(format!("subnet {subnet} is too small")));
+        }
+        let gateway = gateway.unwrap_or_else(|| subnet.nth(1));
+        if !subnet.contains(gateway) {
+            return Err(Error::Invalid(format!(
+                "gateway {gateway} is not in subnet {subnet}"
+            )));
+        }
+        Ok(Pool6 {
+            subnet,
+            gateway,
+            used: BTreeSet::new(),
+            last: 1,
+        })
+    }
+
+    pub fn allocate(&mut self) -> Result<std::net::Ipv6Addr, Error> {
+        let size: u128 = if self.subnet.prefix == 0 {
+            u128::MAX
+        } else {
+            1u128 << (128 - u32::from(self.subnet.prefix))
+        };
+        // Sequential (a /64 never runs out in practice); the subnet-router anycast (::0)
+        // is skipped.
+        for step in 1..=size.min(1 << 20) {
+            let n = (self.last + step) % size;
+            let ip = self.subnet.nth(n);
+            if n != 0 && ip != self.gateway && !self.used.contains(&ip) {
+                self.used.insert(ip);
+                self.last = n;
+                return Ok(ip);
+            }
+        }
+        Err(Error::Invalid(format!(
+            "no available IPv6 addresses in {}",
+            self.subnet
+        )))
+    }
+
+    pub fn reserve(&mut self, ip: std::net::Ipv6Addr) -> Result<(), Error> {
+        if !self.subnet.contains(ip) || ip == self.gateway || ip == self.subnet.addr {
+            return Err(Error::Invalid(format!(
+                "invalid address {ip} for {}",
+                self.subnet
+            )));
+        }
+        if !self.used.insert(ip) {
+            return Err(Error::Conflict(format!("Address already in use: {ip}")));
+        }
+        Ok(())
+    }
+
+    pub fn release(&mut self, ip: std::net::Ipv6Addr) {
+        self.used.remove(&ip);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_subnets_and_pools() {
+        let s: Subnet6 = "fd00:77::5/64".parse().unwrap();
+        assert_eq!(s.to_string(), "fd00:77::/64");
+        assert!(s.contains("fd00:77::ffff".parse().unwrap()));
+        assert!(!s.contains("fd00:78::1".parse().unwrap()));
+        let mut p = Pool6::new(s, None).unwrap();
+        assert_eq!(p.gateway.to_string(), "fd00:77::1");
+        assert_eq!(p.allocate().unwrap().to_string(), "fd00:77::2");
+        assert_eq!(p.allocate().unwrap().to_string(), "fd00:77::3");
+        assert!(p.reserve("fd00:77::3".parse().unwrap()).is_err());
+        assert!(p.reserve("fd00:77::1".parse().unwrap()).is_err());
+        p.reserve("fd00:77::9".parse().unwrap()).unwrap();
+        let u = Subnet6::ula_for("0123456789abcdef");
+        assert_eq!(u.to_string(), "fd01:2345:6789:abcd::/64");
+        assert!(Pool6::new(s, Some("fd00:78::1".parse().unwrap())).is_err());
+    }
 
     fn s(x: &str) -> Subnet {
         x.parse().unwrap()

@@ -232,6 +232,55 @@ impl Netlink {
         Ok(())
     }
 
+    /// An address on a link; IPv6 ones without duplicate address detection, so they
+    /// are usable at once (addresses on our bridges come from our own IPAM).
+    pub async fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<(), Error> {
+        let mut req = self.handle.address().add(index, ip, prefix);
+        if ip.is_ipv6() {
+            use rtnetlink::packet_route::address::{
+                AddressAttribute, AddressFlags, AddressHeaderFlags,
+            };
+            let m = req.message_mut();
+            m.header.flags |= AddressHeaderFlags::Nodad;
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(nl(&format!("adding {ip}/{prefix}"), e)),
+        }
+    }
+
+    /// Inside a container's namespace: an IPv6 address on `ifname`, and the IPv6 default
+    /// route through `gateway` when given.
+    pub async fn configure_ipv6(
+        &self,
+        ifname: &str,
+        ip: std::net::Ipv6Addr,
+        prefix: u8,
+        gateway: Option<std::net::Ipv6Addr>,
+    ) -> Result<(), Error> {
+        let index = self
+            .index(ifname)
+            .await?
+            .ok_or_else(|| Error::System(format!("no {ifname} in the container's namespace")))?;
+        self.add_address(index, IpAddr::V6(ip), prefix).await?;
+        if let Some(gw) = gateway {
+            let route = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .gateway(gw)
+                .output_interface(index)
+                .build();
+            self.handle
+                .route()
+                .add(route)
+                .execute()
+                .await
+                .map_err(|e| nl(&format!("adding the IPv6 default route via {gw}"), e))?;
+        }
+        Ok(())
+    }
+
     /// Brings a link up by name.
     pub async fn up(&self, name: &str) -> Result<(), Error> {
         let index = self

@@ -60,6 +60,7 @@ fn bridge_veth_and_a_published_port_reached_from_loopback() {
                 bridges: vec![BridgeRules {
                     bridge: "berth0".into(),
                     subnet,
+                    subnet6: None,
                     internal: false,
                     masquerade: true,
                 }],
@@ -76,6 +77,7 @@ fn bridge_veth_and_a_published_port_reached_from_loopback() {
                 bridges: vec![BridgeRules {
                     bridge: "berth0".into(),
                     subnet,
+                    subnet6: None,
                     internal: false,
                     masquerade: true,
                 }],

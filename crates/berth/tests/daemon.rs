@@ -2335,6 +2335,8 @@ fn bridge_network_published_ports_and_no_leftovers() {
         "--rm",
         "--hostname",
         "box",
+        "--name",
+        "named-one",
         "--add-host",
         "gw:host-gateway",
         "busybox",
@@ -2344,7 +2346,7 @@ fn bridge_network_published_ports_and_no_leftovers() {
     assert!(
         hosts
             .lines()
-            .any(|l| l.starts_with("172.17.0.") && l.ends_with("\tbox")),
+            .any(|l| l.starts_with("172.17.0.") && l.ends_with("\tbox named-one")),
         "{hosts}"
     );
     assert!(hosts.contains("172.17.0.1\tgw"), "{hosts}");
@@ -3127,4 +3129,114 @@ fn compose_up_scale_recreate_profiles_and_down() {
     let (code, _, err) = d.compose(p, &["config"]);
     assert_ne!(code, 0);
     assert!(err.contains("services.web.ports must be a array"), "{err}");
+}
+
+#[test]
+fn ipv6_on_user_networks() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    d.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:77::/64",
+        "v6net",
+    ]);
+    let cfg = d.ok(&[
+        "network",
+        "inspect",
+        "v6net",
+        "-f",
+        "{{.EnableIPv6}} {{range .IPAM.Config}}{{.Subnet}} {{end}}",
+    ]);
+    assert!(
+        cfg.starts_with("true ") && cfg.contains("fd00:77::/64"),
+        "{cfg}"
+    );
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "a",
+        "--network",
+        "v6net",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /w && echo over-v6 > /w/index.html && exec httpd -f -p 80 -h /w",
+    ]);
+    let a6 = d.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.v6net.GlobalIPv6Address}}",
+        "a",
+    ]);
+    assert_eq!(a6, "fd00:77::2\n");
+    let addr = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "v6net",
+        "--ip6",
+        "fd00:77::99",
+        "busybox",
+        "sh",
+        "-c",
+        "ip -o -6 addr show eth0 scope global; ip -6 route",
+    ]);
+    assert!(addr.contains("inet6 fd00:77::99/64"), "{addr}");
+    assert!(addr.contains("default via fd00:77::1"), "{addr}");
+    // Container to container over IPv6, by address and by name (AAAA from the embedded DNS).
+    let got = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "v6net",
+        "busybox",
+        "wget",
+        "-qO-",
+        "http://[fd00:77::2]/",
+    ]);
+    assert_eq!(got, "over-v6\n");
+    let looked = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "v6net",
+        "busybox",
+        "nslookup",
+        "-type=AAAA",
+        "a",
+        "127.0.0.11",
+    ]);
+    assert!(looked.contains("fd00:77::2"), "{looked}");
+    // The IPv6 subnet is masqueraded out, in the ip6 table written with the ip one.
+    let rules = capture(d.host_cmd("nft").args(["list", "table", "ip6", "berth"]));
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains("ip6 saddr fd00:77::/64") && rules.contains("masquerade"),
+        "{rules}"
+    );
+    // Without a subnet: a unique-local /64 of its own.
+    d.ok(&["network", "create", "--ipv6", "auto6"]);
+    let sub = d.ok(&[
+        "network",
+        "inspect",
+        "auto6",
+        "-f",
+        "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+    ]);
+    assert!(
+        sub.contains(" fd") && sub.trim_end().ends_with("::/64"),
+        "{sub}"
+    );
+    let (code, _, err) = d.docker(&["network", "create", "--subnet", "fd00:99::/64", "nov6"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("IPv6"), "{err}");
+    d.ok(&["rm", "-f", "a"]);
+    d.ok(&["network", "rm", "v6net", "auto6"]);
+    let rules = capture(d.host_cmd("nft").args(["list", "table", "ip6", "berth"]));
+    assert!(!String::from_utf8_lossy(&rules.stdout).contains("fd00:77"));
 }

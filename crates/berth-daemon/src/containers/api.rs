@@ -65,28 +65,13 @@ async fn endpoint_requests(
         if !crate::networks::is_network_name(&name) {
             continue;
         }
-        let ipv4 = match cfg["IPAMConfig"]["IPv4Address"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-        {
-            Some(ip) => Some(
-                ip.parse()
-                    .map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {ip}")))?,
-            ),
-            None => None,
-        };
-        if ipv4.is_some() && name == "bridge" {
+        let req = crate::networks::endpoint_request(cfg)?;
+        if (req.ipv4.is_some() || req.ipv6.is_some()) && name == "bridge" {
             return Err(ApiError::bad_request(
                 "user specified IP address is supported on user defined networks only",
             ));
         }
-        let aliases = cfg["Aliases"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a.as_str().map(String::from))
-            .collect();
-        out.insert(name, crate::networks::EndpointRequest { ipv4, aliases });
+        out.insert(name, req);
     }
     if crate::networks::is_network_name(mode) {
         out.entry(mode.to_string()).or_default();

@@ -663,9 +663,20 @@ pub fn write_etc_files(rec: &Record, dir: &Path) -> std::io::Result<()> {
             hosts.push_str(&format!("{ip}\t{host}\n"));
         }
     }
-    // Its own address under its host name, as Docker writes it.
+    // Its own addresses under its host name (the id prefix unless set), its container
+    // name and its aliases on that network.
     for ep in rec.network.iter().flat_map(|a| a.endpoints.iter()) {
-        hosts.push_str(&format!("{}\t{name}\n", ep.ip));
+        let mut names = vec![name.clone()];
+        for n in std::iter::once(&rec.name).chain(ep.aliases.iter()) {
+            if !n.is_empty() && !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        let names = names.join(" ");
+        hosts.push_str(&format!("{}\t{names}\n", ep.ip));
+        if let Some(a6) = ep.ip6 {
+            hosts.push_str(&format!("{a6}\t{names}\n"));
+        }
     }
     std::fs::write(dir.join("hosts"), hosts)?;
     // The host's resolver, minus loopback servers the container cannot reach (Docker's
