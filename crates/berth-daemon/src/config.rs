@@ -31,6 +31,8 @@ pub struct File {
     pub log_driver: Option<String>,
     pub log_opts: Option<BTreeMap<String, String>>,
     pub default_address_pools: Option<Vec<AddressPool>>,
+    pub ipv6: Option<bool>,
+    pub fixed_cidr_v6: Option<String>,
 }
 
 /// One of `default-address-pools`: subnets of `size` bits cut from `base`.
@@ -71,9 +73,7 @@ const IGNORED: &[&str] = &[
     "dns-opts",
     "dns-search",
     "mtu",
-    "ipv6",
     "fixed-cidr",
-    "fixed-cidr-v6",
     "userland-proxy",
     "icc",
     "ip-forward",
@@ -125,6 +125,8 @@ pub struct Settings {
     pub bip: Option<String>,
     /// Where networks without a subnet get theirs (Docker's pools when empty).
     pub default_address_pools: Vec<AddressPool>,
+    /// IPv6 on the default bridge, on this subnet (`ipv6` + `fixed-cidr-v6`).
+    pub fixed_cidr_v6: Option<String>,
     pub iptables: bool,
     pub live_restore: bool,
     /// name -> (soft, hard)
@@ -174,6 +176,8 @@ pub fn read_file(path: &Path, explicit: bool) -> Result<(File, Vec<String>), Str
         "log-driver",
         "log-opts",
         "default-address-pools",
+        "ipv6",
+        "fixed-cidr-v6",
     ];
     let mut unknown = Vec::new();
     let mut warnings = Vec::new();
@@ -233,6 +237,8 @@ pub struct Flags {
     pub registry_mirrors: Vec<String>,
     pub bip: Option<String>,
     pub default_address_pools: Vec<String>,
+    pub ipv6: bool,
+    pub fixed_cidr_v6: Option<String>,
     pub iptables: Option<bool>,
     pub live_restore: Option<bool>,
     pub default_ulimits: Vec<String>,
@@ -393,6 +399,22 @@ pub fn merge(flags: &Flags, file: &File) -> Result<Settings, String> {
                 .iter()
                 .map(|p| parse_address_pool(p))
                 .collect::<Result<_, _>>()?,
+        },
+        fixed_cidr_v6: {
+            let on = flags.ipv6 || file.ipv6 == Some(true);
+            let cidr = flags
+                .fixed_cidr_v6
+                .clone()
+                .or_else(|| file.fixed_cidr_v6.clone());
+            match (on, cidr) {
+                (true, Some(c)) => Some(c),
+                (true, None) => {
+                    return Err(
+                        "ipv6 on the default bridge needs fixed-cidr-v6 (an IPv6 subnet)".into(),
+                    )
+                }
+                (false, _) => None,
+            }
         },
         iptables: flags.iptables.or(file.iptables).unwrap_or(true),
         live_restore: flags.live_restore.or(file.live_restore).unwrap_or(true),

@@ -414,6 +414,7 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
             &settings.exec_root,
             settings.bip.as_deref(),
             &settings.default_address_pools,
+            settings.fixed_cidr_v6.as_deref(),
             settings.iptables,
         )
         .await

@@ -244,8 +244,16 @@ impl Networks {
         exec_root: &Path,
         bip: Option<&str>,
         pools: &[crate::config::AddressPool],
+        fixed_cidr_v6: Option<&str>,
         firewall: bool,
     ) -> Result<Networks, String> {
+        let bridge6 = match fixed_cidr_v6 {
+            Some(c) => Some(
+                c.parse::<Subnet6>()
+                    .map_err(|e| format!("fixed-cidr-v6: {e}"))?,
+            ),
+            None => None,
+        };
         let pools = if pools.is_empty() {
             ipam::default_pools()
         } else {
@@ -324,6 +332,11 @@ impl Networks {
                     created: berth_types::time::now_rfc3339(),
                 });
             }
+        }
+        // IPv6 on the default bridge follows the settings, at every start.
+        if let Some(c) = configs.iter_mut().find(|c| c.name == "bridge") {
+            c.subnet6 = bridge6;
+            c.gateway6 = bridge6.map(|s| s.nth(1));
         }
         let me = Networks {
             dir,
@@ -593,7 +606,7 @@ impl Networks {
     }
 
     /// `network rm`: only user networks no running container is on.
-    pub async fn remove(&self, key: &str) -> ApiResult<()> {
+    pub async fn remove(self: &Arc<Self>, key: &str) -> ApiResult<()> {
         let mut inner = self.inner.lock().await;
         if matches!(key, "bridge" | "host" | "none") {
             return Err(ApiError::new(
@@ -625,12 +638,23 @@ impl Networks {
                 ),
             ));
         }
-        self.link.delete(&bridge).await.map_err(sys)?;
-        let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
+        std::fs::remove_file(self.dir.join(format!("{id}.json"))).map_err(ApiError::internal)?;
         inner.nets.remove(&name);
         if let Err(e) = self.apply(&inner).await {
             tracing::warn!("writing the firewall: {}", e.message);
         }
+        drop(inner);
+        // The bridge goes after the answer: deleting a device with ports still being
+        // removed waits for them and for RCU grace periods (300 ms for ten containers).
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = me.link.delete(&bridge).await {
+                tracing::warn!("removing bridge {bridge}: {e}");
+            }
+        });
+        let mut cleanups = self.cleanups.lock().expect("lock");
+        cleanups.retain(|t| !t.is_finished());
+        cleanups.push(task);
         Ok(())
     }
 
@@ -1427,15 +1451,34 @@ pub fn settings_json(rec: &Record) -> Value {
         networks.insert(ep.network.clone(), endpoint_json(ep));
     }
     let mode = rec.host_config.network_mode.as_str();
-    if networks.is_empty() && (mode == "bridge" || mode == "host" || mode == "none") {
-        // Stopped: the network is named, with nothing assigned (as Docker shows it).
-        networks.insert(
-            mode.to_string(),
-            json!({"IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": "",
-                "NetworkID": fixed_id(mode), "EndpointID": "", "Gateway": "", "IPAddress": "",
-                "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
-                "GlobalIPv6PrefixLen": 0, "DriverOpts": null, "DNSNames": null}),
-        );
+    if networks.is_empty() {
+        // Stopped: its networks are named, with what it asked and nothing assigned (as
+        // Docker shows them).
+        let mut named: Vec<(String, EndpointRequest)> = requested(rec);
+        if matches!(mode, "host" | "none") {
+            named.push((mode.to_string(), EndpointRequest::default()));
+        }
+        for (n, req) in named {
+            let ipam = if req.ipv4.is_some() || req.ipv6.is_some() {
+                json!({"IPv4Address": req.ipv4.map(|a| a.to_string()).unwrap_or_default(),
+                    "IPv6Address": req.ipv6.map(|a| a.to_string()).unwrap_or_default()})
+            } else {
+                Value::Null
+            };
+            let aliases = if req.aliases.is_empty() {
+                Value::Null
+            } else {
+                json!(req.aliases)
+            };
+            networks.insert(
+                n.clone(),
+                json!({"IPAMConfig": ipam, "Links": null, "Aliases": aliases, "MacAddress": "",
+                    "NetworkID": if matches!(n.as_str(), "bridge" | "host" | "none") { fixed_id(&n) } else { String::new() },
+                    "EndpointID": "", "Gateway": "", "IPAddress": "",
+                    "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
+                    "GlobalIPv6PrefixLen": 0, "DriverOpts": null, "DNSNames": null}),
+            );
+        }
     }
     let first = att.and_then(|a| a.endpoints.first());
     json!({
@@ -1732,7 +1775,9 @@ pub async fn connect(
             "container sharing network namespace with another container or host cannot be connected to any other network",
         ));
     }
-    if requested(&rec).iter().any(|(n, _)| *n == name) {
+    // A container that is not running just takes the new settings (docker-compose v1
+    // connects the network a container was created on, to give it its aliases).
+    if rec.state.running && requested(&rec).iter().any(|(n, _)| *n == name) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
@@ -1791,8 +1836,10 @@ pub async fn disconnect(
     let rec = {
         let mut r = e.rec.lock().expect("lock");
         r.networks.remove(&name);
-        if r.host_config.network_mode == name {
-            // Its next network becomes its mode; with none left, it has no network.
+        if r.host_config.network_mode == name && rec.state.running {
+            // Its next network becomes its mode; with none left, it has no network. (A
+            // stopped container keeps its mode: clients disconnect and connect it again
+            // to change its settings there.)
             r.host_config.network_mode = r
                 .networks
                 .keys()

@@ -43,6 +43,10 @@ struct DaemonArgs {
     bip: Option<String>,
     #[arg(long = "default-address-pool")]
     default_address_pool: Vec<String>,
+    #[arg(long)]
+    ipv6: bool,
+    #[arg(long = "fixed-cidr-v6")]
+    fixed_cidr_v6: Option<String>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     iptables: Option<bool>,
     /// Containers keep running while the daemon is down (default true).
@@ -80,6 +84,8 @@ fn daemon_main(bin: &str, args: &[String]) -> i32 {
         registry_mirrors: a.registry_mirror,
         bip: a.bip,
         default_address_pools: a.default_address_pool,
+        ipv6: a.ipv6,
+        fixed_cidr_v6: a.fixed_cidr_v6,
         iptables: a.iptables,
         live_restore: a.live_restore,
         default_ulimits: a.default_ulimit,

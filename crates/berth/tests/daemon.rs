@@ -2844,7 +2844,8 @@ fn address_pools_no_iptables_and_dns_forwarding() {
     let conf = dir.path().join("daemon.json");
     std::fs::write(
         &conf,
-        r#"{"default-address-pools": [{"base": "10.123.0.0/16", "size": 24}], "iptables": false}"#,
+        r#"{"default-address-pools": [{"base": "10.123.0.0/16", "size": 24}], "iptables": false,
+            "ipv6": true, "fixed-cidr-v6": "fd00:abcd::/64"}"#,
     )
     .unwrap();
     let d = Daemon::start_with(dir, &["--config-file", conf.to_str().unwrap()]);
@@ -2855,6 +2856,11 @@ fn address_pools_no_iptables_and_dns_forwarding() {
         "run", "--rm", "busybox", "ip", "-o", "-4", "addr", "show", "eth0",
     ]);
     assert!(addr.contains("inet 10.123.0.2/24"), "{addr}");
+    // ipv6 + fixed-cidr-v6: the default bridge has IPv6 too.
+    let addr6 = d.ok(&[
+        "run", "--rm", "busybox", "ip", "-o", "-6", "addr", "show", "eth0", "scope", "global",
+    ]);
+    assert!(addr6.contains("inet6 fd00:abcd::"), "{addr6}");
     d.ok(&["network", "create", "n1"]);
     let subnet = d.ok(&[
         "network",
@@ -2976,6 +2982,7 @@ services:
   web:
     <<: *common
     command: sh -c "mkdir -p /www && echo $${GREETING} > /www/index.html && echo serving && exec httpd -f -p 80 -h /www"
+    init: true
     environment:
       GREETING: ${GREETING:-nobody}
     ports: ["127.0.0.1:${WEB_PORT}:80"]
@@ -3239,4 +3246,84 @@ fn ipv6_on_user_networks() {
     d.ok(&["network", "rm", "v6net", "auto6"]);
     let rules = capture(d.host_cmd("nft").args(["list", "table", "ip6", "berth"]));
     assert!(!String::from_utf8_lossy(&rules.stdout).contains("fd00:77"));
+}
+
+/// The Python docker-compose 1.29 (Debian's) against Berth, and each compose seeing the
+/// other's project.
+#[test]
+fn python_docker_compose_against_berth() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    if Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: docker-compose (Debian's package) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("docker-compose.yml"),
+        r#"
+services:
+  web:
+    image: busybox
+    command: sh -c "mkdir -p /www && echo py-compose > /www/index.html && exec httpd -f -p 80 -h /www"
+    init: true
+    ports: ["127.0.0.1:18181:80"]
+    healthcheck:
+      test: wget -qO- http://127.0.0.1/ || exit 1
+      interval: 1s
+  client:
+    image: busybox
+    command: sh -c "wget -qO- http://web/ && exec sleep 600"
+    init: true
+    depends_on:
+      web:
+        condition: service_healthy
+    volumes: [data:/data]
+volumes:
+  data: {}
+"#,
+    )
+    .unwrap();
+    let py = |args: &[&str]| {
+        d.client(
+            Command::new("docker-compose")
+                .env("DOCKER_HOST", format!("unix://{}", d.socket().display()))
+                .current_dir(p)
+                .args(["-p", "pyshop"]),
+            args,
+        )
+    };
+    let (code, _, err) = py(&["up", "-d"]);
+    assert_eq!(code, 0, "{err}\n{}", d.log());
+    assert!(wait_for(5, || http_get(&d, 18181, "/").contains("py-compose")));
+    assert!(wait_for(5, || py(&["logs", "--no-color", "client"])
+        .1
+        .contains("py-compose")));
+    let (code, out, _) = py(&["ps"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("pyshop_web_1") && out.contains("Up (healthy)"),
+        "{out}"
+    );
+    // Berth's compose finds the same project by its labels, and takes it down.
+    let (ps, _) = d.compose_ok(p, &["-p", "pyshop", "ps", "--services"]);
+    assert_eq!(ps, "client\nweb\n");
+    d.compose_ok(p, &["-p", "pyshop", "down", "-v"]);
+    assert_eq!(d.ok(&["ps", "-aq"]), "");
+    assert_eq!(d.ok(&["volume", "ls", "-q"]), "");
+    // And the other way round: Berth brings it up, docker-compose takes it down.
+    d.compose_ok(p, &["-p", "pyshop", "up", "-d"]);
+    let (code, _, err) = py(&["down", "-v"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(d.ok(&["ps", "-aq"]), "");
+    assert_eq!(
+        d.ok(&["network", "ls", "--filter", "name=pyshop", "-q"]),
+        ""
+    );
 }

@@ -1574,6 +1574,39 @@ async fn stop_all(c: &Client, list: &[Value]) {
     }
 }
 
+/// For stopping: 0 for a service nothing depends on, else one more than the deepest of
+/// the services that depend on it.
+fn stop_depths(services: &Map<String, Value>) -> HashMap<String, usize> {
+    fn depth(
+        s: &str,
+        services: &Map<String, Value>,
+        memo: &mut HashMap<String, usize>,
+        seen: &mut Vec<String>,
+    ) -> usize {
+        if let Some(d) = memo.get(s) {
+            return *d;
+        }
+        if seen.iter().any(|x| x == s) {
+            return 0;
+        }
+        seen.push(s.to_string());
+        let d = services
+            .iter()
+            .filter(|(_, v)| v["depends_on"].get(s).is_some())
+            .map(|(k, _)| depth(k, services, memo, seen) + 1)
+            .max()
+            .unwrap_or(0);
+        seen.pop();
+        memo.insert(s.to_string(), d);
+        d
+    }
+    let mut memo = HashMap::new();
+    for k in services.keys() {
+        depth(k, services, &mut memo, &mut Vec::new());
+    }
+    memo
+}
+
 /// `down`: containers in reverse dependency order, then the project's networks, and with
 /// `-v` its volumes.
 async fn down(
@@ -1583,31 +1616,27 @@ async fn down(
     remove_orphans: bool,
     timeout: Option<i64>,
 ) -> Result<i32, Error> {
-    let order = load::order(p.services()).map_err(Error::Other)?;
+    // A cycle is refused here too.
+    load::order(p.services()).map_err(Error::Other)?;
     let mut list = containers(c, &p.name, None, true).await?;
     list.retain(|ct| {
         remove_orphans
             || p.services().contains_key(label(ct, SERVICE))
             || p.inactive.iter().any(|s| s == label(ct, SERVICE))
     });
-    // Dependents first.
-    list.sort_by_key(|ct| {
-        std::cmp::Reverse(
-            order
-                .iter()
-                .position(|s| s == label(ct, SERVICE))
-                .unwrap_or(usize::MAX),
-        )
-    });
+    // In waves: a service goes once everything that depends on it has gone; everything
+    // in one wave (services and their replicas) goes at once.
+    let depth = stop_depths(p.services());
+    let wave = |ct: &Value| -> usize {
+        // Orphans (services no longer in the model) go first.
+        depth.get(label(ct, SERVICE)).map(|d| d + 1).unwrap_or(0)
+    };
+    list.sort_by_key(|ct| wave(ct));
     let t = timeout.map(|t| format!("?t={t}")).unwrap_or_default();
-    // Service by service, dependents first; a service's containers all at once.
     let mut i = 0;
     while i < list.len() {
-        let svc = label(&list[i], SERVICE).to_string();
-        let group: Vec<&Value> = list[i..]
-            .iter()
-            .take_while(|ct| label(ct, SERVICE) == svc)
-            .collect();
+        let w = wave(&list[i]);
+        let group: Vec<&Value> = list[i..].iter().take_while(|ct| wave(ct) == w).collect();
         i += group.len();
         let results = futures_util::future::join_all(group.iter().map(|ct| {
             let t = &t;
@@ -1897,6 +1926,13 @@ mod tests {
         );
         assert_eq!(b["HostConfig"]["Memory"], 64 << 20);
         assert_eq!(b["HostConfig"]["NanoCpus"], 500_000_000);
+    }
+
+    #[test]
+    fn down_goes_in_waves_dependents_first() {
+        let s = json!({"db": {}, "web": {"depends_on": {"db": {}}}, "cli": {"depends_on": {"web": {}}}, "solo": {}});
+        let d = stop_depths(s.as_object().unwrap());
+        assert_eq!((d["cli"], d["solo"], d["web"], d["db"]), (0, 0, 1, 2));
     }
 
     #[test]
