@@ -2121,6 +2121,22 @@ fn containers_share_namespaces_with_container_modes() {
         ])
         .1
         == "webhost\n"));
+    // The same address on the bridge.
+    let ip = d.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
+    let shared = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:web",
+        "busybox",
+        "ip",
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(shared.contains(&format!("inet {}/", ip.trim())), "{shared}");
     // The same processes.
     let ps = d.ok(&[
         "run",
@@ -2616,6 +2632,18 @@ fn user_networks_dns_isolation_connect_and_disconnect() {
         "127.0.0.11",
     ]);
     assert!(looked.contains(&db_ip), "{looked}");
+    let pinged = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "appnet",
+        "busybox",
+        "ping",
+        "-c1",
+        "-W2",
+        "db",
+    ]);
+    assert!(pinged.contains("1 packets received"), "{pinged}");
     for name in ["db", "database"] {
         let got = d.ok(&[
             "run",
@@ -2996,6 +3024,10 @@ services:
     command: sh -c "wget -qO- http://web/ > /data/got && exec sleep 600"
     init: true
     volumes: [data:/data]
+    secrets: [token]
+    configs:
+      - source: motd
+        target: /etc/motd
     depends_on:
       web:
         condition: service_healthy
@@ -3006,6 +3038,12 @@ services:
     profiles: [debug]
 volumes:
   data: {}
+secrets:
+  token:
+    file: ./token.txt
+configs:
+  motd:
+    file: ./motd.txt
 "#;
 
 #[test]
@@ -3017,6 +3055,8 @@ fn compose_up_scale_recreate_profiles_and_down() {
     let p = dir.path();
     std::fs::write(p.join("compose.yaml"), SHOP).unwrap();
     std::fs::write(p.join(".env"), "GREETING=hello-compose\nWEB_PORT=18080\n").unwrap();
+    std::fs::write(p.join("token.txt"), "s3cret\n").unwrap();
+    std::fs::write(p.join("motd.txt"), "welcome\n").unwrap();
 
     let (_, err) = d.compose_ok(p, &["up", "-d"]);
     assert!(err.contains("Network shop_default  Created"), "{err}");
@@ -3053,6 +3093,44 @@ fn compose_up_scale_recreate_profiles_and_down() {
     assert_eq!(got, "hello-compose\n");
     let (services, _) = d.compose_ok(p, &["config", "--services"]);
     assert_eq!(services, "web\nclient\n");
+    // One-off runs: secrets and configs from files, removed afterwards with --rm.
+    let (got, _) = d.compose_ok(
+        p,
+        &[
+            "run",
+            "--rm",
+            "-T",
+            "client",
+            "cat",
+            "/run/secrets/token",
+            "/etc/motd",
+        ],
+    );
+    assert_eq!(got, "s3cret\nwelcome\n");
+    let (code, _, _) = d.compose(
+        p,
+        &[
+            "run",
+            "--rm",
+            "-T",
+            "--no-deps",
+            "client",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    assert_eq!(code, 3, "the one-off's exit code");
+    assert_eq!(
+        d.ok(&[
+            "ps",
+            "-aq",
+            "--filter",
+            "label=com.docker.compose.oneoff=True"
+        ]),
+        "",
+        "one-off containers went with --rm"
+    );
 
     // Up again: nothing recreated.
     let ids = |d: &Daemon| {

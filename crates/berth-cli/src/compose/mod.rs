@@ -191,6 +191,46 @@ enum ComposeCmd {
     },
     /// Show the Docker Compose version information
     Version,
+    /// Run a one-off command on a service
+    Run {
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(long)]
+        rm: bool,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        #[arg(short, long)]
+        user: Option<String>,
+        #[arg(short, long)]
+        workdir: Option<String>,
+        #[arg(long)]
+        entrypoint: Option<String>,
+        #[arg(short = 'T', long = "no-TTY")]
+        no_tty: bool,
+        #[arg(long = "no-deps")]
+        no_deps: bool,
+        #[arg(long = "service-ports")]
+        service_ports: bool,
+        service: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Pull service images
+    Pull {
+        #[arg(short, long)]
+        quiet: bool,
+        services: Vec<String>,
+    },
+    /// Push service images
+    Push { services: Vec<String> },
+    /// Receive real time events from containers
+    Events {
+        #[arg(long)]
+        json: bool,
+        services: Vec<String>,
+    },
 }
 
 pub async fn run(c: &Client, a: ComposeArgs) -> Result<i32, Error> {
@@ -501,6 +541,147 @@ pub async fn run(c: &Client, a: ComposeArgs) -> Result<i32, Error> {
                     other => other.to_uppercase(),
                 },
             )
+        }
+        ComposeCmd::Run {
+            detach,
+            rm,
+            name,
+            env,
+            user,
+            workdir,
+            entrypoint,
+            no_tty,
+            no_deps,
+            service_ports,
+            service,
+            command,
+        } => {
+            let Some(svc) = p.services().get(&service).cloned() else {
+                return Err(Error::Other(format!("no such service: {service}")));
+            };
+            // Its dependencies come up first, as `up` would bring them.
+            let deps: Vec<String> = svc["depends_on"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            if !no_deps && !deps.is_empty() {
+                up(c, &p, &deps, &[], false, false, false, true).await?;
+            }
+            let hash = config_hash(&svc);
+            let mut body = create_body(&p, &service, 1, &hash, &HashMap::new())?;
+            body["Labels"][ONEOFF] = json!("True");
+            body["Labels"]["com.docker.compose.slug"] = json!(crate::commands::random_hex(32));
+            if !service_ports {
+                body["HostConfig"]["PortBindings"] = json!({});
+            }
+            if !command.is_empty() {
+                body["Cmd"] = json!(command);
+            }
+            if let Some(ep) = entrypoint {
+                body["Entrypoint"] = argv(&json!(ep))?;
+            }
+            if let Some(u) = user {
+                body["User"] = json!(u);
+            }
+            if let Some(w) = workdir {
+                body["WorkingDir"] = json!(w);
+            }
+            if let Some(list) = body["Env"].as_array_mut() {
+                list.extend(env.into_iter().map(Value::String));
+            }
+            let tty = !no_tty && !detach && rustix::termios::isatty(std::io::stdin());
+            body["Tty"] = json!(tty);
+            body["OpenStdin"] = json!(!detach);
+            body["AttachStdin"] = json!(!detach);
+            body["StdinOnce"] = json!(!detach);
+            body["HostConfig"]["AutoRemove"] = json!(rm);
+            let cname = name.unwrap_or_else(|| {
+                format!(
+                    "{}-{service}-run-{}",
+                    p.name,
+                    crate::commands::random_hex(12)
+                )
+            });
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!("/containers/create?name={}", q(&cname)),
+                    Some(&body),
+                )
+                .await?;
+            let id = v["Id"].as_str().unwrap_or("").to_string();
+            for (key, cfg) in service_networks(&svc).iter().skip(1) {
+                let b = json!({"Container": id, "EndpointConfig": endpoint(&service, cfg)});
+                c.json(
+                    Method::POST,
+                    &format!("/networks/{}/connect", q(&network_name(&p, key))),
+                    Some(&b),
+                )
+                .await?;
+            }
+            if detach {
+                c.json(Method::POST, &format!("/containers/{id}/start"), None)
+                    .await?;
+                println!("{cname}");
+                return Ok(0);
+            }
+            let mut args = vec!["start".to_string(), "-a".to_string()];
+            if !no_tty {
+                args.push("-i".into());
+            }
+            args.push(id);
+            crate::commands::run_args(c, &args).await
+        }
+        ComposeCmd::Pull { quiet, services } => {
+            let mut status = 0;
+            for (name, svc) in p.services() {
+                if !(services.is_empty() || services.contains(name)) {
+                    continue;
+                }
+                let Some(image) = svc["image"].as_str() else {
+                    continue;
+                };
+                let mut args = vec!["pull".to_string()];
+                if quiet {
+                    args.push("-q".into());
+                }
+                args.push(image.to_string());
+                if crate::commands::run_args(c, &args).await? != 0 {
+                    status = 1;
+                }
+            }
+            Ok(status)
+        }
+        ComposeCmd::Push { services } => {
+            let mut status = 0;
+            for (name, svc) in p.services() {
+                if !(services.is_empty() || services.contains(name)) {
+                    continue;
+                }
+                if let Some(image) = svc["image"].as_str() {
+                    if crate::commands::run_args(c, &["push".to_string(), image.to_string()])
+                        .await?
+                        != 0
+                    {
+                        status = 1;
+                    }
+                }
+            }
+            Ok(status)
+        }
+        ComposeCmd::Events { json, services } => {
+            let mut args = vec![
+                "events".to_string(),
+                "--filter".to_string(),
+                format!("label={PROJECT}={}", p.name),
+            ];
+            for s in services {
+                args.extend(["--filter".to_string(), format!("label={SERVICE}={s}")]);
+            }
+            if json {
+                args.extend(["--format".to_string(), "{{json .}}".to_string()]);
+            }
+            crate::commands::run_args(c, &args).await
         }
         ComposeCmd::Version | ComposeCmd::Ls { .. } => unreachable!("handled above"),
     }
@@ -979,6 +1160,35 @@ fn create_body(
                 mounts.push(mount);
             }
             _ => {}
+        }
+    }
+    // Secrets and configs from files, bound read-only: secrets under /run/secrets.
+    for (kind, default_dir) in [("secrets", "/run/secrets/"), ("configs", "/")] {
+        for item in s[kind].as_array().into_iter().flatten() {
+            let (source, target) = match item {
+                Value::String(n) => (n.clone(), None),
+                Value::Object(m) => (
+                    m.get("source")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    m.get("target").and_then(Value::as_str).map(String::from),
+                ),
+                _ => continue,
+            };
+            let def = &p.model[kind][&source];
+            let Some(file) = def["file"].as_str() else {
+                return Err(Error::Other(format!(
+                    "service \"{name}\" refers to undefined {} {source} (only file-based ones are supported)",
+                    &kind[..kind.len() - 1]
+                )));
+            };
+            let target = match target {
+                Some(t) if t.starts_with('/') => t,
+                Some(t) => format!("{default_dir}{t}"),
+                None => format!("{default_dir}{source}"),
+            };
+            binds.push(format!("{}:{target}:ro", resolve(file)));
         }
     }
     let mut tmpfs = Map::new();
@@ -1482,12 +1692,21 @@ async fn follow(
     }
 }
 
+/// `name  | ` for each container, padded to the longest name, and coloured per container
+/// as compose does when the output is a terminal.
 fn prefixes(list: &[Value], bare: bool) -> Vec<String> {
+    const COLOURS: &[u8] = &[36, 33, 32, 35, 34, 96, 93, 92, 95, 94];
+    let colour =
+        rustix::termios::isatty(std::io::stdout()) && std::env::var_os("NO_COLOR").is_none();
     let width = list.iter().map(|ct| name_of(ct).len()).max().unwrap_or(0);
     list.iter()
-        .map(|ct| {
+        .enumerate()
+        .map(|(i, ct)| {
             if bare {
                 String::new()
+            } else if colour {
+                let c = COLOURS[i % COLOURS.len()];
+                format!("\x1b[{c}m{:width$}  |\x1b[0m ", name_of(ct))
             } else {
                 format!("{:width$}  | ", name_of(ct))
             }
