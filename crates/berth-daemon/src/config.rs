@@ -33,6 +33,11 @@ pub struct File {
     pub default_address_pools: Option<Vec<AddressPool>>,
     pub ipv6: Option<bool>,
     pub fixed_cidr_v6: Option<String>,
+    pub tls: Option<bool>,
+    pub tlsverify: Option<bool>,
+    pub tlscacert: Option<PathBuf>,
+    pub tlscert: Option<PathBuf>,
+    pub tlskey: Option<PathBuf>,
 }
 
 /// One of `default-address-pools`: subnets of `size` bits cut from `base`.
@@ -89,11 +94,6 @@ const IGNORED: &[&str] = &[
     "seccomp-profile",
     "selinux-enabled",
     "userns-remap",
-    "tls",
-    "tlsverify",
-    "tlscacert",
-    "tlscert",
-    "tlskey",
     "labels",
     "containerd",
     "no-new-privileges",
@@ -127,6 +127,8 @@ pub struct Settings {
     pub default_address_pools: Vec<AddressPool>,
     /// IPv6 on the default bridge, on this subnet (`ipv6` + `fixed-cidr-v6`).
     pub fixed_cidr_v6: Option<String>,
+    /// TLS for tcp hosts (`--tls`/`--tlsverify` and the three files).
+    pub tls: Option<crate::tls::TlsFiles>,
     pub iptables: bool,
     pub live_restore: bool,
     /// name -> (soft, hard)
@@ -178,6 +180,11 @@ pub fn read_file(path: &Path, explicit: bool) -> Result<(File, Vec<String>), Str
         "default-address-pools",
         "ipv6",
         "fixed-cidr-v6",
+        "tls",
+        "tlsverify",
+        "tlscacert",
+        "tlscert",
+        "tlskey",
     ];
     let mut unknown = Vec::new();
     let mut warnings = Vec::new();
@@ -239,6 +246,11 @@ pub struct Flags {
     pub default_address_pools: Vec<String>,
     pub ipv6: bool,
     pub fixed_cidr_v6: Option<String>,
+    pub tls: bool,
+    pub tlsverify: bool,
+    pub tlscacert: Option<PathBuf>,
+    pub tlscert: Option<PathBuf>,
+    pub tlskey: Option<PathBuf>,
     pub iptables: Option<bool>,
     pub live_restore: Option<bool>,
     pub default_ulimits: Vec<String>,
@@ -415,6 +427,23 @@ pub fn merge(flags: &Flags, file: &File) -> Result<Settings, String> {
                 }
                 (false, _) => None,
             }
+        },
+        tls: {
+            // dockerd's defaults: the files in ~/.docker.
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+            let pick = |flag: &Option<PathBuf>, file: &Option<PathBuf>, name: &str| {
+                flag.clone()
+                    .or_else(|| file.clone())
+                    .unwrap_or_else(|| PathBuf::from(format!("{home}/.docker/{name}")))
+            };
+            let verify = flags.tlsverify || file.tlsverify == Some(true);
+            let on = verify || flags.tls || file.tls == Some(true);
+            on.then(|| crate::tls::TlsFiles {
+                verify,
+                ca: pick(&flags.tlscacert, &file.tlscacert, "ca.pem"),
+                cert: pick(&flags.tlscert, &file.tlscert, "cert.pem"),
+                key: pick(&flags.tlskey, &file.tlskey, "key.pem"),
+            })
         },
         iptables: flags.iptables.or(file.iptables).unwrap_or(true),
         live_restore: flags.live_restore.or(file.live_restore).unwrap_or(true),

@@ -11,6 +11,7 @@ pub mod containers;
 mod images;
 pub mod networks;
 mod system;
+pub mod tls;
 pub mod volumes;
 
 use std::path::PathBuf;
@@ -360,11 +361,12 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
                 .trim_end_matches('/')
                 .parse()
                 .map_err(|e| format!("--host {h}: {e}"))?;
-            // The API is root on this machine: plain TCP only where only this machine
-            // can connect.
-            if !addr.ip().is_loopback() {
+            // The API is root on this machine: beyond loopback, only clients holding a
+            // certificate of our CA (dockerd warns and serves anyway; Berth refuses).
+            let verified = settings.tls.as_ref().is_some_and(|t| t.verify);
+            if !addr.ip().is_loopback() && !verified {
                 return Err(format!(
-                    "--host {h}: listening beyond loopback needs TLS client verification (--tlsverify), which Berth does not have yet"
+                    "--host {h}: listening beyond loopback needs TLS client verification (--tlsverify with --tlscacert, --tlscert, --tlskey)"
                 ));
             }
             tcp.push(addr);
@@ -448,11 +450,22 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
         .layer(router(daemon.clone()).layer(axum::middleware::from_fn(log_request)));
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
+    let tls = match &settings.tls {
+        Some(files) if !tcp.is_empty() => Some(tls::server_config(files)?),
+        _ => None,
+    };
     for addr in tcp {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("binding {addr}: {e}"))?;
-        servers.push(spawn_server(listener, app.clone(), stop_tx.subscribe()));
+        match &tls {
+            Some(cfg) => {
+                let l = tls::TlsListener::new(listener, cfg.clone())
+                    .map_err(|e| format!("binding {addr}: {e}"))?;
+                servers.push(spawn_server(l, app.clone(), stop_tx.subscribe()));
+            }
+            None => servers.push(spawn_server(listener, app.clone(), stop_tx.subscribe())),
+        }
     }
     for listener in listeners {
         servers.push(spawn_server(listener, app.clone(), stop_tx.subscribe()));

@@ -47,6 +47,16 @@ struct DaemonArgs {
     ipv6: bool,
     #[arg(long = "fixed-cidr-v6")]
     fixed_cidr_v6: Option<String>,
+    #[arg(long)]
+    tls: bool,
+    #[arg(long)]
+    tlsverify: bool,
+    #[arg(long)]
+    tlscacert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    tlscert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    tlskey: Option<std::path::PathBuf>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     iptables: Option<bool>,
     /// Containers keep running while the daemon is down (default true).
@@ -86,6 +96,11 @@ fn daemon_main(bin: &str, args: &[String]) -> i32 {
         default_address_pools: a.default_address_pool,
         ipv6: a.ipv6,
         fixed_cidr_v6: a.fixed_cidr_v6,
+        tls: a.tls,
+        tlsverify: a.tlsverify,
+        tlscacert: a.tlscacert,
+        tlscert: a.tlscert,
+        tlskey: a.tlskey,
         iptables: a.iptables,
         live_restore: a.live_restore,
         default_ulimits: a.default_ulimit,

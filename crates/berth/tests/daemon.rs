@@ -3405,3 +3405,135 @@ volumes:
         ""
     );
 }
+
+#[test]
+fn compose_up_attached_prefixes_output_and_exit_code_from() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("compose.yaml"),
+        "name: att\nservices:\n  job:\n    image: busybox\n    command: sh -c 'echo hello from job; sleep 0.5; exit 7'\n  idle:\n    image: busybox\n    command: sleep 600\n    init: true\n",
+    )
+    .unwrap();
+    let (code, out, err) = d.compose(p, &["up", "--exit-code-from", "job"]);
+    assert_eq!(code, 7, "the job's exit code: {out}{err}");
+    assert!(out.contains("att-job-1   | hello from job"), "{out}");
+    assert!(out.contains("att-job-1 exited with code 7"), "{out}");
+    // --abort-on-container-exit stopped the other service.
+    let state = d.ok(&["inspect", "-f", "{{.State.Status}}", "att-idle-1"]);
+    assert_eq!(state, "exited\n");
+    d.compose_ok(p, &["down"]);
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, by openssl.
+fn make_certs(dir: &Path) {
+    let sh = |script: &str| {
+        let out = capture(Command::new("sh").arg("-c").arg(script).current_dir(dir));
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=berth-test-ca");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj /CN=127.0.0.1 \
+        && printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext \
+        && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out server-cert.pem -days 2 -extfile server.ext");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout key.pem -out client.csr -subj /CN=client \
+        && printf 'extendedKeyUsage=clientAuth\\n' > client.ext \
+        && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out cert.pem -days 2 -extfile client.ext");
+}
+
+#[test]
+fn tls_hosts_verify_client_certificates() {
+    require_root!();
+    if !docker_cli() || Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipped: needs the docker CLI and openssl");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("berth-daemon-")
+        .tempdir()
+        .unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    let f = |n: &str| certs.join(n).display().to_string();
+    // Beyond loopback (in the daemon's own namespace), allowed with client verification.
+    let d = Daemon::start_with(
+        dir,
+        &[
+            "-H",
+            "tcp://0.0.0.0:23761",
+            "--tlsverify",
+            "--tlscacert",
+            &f("ca.pem"),
+            "--tlscert",
+            &f("server-cert.pem"),
+            "--tlskey",
+            &f("server-key.pem"),
+        ],
+    );
+    let ns = d.netns();
+    assert!(wait_for(5, || common::net(Some(&ns), || {
+        std::net::TcpStream::connect(("127.0.0.1", 23761)).is_ok()
+    })));
+    let docker = |args: &[&str]| {
+        let out = capture(d.host_cmd("docker").env_remove("DOCKER_HOST").args(args));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = docker(&[
+        "--tlsverify",
+        "--tlscacert",
+        &f("ca.pem"),
+        "--tlscert",
+        &f("cert.pem"),
+        "--tlskey",
+        &f("key.pem"),
+        "-H",
+        "tcp://127.0.0.1:23761",
+        "version",
+        "-f",
+        "{{.Server.APIVersion}}",
+    ]);
+    assert_eq!((code, out.as_str()), (0, "1.47\n"), "{err}");
+    // No client certificate: refused in the handshake.
+    let (code, _, err) = docker(&[
+        "--tls",
+        "--tlscacert",
+        &f("ca.pem"),
+        "-H",
+        "tcp://127.0.0.1:23761",
+        "version",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("tls"),
+        "{err}"
+    );
+    // Plain HTTP gets nothing.
+    let (code, _, _) = docker(&[
+        "-H",
+        "tcp://127.0.0.1:23761",
+        "version",
+        "-f",
+        "{{.Server.APIVersion}}",
+    ]);
+    assert_ne!(code, 0);
+    // Without --tlsverify, beyond loopback is still refused.
+    let out = capture(Command::new(common::berth()).args([
+        "daemon",
+        "--tls",
+        "-H",
+        "tcp://0.0.0.0:23762",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs TLS client verification"));
+}
