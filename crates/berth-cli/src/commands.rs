@@ -604,6 +604,40 @@ struct RunArgs {
     command: Vec<String>,
 }
 
+/// `volume inspect`, `network inspect`: each object by name, as a JSON array or through
+/// `--format`; status 1 if any was missing.
+async fn inspect_each(
+    c: &Client,
+    kind: &str,
+    names: &[String],
+    format: Option<String>,
+) -> Result<i32, Error> {
+    let mut found = Vec::new();
+    let mut status = 0;
+    for n in names {
+        match c
+            .json(Method::GET, &format!("/{kind}/{}", q(n)), None)
+            .await
+        {
+            Ok(v) => found.push(v),
+            Err(e) => {
+                eprintln!("{e}");
+                status = 1;
+            }
+        }
+    }
+    match format {
+        Some(f) => {
+            let t = Template::parse(&f).map_err(Error::Other)?;
+            for v in &found {
+                println!("{}", t.render(v));
+            }
+        }
+        None => println!("{}", pretty(&Value::Array(found))),
+    }
+    Ok(status)
+}
+
 /// A `network ls` row with Docker's field names.
 fn network_row(n: &Value, no_trunc: bool) -> Value {
     let id = n["Id"].as_str().unwrap_or("");
@@ -1543,30 +1577,7 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             })
         }
         Cmd::VolumeInspect { format, volumes } => {
-            let mut found = Vec::new();
-            let mut status = 0;
-            for n in &volumes {
-                match c
-                    .json(Method::GET, &format!("/volumes/{}", q(n)), None)
-                    .await
-                {
-                    Ok(v) => found.push(v),
-                    Err(e) => {
-                        eprintln!("{e}");
-                        status = 1;
-                    }
-                }
-            }
-            match format {
-                Some(f) => {
-                    let t = Template::parse(&f).map_err(Error::Other)?;
-                    for v in &found {
-                        println!("{}", t.render(v));
-                    }
-                }
-                None => println!("{}", pretty(&Value::Array(found))),
-            }
-            Ok(status)
+            inspect_each(c, "volumes", &volumes, format).await
         }
         Cmd::VolumeRm { force, volumes } => {
             call_each(c, Method::DELETE, &volumes, |n| {
@@ -1642,30 +1653,7 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             })
         }
         Cmd::NetworkInspect { format, networks } => {
-            let mut found = Vec::new();
-            let mut status = 0;
-            for n in &networks {
-                match c
-                    .json(Method::GET, &format!("/networks/{}", q(n)), None)
-                    .await
-                {
-                    Ok(v) => found.push(v),
-                    Err(e) => {
-                        eprintln!("{e}");
-                        status = 1;
-                    }
-                }
-            }
-            match format {
-                Some(f) => {
-                    let t = Template::parse(&f).map_err(Error::Other)?;
-                    for v in &found {
-                        println!("{}", t.render(v));
-                    }
-                }
-                None => println!("{}", pretty(&Value::Array(found))),
-            }
-            Ok(status)
+            inspect_each(c, "networks", &networks, format).await
         }
         Cmd::NetworkRm { networks } => {
             call_each(c, Method::DELETE, &networks, |n| {

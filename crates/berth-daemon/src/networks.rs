@@ -1749,25 +1749,30 @@ pub async fn prune(State(d): State<Shared>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"NetworksDeleted": deleted})))
 }
 
+/// The body, the network's name and the container of a connect or disconnect.
+async fn network_and_container(
+    d: &Shared,
+    id: &str,
+    body: &[u8],
+) -> ApiResult<(Value, String, Arc<crate::containers::Entry>)> {
+    let v = body_json(body)?;
+    let name = d.networks.name_of(id).await.ok_or_else(|| not_found(id))?;
+    let e = d.containers.get(v["Container"].as_str().unwrap_or(""))?;
+    Ok((v, name, e))
+}
+
 /// `POST /networks/{id}/connect`: on a running container the interface comes at once.
 pub async fn connect(
     State(d): State<Shared>,
     UrlPath(id): UrlPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<StatusCode> {
-    let v = body_json(&body)?;
-    let name = d
-        .networks
-        .name_of(&id)
-        .await
-        .ok_or_else(|| not_found(&id))?;
+    let (v, name, e) = network_and_container(&d, &id, &body).await?;
     if matches!(name.as_str(), "host" | "none") {
         return Err(ApiError::bad_request(format!(
             "container cannot be disconnected from host network or connected to {name} network"
         )));
     }
-    let who = v["Container"].as_str().unwrap_or("");
-    let e = d.containers.get(who)?;
     let _g = e.op.lock().await;
     let rec = e.snapshot();
     if !is_network_name(&rec.host_config.network_mode) {
@@ -1812,14 +1817,7 @@ pub async fn disconnect(
     UrlPath(id): UrlPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<StatusCode> {
-    let v = body_json(&body)?;
-    let name = d
-        .networks
-        .name_of(&id)
-        .await
-        .ok_or_else(|| not_found(&id))?;
-    let who = v["Container"].as_str().unwrap_or("");
-    let e = d.containers.get(who)?;
+    let (_, name, e) = network_and_container(&d, &id, &body).await?;
     let _g = e.op.lock().await;
     let rec = e.snapshot();
     if !requested(&rec).iter().any(|(n, _)| *n == name) {

@@ -168,39 +168,40 @@ pub fn ruleset_json(d: &Desired) -> Value {
                 json!({"drop": null}),
             ],
         ));
-        if b.internal {
-            cmds.push(rule(
-                "forward",
-                vec![
-                    eq(meta("iifname"), br.clone()),
-                    ne(meta("oifname"), br.clone()),
-                    json!({"drop": null}),
-                ],
-            ));
-            cmds.push(rule(
-                "forward",
-                vec![
-                    eq(meta("oifname"), br.clone()),
-                    ne(meta("iifname"), br.clone()),
-                    json!({"drop": null}),
-                ],
-            ));
-        }
-        for other in &d.bridges {
-            if other.bridge != b.bridge {
-                cmds.push(rule(
-                    "forward",
-                    vec![
-                        eq(meta("iifname"), br.clone()),
-                        eq(meta("oifname"), json!(other.bridge)),
-                        json!({"drop": null}),
-                    ],
-                ));
-            }
+        for expr in forward_drops(b, &d.bridges) {
+            cmds.push(rule("forward", expr));
         }
     }
     cmds.extend(ipv6_commands(d));
     json!({"nftables": cmds})
+}
+
+/// The forward chain's drops for one bridge (the same for both families): an internal
+/// network's traffic kept on its bridge, and no traffic from it to another bridge.
+fn forward_drops(b: &BridgeRules, all: &[BridgeRules]) -> Vec<Vec<Value>> {
+    let br = json!(b.bridge);
+    let drop = json!({"drop": null});
+    let mut out = Vec::new();
+    if b.internal {
+        out.push(vec![
+            eq(meta("iifname"), br.clone()),
+            ne(meta("oifname"), br.clone()),
+            drop.clone(),
+        ]);
+        out.push(vec![
+            eq(meta("oifname"), br.clone()),
+            ne(meta("iifname"), br.clone()),
+            drop.clone(),
+        ]);
+    }
+    for other in all.iter().filter(|o| o.bridge != b.bridge) {
+        out.push(vec![
+            eq(meta("iifname"), br.clone()),
+            eq(meta("oifname"), json!(other.bridge)),
+            drop.clone(),
+        ]);
+    }
+    out
 }
 
 /// The `ip6 berth` table: masquerade out of IPv6 subnets, isolation, internal networks.
@@ -236,35 +237,8 @@ fn ipv6_commands(d: &Desired) -> Vec<Value> {
                 ],
             ));
         }
-        if b.internal {
-            cmds.push(rule6(
-                "forward",
-                vec![
-                    eq(meta("iifname"), br.clone()),
-                    ne(meta("oifname"), br.clone()),
-                    json!({"drop": null}),
-                ],
-            ));
-            cmds.push(rule6(
-                "forward",
-                vec![
-                    eq(meta("oifname"), br.clone()),
-                    ne(meta("iifname"), br.clone()),
-                    json!({"drop": null}),
-                ],
-            ));
-        }
-        for other in &d.bridges {
-            if other.bridge != b.bridge {
-                cmds.push(rule6(
-                    "forward",
-                    vec![
-                        eq(meta("iifname"), br.clone()),
-                        eq(meta("oifname"), json!(other.bridge)),
-                        json!({"drop": null}),
-                    ],
-                ));
-            }
+        for expr in forward_drops(b, &d.bridges) {
+            cmds.push(rule6("forward", expr));
         }
     }
     cmds

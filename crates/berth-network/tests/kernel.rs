@@ -56,7 +56,8 @@ fn bridge_veth_and_a_published_port_reached_from_loopback() {
             Netlink::in_netns(&c1b)?
                 .configure_interface("eth0", ip, 24, Some(gw))
                 .await?;
-            firewall::apply(&Desired {
+            // One published port on the bridge.
+            let publishing = |host_port: u16| Desired {
                 bridges: vec![BridgeRules {
                     bridge: "berth0".into(),
                     subnet,
@@ -67,28 +68,14 @@ fn bridge_veth_and_a_published_port_reached_from_loopback() {
                 ports: vec![PortRule {
                     proto: "tcp".into(),
                     host_ip: Some(Ipv4Addr::LOCALHOST),
-                    host_port: 8080,
+                    host_port,
                     container_ip: ip,
                     container_port: 80,
                 }],
-            })?;
+            };
+            firewall::apply(&publishing(8080))?;
             // A second write replaces the first, atomically.
-            firewall::apply(&Desired {
-                bridges: vec![BridgeRules {
-                    bridge: "berth0".into(),
-                    subnet,
-                    subnet6: None,
-                    internal: false,
-                    masquerade: true,
-                }],
-                ports: vec![PortRule {
-                    proto: "tcp".into(),
-                    host_ip: Some(Ipv4Addr::LOCALHOST),
-                    host_port: 8081,
-                    container_ip: ip,
-                    container_port: 80,
-                }],
-            })?;
+            firewall::apply(&publishing(8081))?;
             Ok::<(), berth_network::Error>(())
         })
     });
