@@ -1,3 +1,6 @@
 //! Dockerfile parser, stage planner, executor and cache keys.
 //!
-//! Not built yet: see docs/STATUS.md for what exists today.
+//! Built so far: the parser (`parse`). The planner, executor and cache come next; see
+//! docs/STATUS.md.
+
+pub mod parse;

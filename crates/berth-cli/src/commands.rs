@@ -34,6 +34,23 @@ enum Cmd {
     Run(RunArgs),
     /// Define and run multi-container applications (compose files)
     Compose(crate::compose::ComposeArgs),
+    /// Build an image from a Dockerfile
+    Build {
+        #[arg(short = 't', long = "tag")]
+        tag: Vec<String>,
+        #[arg(short = 'f', long = "file")]
+        file: Option<String>,
+        #[arg(long = "build-arg")]
+        build_arg: Vec<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(short, long)]
+        quiet: bool,
+        /// Accepted; there is no build cache yet.
+        #[arg(long = "no-cache")]
+        no_cache: bool,
+        path: PathBuf,
+    },
     /// Create a new container
     Create(RunArgs),
     /// Start one or more stopped containers
@@ -1146,6 +1163,62 @@ pub(crate) async fn run_args(c: &Client, args: &[String]) -> Result<i32, Error> 
 async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
     match cmd {
         Cmd::Compose(a) => crate::compose::run(c, a).await,
+        Cmd::Build {
+            tag,
+            file,
+            build_arg,
+            target,
+            quiet,
+            no_cache,
+            path,
+        } => {
+            // The context as a tar, made in a blocking task (it may be large).
+            let dir = path.clone();
+            let tarball = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+                let mut out = Vec::new();
+                {
+                    let mut b = tar::Builder::new(&mut out);
+                    b.follow_symlinks(false);
+                    b.append_dir_all(".", &dir)
+                        .map_err(|e| format!("reading the context {}: {e}", dir.display()))?;
+                    b.finish().map_err(|e| e.to_string())?;
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?
+            .map_err(Error::Other)?;
+            let mut query = vec![format!("q={quiet}"), format!("nocache={no_cache}")];
+            for t in &tag {
+                query.push(format!("t={}", q(t)));
+            }
+            if let Some(f) = &file {
+                query.push(format!("dockerfile={}", q(f)));
+            }
+            if let Some(t) = &target {
+                query.push(format!("target={}", q(t)));
+            }
+            if !build_arg.is_empty() {
+                let args: BTreeMap<String, String> = build_arg
+                    .iter()
+                    .map(|a| match a.split_once('=') {
+                        Some((k, v)) => (k.to_string(), v.to_string()),
+                        None => (a.clone(), std::env::var(a).unwrap_or_default()),
+                    })
+                    .collect();
+                query.push(format!("buildargs={}", q(&json!(args).to_string())));
+            }
+            let resp = c
+                .send(
+                    Method::POST,
+                    &format!("/build?{}", query.join("&")),
+                    client::full(tarball),
+                    Some("application/x-tar"),
+                    false,
+                )
+                .await?;
+            print_json_stream(resp.into_body()).await
+        }
         Cmd::Run(a) => run_container(c, a).await,
         Cmd::Create(a) => {
             let id = create(c, &a).await?;

@@ -6,6 +6,7 @@
 //! wait, logs, stop, kill, restart, pause, rename, top, remove, prune, live restore).
 //! Pulls, builds and networks come with their issues.
 
+mod build;
 pub mod config;
 pub mod containers;
 mod images;
@@ -190,6 +191,7 @@ pub fn router(daemon: Shared) -> Router {
             "/volumes/{name}",
             get(volumes::inspect).delete(volumes::remove),
         )
+        .route("/build", post(build::build))
         .route("/networks", get(networks::list))
         .route("/networks/create", post(networks::create))
         .route("/networks/prune", post(networks::prune))

@@ -1080,6 +1080,9 @@ fn apply_change(cfg: &mut Value, change: &str) -> Result<()> {
                 .split_once('=')
                 .or_else(|| rest.split_once(char::is_whitespace))
                 .ok_or_else(|| err("ENV needs KEY=VALUE"))?;
+            if !cfg["Env"].is_array() {
+                cfg["Env"] = json!([]);
+            }
             let env = cfg["Env"].as_array_mut().ok_or_else(|| err("bad Env"))?;
             env.retain(|e| e.as_str().and_then(|e| e.split_once('=')).map(|(ek, _)| ek) != Some(k));
             env.push(json!(format!("{k}={}", v.trim())));
@@ -1100,9 +1103,22 @@ fn apply_change(cfg: &mut Value, change: &str) -> Result<()> {
                 .ok_or_else(|| err("LABEL needs key=value"))?;
             cfg["Labels"][k.trim()] = json!(v.trim().trim_matches('"'));
         }
+        "STOPSIGNAL" => cfg["StopSignal"] = json!(rest),
+        "SHELL" => {
+            let v: Vec<String> =
+                serde_json::from_str(rest).map_err(|_| err("SHELL needs a JSON array"))?;
+            cfg["Shell"] = json!(v);
+        }
+        "VOLUME" => {
+            let list: Vec<String> = serde_json::from_str(rest)
+                .unwrap_or_else(|_| rest.split_whitespace().map(String::from).collect());
+            for v in list {
+                cfg["Volumes"][v] = json!({});
+            }
+        }
         other => {
             return Err(err(&format!(
-                "{other} is not one of CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, WORKDIR"
+                "{other} is not one of CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, WORKDIR, STOPSIGNAL, SHELL, VOLUME"
             )))
         }
     }

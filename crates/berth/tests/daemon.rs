@@ -3537,3 +3537,96 @@ fn tls_hosts_verify_client_certificates() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs TLS client verification"));
 }
+
+#[test]
+fn build_from_a_dockerfile_with_the_docker_and_berth_clis() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path();
+    std::fs::create_dir_all(ctx.join("dir")).unwrap();
+    std::fs::write(ctx.join("greeting.txt"), "from the context\n").unwrap();
+    std::fs::write(ctx.join("dir/inner.txt"), "inner\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        r#"# syntax=docker/dockerfile:1
+FROM busybox AS base
+ARG GREETING=hello
+ENV APP=/app
+WORKDIR $APP
+COPY greeting.txt ./
+COPY dir/ ./sub/
+RUN echo "$GREETING from RUN" > run.txt \
+    && cat greeting.txt
+RUN <<EOF
+echo heredoc > /app/heredoc.txt
+EOF
+LABEL org.example.built=yes
+EXPOSE 8080
+CMD ["cat", "/app/run.txt"]
+
+FROM busybox
+COPY --from=base /app/run.txt /app/sub/inner.txt /copied/
+CMD ["cat", "/copied/run.txt", "/copied/inner.txt"]
+"#,
+    )
+    .unwrap();
+    let ctx_s = ctx.to_str().unwrap();
+    // The docker CLI's classic builder (POST /build).
+    let out = capture(
+        Command::new("docker")
+            .env("DOCKER_HOST", format!("unix://{}", d.socket().display()))
+            .env("DOCKER_BUILDKIT", "0")
+            .args([
+                "build",
+                "--build-arg",
+                "GREETING=howdy",
+                "-t",
+                "built:1",
+                ctx_s,
+            ]),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{}", d.log());
+    assert!(
+        text.contains("from the context"),
+        "RUN output streams: {text}"
+    );
+    assert!(text.contains("Successfully tagged built:1"), "{text}");
+    assert_eq!(d.ok(&["run", "--rm", "built:1"]), "howdy from RUN\ninner\n");
+    // --target stops at the named stage, with its configuration.
+    d.berth_ok(&["build", "--target", "base", "-t", "base:1", ctx_s]);
+    assert_eq!(d.ok(&["run", "--rm", "base:1"]), "hello from RUN\n");
+    let cfg = d.ok(&["inspect", "-f", "{{.Config.WorkingDir}} {{index .Config.Labels \"org.example.built\"}} {{json .Config.ExposedPorts}}", "base:1"]);
+    assert_eq!(cfg, "/app yes {\"8080/tcp\":{}}\n");
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "base:1",
+            "cat",
+            "/app/heredoc.txt",
+            "/app/sub/inner.txt"
+        ]),
+        "heredoc\ninner\n"
+    );
+    // A failing RUN and a bad Dockerfile: clear errors, exit 1.
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN exit 3\n").unwrap();
+    let (code, _, err) = d.berth(&["build", ctx_s]);
+    assert_eq!(code, 1);
+    assert!(err.contains("returned a non-zero code: 3"), "{err}");
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUNN x\n").unwrap();
+    let (code, _, err) = d.berth(&["build", ctx_s]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Dockerfile:2:1: unknown instruction: RUNN"),
+        "{err}"
+    );
+    // Nothing of the build's own containers is left.
+    assert_eq!(
+        d.ok(&["ps", "-aq", "--filter", "label=org.berth.build"]),
+        ""
+    );
+}
