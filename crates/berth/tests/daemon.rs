@@ -3629,4 +3629,31 @@ CMD ["cat", "/copied/run.txt", "/copied/inner.txt"]
         d.ok(&["ps", "-aq", "--filter", "label=org.berth.build"]),
         ""
     );
+
+    // compose `build:`: the service's image is built (as <project>-<service>) and run.
+    let proj = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(proj.path().join("app")).unwrap();
+    std::fs::write(
+        proj.path().join("app/Dockerfile"),
+        "FROM busybox\nARG WORD=unset\nRUN echo \"built $WORD\" > /msg\nCMD [\"cat\", \"/msg\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        proj.path().join("compose.yaml"),
+        "name: bp\nservices:\n  app:\n    build:\n      context: ./app\n      args: {WORD: by-compose}\n",
+    )
+    .unwrap();
+    let (_, err) = d.compose_ok(proj.path(), &["up", "-d"]);
+    assert!(err.contains("Service app  Built"), "{err}");
+    assert!(wait_for(5, || d.ok(&["logs", "bp-app-1"]) == "built by-compose\n"));
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.Config.Image}}", "bp-app-1"]),
+        "bp-app\n"
+    );
+    // Built once: a second up does not build again; `compose build` does.
+    let (_, err) = d.compose_ok(proj.path(), &["up", "-d"]);
+    assert!(!err.contains("Building"), "{err}");
+    let (_, err) = d.compose_ok(proj.path(), &["build"]);
+    assert!(err.contains("Service app  Built"), "{err}");
+    d.compose_ok(proj.path(), &["down"]);
 }

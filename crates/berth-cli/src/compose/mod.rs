@@ -217,6 +217,8 @@ enum ComposeCmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Build or rebuild services
+    Build { services: Vec<String> },
     /// Pull service images
     Pull {
         #[arg(short, long)]
@@ -263,8 +265,12 @@ pub async fn run(c: &Client, a: ComposeArgs) -> Result<i32, Error> {
             abort_on_container_exit,
             exit_code_from,
             services,
-            ..
+            no_build,
+            build,
         } => {
+            if !no_build {
+                build_images(c, &p, &services, build).await?;
+            }
             let ids = up(
                 c,
                 &p,
@@ -631,6 +637,10 @@ pub async fn run(c: &Client, a: ComposeArgs) -> Result<i32, Error> {
             }
             args.push(id);
             crate::commands::run_args(c, &args).await
+        }
+        ComposeCmd::Build { services } => {
+            build_images(c, &p, &services, true).await?;
+            Ok(0)
         }
         ComposeCmd::Pull { quiet, services } => {
             let mut status = 0;
@@ -1057,10 +1067,7 @@ fn create_body(
                 .join(","),
         ),
         ("com.docker.compose.depends_on", depends.join(",")),
-        (
-            "com.docker.compose.image",
-            s["image"].as_str().unwrap_or("").to_string(),
-        ),
+        ("com.docker.compose.image", image_of(p, name)),
         ("com.docker.compose.version", "2.29.0".to_string()),
     ] {
         labels.insert(k.into(), json!(v));
@@ -1267,7 +1274,7 @@ fn create_body(
         endpoints.insert(network_name(p, key), endpoint(name, cfg));
     }
     let mut body = json!({
-        "Image": s["image"],
+        "Image": image_of(p, name),
         "Cmd": argv(&s["command"])?,
         "Entrypoint": argv(&s["entrypoint"])?,
         "Env": env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
@@ -1322,6 +1329,89 @@ fn create_body(
     });
     strip_nulls(&mut body);
     Ok(body)
+}
+
+/// The image a service runs: its `image`, or for a service that only builds,
+/// `<project>-<service>` (compose's name for it).
+fn image_of(p: &Project, name: &str) -> String {
+    match p.services()[name]["image"].as_str() {
+        Some(i) => i.to_string(),
+        None => format!("{}-{name}", p.name),
+    }
+}
+
+/// Builds the services that have `build:` (all of them with `force`, else those whose
+/// image is missing), through `POST /build` as `berth build` does.
+async fn build_images(c: &Client, p: &Project, only: &[String], force: bool) -> Result<(), Error> {
+    for (name, svc) in p.services() {
+        if !(only.is_empty() || only.contains(name)) {
+            continue;
+        }
+        let b = &svc["build"];
+        if b.is_null() {
+            continue;
+        }
+        let image = image_of(p, name);
+        if !force
+            && c.json(Method::GET, &format!("/images/{}/json", q(&image)), None)
+                .await
+                .is_ok()
+        {
+            continue;
+        }
+        let (context, dockerfile, target) = match b {
+            Value::String(ctx) => (ctx.clone(), None, None),
+            other => (
+                other["context"].as_str().unwrap_or(".").to_string(),
+                other["dockerfile"].as_str().map(String::from),
+                other["target"].as_str().map(String::from),
+            ),
+        };
+        let dir = p.dir.join(&context);
+        let mut args = vec!["build".to_string(), "-t".to_string(), image.clone()];
+        if let Some(f) = dockerfile {
+            args.extend(["-f".to_string(), f]);
+        }
+        if let Some(t) = target {
+            args.extend(["--target".to_string(), t]);
+        }
+        for (k, v) in load_args(&b["args"]) {
+            args.extend(["--build-arg".to_string(), format!("{k}={v}")]);
+        }
+        args.push(dir.display().to_string());
+        progress(&format!("Service {name}"), "Building");
+        if crate::commands::run_args(c, &args).await? != 0 {
+            return Err(Error::Other(format!("failed to build service {name}")));
+        }
+        progress(&format!("Service {name}"), "Built");
+    }
+    Ok(())
+}
+
+/// `build.args` as a list (`K=V`) or a map.
+fn load_args(v: &Value) -> Vec<(String, String)> {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, x)| {
+                (
+                    k.clone(),
+                    x.as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| x.to_string()),
+                )
+            })
+            .collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| {
+                x.as_str()?
+                    .split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn endpoint(service: &str, cfg: &Value) -> Value {
