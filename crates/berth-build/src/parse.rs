@@ -688,7 +688,14 @@ pub fn expand(word: &str, vars: &BTreeMap<String, String>, escape: char) -> Resu
     Ok(out)
 }
 
-/// Shell-style glob match (`*`, `?`) of the whole of `s`.
+/// Shell-style wildcard match (`*`, `?`) of the whole of `s`: for substitution patterns
+/// and COPY sources.
+pub fn wildcard(pattern: &str, s: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let s: Vec<char> = s.chars().collect();
+    glob(&p, &s)
+}
+
 fn glob(p: &[char], s: &[char]) -> bool {
     match (p.first(), s.first()) {
         (None, None) => true,

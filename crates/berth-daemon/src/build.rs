@@ -604,20 +604,7 @@ async fn step_run(
                 }
                 b.finish().map_err(|e| e.to_string())?;
             }
-            let cid = container(d, &st.image, json!({"Cmd": ["true"]})).await?;
-            let e = d.containers.get(&cid).map_err(|e| e.message)?;
-            let rec = e.snapshot();
-            let applied = crate::containers::with_rootfs(d, rec, false, move |root| {
-                berth_store::layer::extract(&root, std::io::Cursor::new(tarball), owner)
-                    .map(|_| ())
-                    .map_err(|e| ApiError::bad_request(e.to_string()))
-            })
-            .await;
-            if let Err(e) = applied {
-                remove(d, &cid).await;
-                return Err(e.message);
-            }
-            st.image = commit(d, &st.image, Some(&cid), std::mem::take(&mut st.pending)).await?;
+            copy_in(d, st, tarball, owner).await?;
         }
     }
     Ok(())
@@ -690,11 +677,23 @@ async fn copy_from(
     .await;
     remove(d, &src_cid).await;
     let tarball = tarball.map_err(|e| e.message)?;
+    // Root owns what is copied, as with any COPY without --chown.
+    copy_in(d, st, tarball, Some((0, 0))).await
+}
+
+/// Extracts `tarball` into a fresh container of the stage's image (with the layer
+/// applier's path safety; `owner` replaces the entries' owners) and commits it.
+async fn copy_in(
+    d: &Shared,
+    st: &mut StageState,
+    tarball: Vec<u8>,
+    owner: Option<(u32, u32)>,
+) -> Result<(), String> {
     let cid = container(d, &st.image, json!({"Cmd": ["true"]})).await?;
     let e = d.containers.get(&cid).map_err(|e| e.message)?;
     let rec = e.snapshot();
     let applied = crate::containers::with_rootfs(d, rec, false, move |root| {
-        berth_store::layer::extract(&root, std::io::Cursor::new(tarball), None)
+        berth_store::layer::extract(&root, std::io::Cursor::new(tarball), owner)
             .map(|_| ())
             .map_err(|e| ApiError::bad_request(e.to_string()))
     })
@@ -782,9 +781,7 @@ fn glob_context(context: &Path, pattern: &str) -> Result<Vec<String>, String> {
             if seg.contains(['*', '?']) {
                 for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    let p: Vec<char> = seg.chars().collect();
-                    let s: Vec<char> = name.chars().collect();
-                    if wild(&p, &s) {
+                    if parse::wildcard(seg, &name) {
                         next.push(if base.is_empty() {
                             name
                         } else {
@@ -804,14 +801,4 @@ fn glob_context(context: &Path, pattern: &str) -> Result<Vec<String>, String> {
     }
     found.sort();
     Ok(found)
-}
-
-fn wild(p: &[char], s: &[char]) -> bool {
-    match (p.first(), s.first()) {
-        (None, None) => true,
-        (Some('*'), _) => wild(&p[1..], s) || (!s.is_empty() && wild(p, &s[1..])),
-        (Some('?'), Some(_)) => wild(&p[1..], &s[1..]),
-        (Some(a), Some(b)) if a == b => wild(&p[1..], &s[1..]),
-        _ => false,
-    }
 }
