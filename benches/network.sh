@@ -42,6 +42,7 @@ cleanup() {
   if [ -z "$had_bridge" ]; then
     ip link del berth0 2>/dev/null || true
     nft delete table ip berth 2>/dev/null || true
+    nft delete table ip6 berth 2>/dev/null || true
     iptables -S DOCKER-USER 2>/dev/null | grep -- '--comment berth ' | sed 's/^-A/-D/' \
       | while read -r rule; do eval iptables -w "$rule"; done || true
   fi

@@ -2,7 +2,7 @@
 # Builds Berth and runs the main job offline: the daemon, a busybox image made from the
 # host's busybox-static, containers through `berth run`, and a web server in a container
 # answering on a loopback port. Everything lives in a temporary directory and goes at
-# exit, and so do the bridge (berth0) and nftables table (ip berth) when this script made them.
+# exit, and so do the bridge (berth0) and nftables tables (ip/ip6 berth) when this script made them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (containers need it)" >&2; exit 1; }
@@ -30,7 +30,10 @@ cleanup() {
     iptables -S DOCKER-USER 2>/dev/null | grep -- '--comment berth ' | sed 's/^-A/-D/' \
       | while read -r rule; do eval iptables -w "$rule"; done
   fi
-  [ -z "$had_table" ] && nft delete table ip berth 2>/dev/null
+  if [ -z "$had_table" ]; then
+    nft delete table ip berth 2>/dev/null
+    nft delete table ip6 berth 2>/dev/null
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
