@@ -689,16 +689,6 @@ pub(crate) fn ports_text(ports: &Value) -> String {
     published.join(", ")
 }
 
-/// `n` random hex digits (names of one-off containers).
-pub(crate) fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n.div_ceil(2)];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    let mut s: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    s.truncate(n);
-    s
-}
-
 /// `80`, `8000-8010`.
 fn port_range(s: &str) -> Option<(u16, u16)> {
     let (lo, hi) = s.split_once('-').unwrap_or((s, s));

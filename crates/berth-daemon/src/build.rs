@@ -278,13 +278,7 @@ fn image_config(d: &Shared, id: &str) -> Result<Value, String> {
         .store
         .resolve(id)
         .ok_or_else(|| format!("no such image: {id}"))?;
-    let bytes = d
-        .store
-        .content()
-        .read(&img.config)
-        .map_err(|e| e.to_string())?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-    Ok(v["config"].clone())
+    crate::containers::api::image_config(d, &img).map_err(|e| e.message)
 }
 
 /// The image a stage starts from: an earlier stage, `scratch` (an empty image made

@@ -147,6 +147,15 @@ impl Net {
 }
 
 impl Inner {
+    /// Gives back the addresses an attachment held.
+    fn release(&mut self, att: &Attachment) {
+        for ep in &att.endpoints {
+            if let Some(n) = self.nets.get_mut(&ep.network) {
+                n.release(ep);
+            }
+        }
+    }
+
     /// By name, full id, or unique id prefix.
     fn find(&self, key: &str) -> Option<&Net> {
         if let Some(n) = self.nets.get(key) {
@@ -194,8 +203,31 @@ fn sys(e: berth_network::Error) -> ApiError {
     }
 }
 
+fn overlaps(other: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("Pool overlaps with other one on this address space ({other})"),
+    )
+}
+
 fn not_found(key: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("network {key} not found"))
+}
+
+/// The first of `pools` that overlaps no host route (those of `own_bridge` aside: it is
+/// being set up again) and none of `used`.
+fn free_subnet(
+    pools: &[Subnet],
+    used: impl Iterator<Item = Subnet>,
+    own_bridge: Option<&str>,
+) -> Option<Subnet> {
+    let taken: Vec<Subnet> = ipam::host_routes()
+        .into_iter()
+        .filter(|(dev, _)| Some(dev.as_str()) != own_bridge)
+        .map(|(_, s)| s)
+        .chain(used)
+        .collect();
+    ipam::pick_free(pools, &taken)
 }
 
 /// The networks a container is connected to, its primary one (its network mode) first.
@@ -276,6 +308,11 @@ impl Networks {
                 configs.push(c);
             }
         }
+        // As read: only what the settings change below is written back.
+        let stored: Vec<Value> = configs
+            .iter()
+            .map(|c| serde_json::to_value(c).unwrap_or_default())
+            .collect();
         let wanted_bip = match bip {
             Some(b) => Some(ipam::parse_cidr(b).map_err(|e| format!("bip: {e}"))?),
             None => None,
@@ -292,13 +329,8 @@ impl Networks {
                 let (subnet, gateway) = match bip {
                     Some((gw, prefix)) => (Subnet::new(gw, prefix), gw),
                     None => {
-                        let taken: Vec<Subnet> = ipam::host_routes()
-                            .into_iter()
-                            .filter(|(dev, _)| dev != DEFAULT_BRIDGE)
-                            .map(|(_, s)| s)
-                            .chain(configs.iter().map(|c| c.subnet))
-                            .collect();
-                        let s = ipam::pick_free(&pools, &taken)
+                        let used = configs.iter().map(|c| c.subnet);
+                        let s = free_subnet(&pools, used, Some(DEFAULT_BRIDGE))
                             .ok_or("no free subnet for the default bridge: set one with --bip")?;
                         (s, s.nth(1))
                     }
@@ -350,7 +382,9 @@ impl Networks {
         };
         let mut inner = me.inner.lock().await;
         for cfg in configs {
-            me.persist(&cfg)?;
+            if !stored.contains(&serde_json::to_value(&cfg).unwrap_or_default()) {
+                me.persist(&cfg)?;
+            }
             let net = me.bring_up(cfg).await.map_err(|e| e.message)?;
             inner.nets.insert(net.cfg.name.clone(), net);
         }
@@ -491,22 +525,11 @@ impl Networks {
                 format!("plugin \"{driver}\" not found"),
             ));
         }
-        let taken: Vec<Subnet> = ipam::host_routes()
-            .into_iter()
-            .map(|(_, s)| s)
-            .chain(inner.nets.values().map(|n| n.cfg.subnet))
-            .collect();
         let (subnet, gateway, ip_range) = match &req.subnet {
             Some(s) => {
                 let subnet: Subnet = s.parse().map_err(sys)?;
                 if let Some(t) = inner.nets.values().find(|n| n.cfg.subnet.overlaps(&subnet)) {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        format!(
-                            "Pool overlaps with other one on this address space ({})",
-                            t.cfg.name
-                        ),
-                    ));
+                    return Err(overlaps(&t.cfg.name));
                 }
                 let gw = match &req.gateway {
                     Some(g) => g
@@ -526,7 +549,8 @@ impl Networks {
                         "a gateway or ip-range needs a subnet",
                     ));
                 }
-                let s = ipam::pick_free(&self.pools, &taken).ok_or_else(|| {
+                let used = inner.nets.values().map(|n| n.cfg.subnet);
+                let s = free_subnet(&self.pools, used, None).ok_or_else(|| {
                     ApiError::internal("all predefined address pools have been fully subnetted")
                 })?;
                 (s, s.nth(1), None)
@@ -549,13 +573,7 @@ impl Networks {
                 .values()
                 .find(|n| n.cfg.subnet6.is_some_and(|o| o.overlaps(&s6)))
             {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "Pool overlaps with other one on this address space ({})",
-                        t.cfg.name
-                    ),
-                ));
+                return Err(overlaps(&t.cfg.name));
             }
             let gw6 = match &req.gateway6 {
                 Some(g) => Some(
@@ -647,14 +665,11 @@ impl Networks {
         // The bridge goes after the answer: deleting a device with ports still being
         // removed waits for them and for RCU grace periods (300 ms for ten containers).
         let me = self.clone();
-        let task = tokio::spawn(async move {
+        self.in_background(async move {
             if let Err(e) = me.link.delete(&bridge).await {
                 tracing::warn!("removing bridge {bridge}: {e}");
             }
         });
-        let mut cleanups = self.cleanups.lock().expect("lock");
-        cleanups.retain(|t| !t.is_finished());
-        cleanups.push(task);
         Ok(())
     }
 
@@ -809,17 +824,17 @@ impl Networks {
                 )
                 .await
                 .map_err(sys)?;
-            let inside = Netlink::in_netns(&att.netns).map_err(sys)?;
-            inside
-                .configure_interface(&ep.ifname, ip, ep.prefix, gateway)
+            Netlink::in_netns(&att.netns)
+                .map_err(sys)?
+                .configure_interface(
+                    &ep.ifname,
+                    ip,
+                    ep.prefix,
+                    gateway,
+                    ep.ip6.map(|a6| (a6, ep.prefix6, gateway6)),
+                )
                 .await
                 .map_err(sys)?;
-            if let Some(a6) = ep.ip6 {
-                inside
-                    .configure_ipv6(&ep.ifname, a6, ep.prefix6, gateway6)
-                    .await
-                    .map_err(sys)?;
-            }
             Ok::<(), ApiError>(())
         }
         .await;
@@ -835,11 +850,7 @@ impl Networks {
     }
 
     async fn unwire(&self, inner: &mut Inner, att: &Attachment) {
-        for ep in &att.endpoints {
-            if let Some(n) = inner.nets.get_mut(&ep.network) {
-                n.release(ep);
-            }
-        }
+        inner.release(att);
         self.unwire_links(att).await;
     }
 
@@ -868,14 +879,10 @@ impl Networks {
         if let Some(r) = inner.resolvers.remove(id) {
             r.abort();
         }
-        for ep in &att.endpoints {
-            if let Some(n) = inner.nets.get_mut(&ep.network) {
-                n.release(ep);
-            }
-        }
+        inner.release(&att);
         drop(inner);
         let me = self.clone();
-        let task = tokio::spawn(async move {
+        self.in_background(async move {
             me.unwire_links(&att).await;
             if !att.ports.is_empty() {
                 let inner = me.inner.lock().await;
@@ -884,9 +891,13 @@ impl Networks {
                 }
             }
         });
+    }
+
+    /// Kernel work that need not hold up an answer; `settle` waits for it.
+    fn in_background(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut cleanups = self.cleanups.lock().expect("lock");
         cleanups.retain(|t| !t.is_finished());
-        cleanups.push(task);
+        cleanups.push(tokio::spawn(work));
     }
 
     /// Waits for the cleanups detach started (the daemon's shutdown, tests).
@@ -1030,11 +1041,6 @@ impl Networks {
             .nets
             .get(name)
             .map(|n| n.cfg.id.clone())
-    }
-
-    /// Whether `mode` names a network containers can join here.
-    pub async fn known(&self, mode: &str) -> bool {
-        matches!(mode, "host" | "none") || self.inner.lock().await.find(mode).is_some()
     }
 
     /// The embedded DNS server of one container: a UDP socket on 127.0.0.11:53 made

@@ -2,7 +2,7 @@
 //! peer made straight inside the container's namespace as `eth0`), and the container
 //! side's addresses and default route.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -115,23 +115,8 @@ impl Netlink {
                     .ok_or_else(|| Error::System(format!("bridge {name} vanished")))?
             }
         };
-        match self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(gateway), prefix)
-            .execute()
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-            Err(e) => return Err(nl(&format!("adding {gateway}/{prefix} to {name}"), e)),
-        }
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|e| nl(&format!("bringing {name} up"), e))?;
+        self.add_address(index, IpAddr::V4(gateway), prefix).await?;
+        self.set_up(index, name).await?;
         Ok(index)
     }
 
@@ -191,47 +176,6 @@ impl Netlink {
         }
     }
 
-    /// Inside a container's namespace: `lo` up, and `ifname` up with `ip/prefix` and a
-    /// default route through `gateway`.
-    pub async fn configure_interface(
-        &self,
-        ifname: &str,
-        ip: Ipv4Addr,
-        prefix: u8,
-        gateway: Option<Ipv4Addr>,
-    ) -> Result<(), Error> {
-        self.up("lo").await?;
-        let index = self
-            .index(ifname)
-            .await?
-            .ok_or_else(|| Error::System(format!("no {ifname} in the container's namespace")))?;
-        self.handle
-            .address()
-            .add(index, IpAddr::V4(ip), prefix)
-            .execute()
-            .await
-            .map_err(|e| nl(&format!("adding {ip}/{prefix} to {ifname}"), e))?;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|e| nl(&format!("bringing {ifname} up"), e))?;
-        if let Some(gw) = gateway {
-            let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(gw)
-                .output_interface(index)
-                .build();
-            self.handle
-                .route()
-                .add(route)
-                .execute()
-                .await
-                .map_err(|e| nl(&format!("adding the default route via {gw}"), e))?;
-        }
-        Ok(())
-    }
-
     /// An address on a link; IPv6 ones without duplicate address detection, so they
     /// are usable at once (addresses on our bridges come from our own IPAM).
     pub async fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<(), Error> {
@@ -252,33 +196,64 @@ impl Netlink {
         }
     }
 
-    /// Inside a container's namespace: an IPv6 address on `ifname`, and the IPv6 default
-    /// route through `gateway` when given.
-    pub async fn configure_ipv6(
+    /// Inside a container's namespace: `lo` up, and `ifname` up with `ip/prefix` and a
+    /// default route through `gateway`; with `ipv6`, its IPv6 address and (when given)
+    /// the IPv6 default route too.
+    pub async fn configure_interface(
         &self,
         ifname: &str,
-        ip: std::net::Ipv6Addr,
+        ip: Ipv4Addr,
         prefix: u8,
-        gateway: Option<std::net::Ipv6Addr>,
+        gateway: Option<Ipv4Addr>,
+        ipv6: Option<(Ipv6Addr, u8, Option<Ipv6Addr>)>,
     ) -> Result<(), Error> {
+        self.up("lo").await?;
         let index = self
             .index(ifname)
             .await?
             .ok_or_else(|| Error::System(format!("no {ifname} in the container's namespace")))?;
-        self.add_address(index, IpAddr::V6(ip), prefix).await?;
+        self.add_address(index, IpAddr::V4(ip), prefix).await?;
+        if let Some((ip6, prefix6, _)) = ipv6 {
+            self.add_address(index, IpAddr::V6(ip6), prefix6).await?;
+        }
+        self.set_up(index, ifname).await?;
         if let Some(gw) = gateway {
-            let route = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
                 .gateway(gw)
                 .output_interface(index)
                 .build();
-            self.handle
-                .route()
-                .add(route)
-                .execute()
-                .await
-                .map_err(|e| nl(&format!("adding the IPv6 default route via {gw}"), e))?;
+            self.add_route(route, &gw.to_string()).await?;
+        }
+        if let Some((_, _, Some(gw6))) = ipv6 {
+            let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(gw6)
+                .output_interface(index)
+                .build();
+            self.add_route(route, &gw6.to_string()).await?;
         }
         Ok(())
+    }
+
+    async fn add_route(
+        &self,
+        route: rtnetlink::packet_route::route::RouteMessage,
+        via: &str,
+    ) -> Result<(), Error> {
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(|e| nl(&format!("adding the default route via {via}"), e))
+    }
+
+    async fn set_up(&self, index: u32, name: &str) -> Result<(), Error> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| nl(&format!("bringing {name} up"), e))
     }
 
     /// Brings a link up by name.
@@ -287,12 +262,7 @@ impl Netlink {
             .index(name)
             .await?
             .ok_or_else(|| Error::System(format!("no link {name}")))?;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|e| nl(&format!("bringing {name} up"), e))
+        self.set_up(index, name).await
     }
 }
 

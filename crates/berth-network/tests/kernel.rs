@@ -54,7 +54,7 @@ fn bridge_veth_and_a_published_port_reached_from_loopback() {
             nl.add_veth("vbtest0", "eth0", br, &c1b, link::mac_for(ip), None)
                 .await?;
             Netlink::in_netns(&c1b)?
-                .configure_interface("eth0", ip, 24, Some(gw))
+                .configure_interface("eth0", ip, 24, Some(gw), None)
                 .await?;
             // One published port on the bridge.
             let publishing = |host_port: u16| Desired {

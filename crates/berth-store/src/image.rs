@@ -652,10 +652,16 @@ impl ImageStore {
                 .unwrap_or_default()
                 .to_string(),
         };
+        self.record(image, tags)
+    }
+
+    /// Adds an image and its tags to the metadata (written at once).
+    fn record(&self, image: Image, tags: &[Reference]) -> Result<Image> {
         let mut meta = self.meta.lock().expect("meta lock");
-        meta.images.insert(manifest.to_string(), image.clone());
+        meta.images
+            .insert(image.manifest.to_string(), image.clone());
         for t in tags {
-            meta.tags.insert(t.to_string(), manifest.to_string());
+            meta.tags.insert(t.to_string(), image.manifest.to_string());
         }
         self.persist(&meta)?;
         Ok(image)
@@ -686,13 +692,7 @@ impl ImageStore {
             layers,
             created,
         };
-        let mut meta = self.meta.lock().expect("meta lock");
-        meta.images.insert(manifest.to_string(), image.clone());
-        for t in tags {
-            meta.tags.insert(t.to_string(), manifest.to_string());
-        }
-        self.persist(&meta)?;
-        Ok(image)
+        self.record(image, tags)
     }
 
     /// `docker import`: a root filesystem tarball (plain, gzip or zstd) as a one-layer image,

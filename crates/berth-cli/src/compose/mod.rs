@@ -576,7 +576,7 @@ pub async fn run(c: &Client, a: ComposeArgs) -> Result<i32, Error> {
             let hash = config_hash(&svc);
             let mut body = create_body(&p, &service, 1, &hash, &HashMap::new())?;
             body["Labels"][ONEOFF] = json!("True");
-            body["Labels"]["com.docker.compose.slug"] = json!(crate::commands::random_hex(32));
+            body["Labels"]["com.docker.compose.slug"] = json!(berth_types::random_hex(32));
             if !service_ports {
                 body["HostConfig"]["PortBindings"] = json!({});
             }
@@ -602,11 +602,7 @@ pub async fn run(c: &Client, a: ComposeArgs) -> Result<i32, Error> {
             body["StdinOnce"] = json!(!detach);
             body["HostConfig"]["AutoRemove"] = json!(rm);
             let cname = name.unwrap_or_else(|| {
-                format!(
-                    "{}-{service}-run-{}",
-                    p.name,
-                    crate::commands::random_hex(12)
-                )
+                format!("{}-{service}-run-{}", p.name, berth_types::random_hex(12))
             });
             let v = c
                 .json(

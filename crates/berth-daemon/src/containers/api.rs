@@ -21,7 +21,7 @@ fn not_running(id: &str) -> ApiError {
     )
 }
 
-fn image_config(d: &Shared, img: &berth_store::image::Image) -> ApiResult<Value> {
+pub(crate) fn image_config(d: &Shared, img: &berth_store::image::Image) -> ApiResult<Value> {
     let bytes = d
         .store
         .content()

@@ -83,20 +83,7 @@ pub fn not_found(name: &str) -> ApiError {
 }
 
 pub(crate) fn random_id() -> String {
-    let mut b = [0u8; 32];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_ok();
-    if !ok {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let seed = format!("{t:?}{}", std::process::id());
-        return berth_types::Digest::sha256(seed.as_bytes())
-            .hex()
-            .to_string();
-    }
-    hex::encode(b)
+    berth_types::random_hex(64)
 }
 
 /// Docker's name rule.
@@ -491,7 +478,7 @@ impl Containers {
         }
         let id = rec.id.clone();
         let mode = rec.host_config.network_mode.clone();
-        if !mode.starts_with("container:") && !self.networks.known(&mode).await {
+        if !mode.starts_with("container:") && self.networks.name_of(&mode).await.is_none() {
             let err = ApiError::new(StatusCode::NOT_FOUND, format!("network {mode} not found"));
             let _ = self.start_failed(e, err.message.clone());
             return Err(err);
