@@ -102,11 +102,28 @@ impl Client {
         content_type: Option<&str>,
         upgrade: bool,
     ) -> Result<Response<Incoming>, Error> {
+        self.send_with(method, path, body, content_type, upgrade, &[])
+            .await
+    }
+
+    /// [`Client::send`] with extra headers (`X-Registry-Auth`).
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: ReqBody,
+        content_type: Option<&str>,
+        upgrade: bool,
+        headers: &[(&str, String)],
+    ) -> Result<Response<Incoming>, Error> {
         let mut sender = self.connect().await?;
         let mut req = Request::builder()
             .method(method)
             .uri(format!("/v1.47{path}"))
             .header("Host", "berth");
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
         if let Some(ct) = content_type {
             req = req.header("Content-Type", ct);
         }

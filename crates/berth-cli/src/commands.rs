@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::client::{self, Client, Error};
 use crate::code;
+use crate::dockercfg;
 use crate::format::{self, Template};
 use crate::stream::{self, Ended};
 
@@ -181,13 +182,34 @@ enum Cmd {
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag { source: String, target: String },
     /// Upload an image to a registry
-    Push { image: String },
-    /// Download an image from a registry
-    Pull {
+    Push {
+        /// Suppress verbose output
         #[arg(short, long)]
         quiet: bool,
         image: String,
     },
+    /// Download an image from a registry
+    Pull {
+        #[arg(short, long)]
+        quiet: bool,
+        /// Set platform if server is multi-platform capable
+        #[arg(long)]
+        platform: Option<String>,
+        image: String,
+    },
+    /// Authenticate to a registry
+    Login {
+        #[arg(short, long)]
+        username: Option<String>,
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Take the password from stdin
+        #[arg(long = "password-stdin")]
+        password_stdin: bool,
+        server: Option<String>,
+    },
+    /// Log out from a registry
+    Logout { server: Option<String> },
     /// Load an image from a tar archive or STDIN
     Load {
         #[arg(short, long)]
@@ -613,9 +635,12 @@ struct RunArgs {
     no_healthcheck: bool,
     #[arg(long = "detach-keys")]
     detach_keys: Option<String>,
-    /// Accepted for compatibility; images are local until pulling is built.
+    /// Set platform if server is multi-platform capable (for the pull of a missing image)
     #[arg(long)]
     platform: Option<String>,
+    /// Pull image before running ("always", "missing", "never")
+    #[arg(long, default_value = "missing")]
+    pull: String,
     image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -1089,7 +1114,10 @@ pub async fn run(cli: Cli) -> i32 {
     match dispatch(&c, cli.cmd).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{e}");
+            // An empty message: the failure was printed already (a pull's error line).
+            if !e.to_string().is_empty() {
+                eprintln!("{e}");
+            }
             if fails_with_125 {
                 code::FAILED
             } else {
@@ -1480,62 +1508,39 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             .await?;
             Ok(0)
         }
-        Cmd::Push { image } => {
+        Cmd::Push { quiet, image } => {
             let (name, tag) = split_tag(&image);
             let resp = c
-                .send(
+                .send_with(
                     Method::POST,
                     &format!("/images/{}/push?tag={}", q(&name), q(&tag)),
                     client::empty(),
                     None,
                     false,
+                    &registry_auth(&image)?,
                 )
                 .await?;
-            print_json_stream(resp.into_body()).await
+            progress_stream(resp.into_body(), quiet, false).await
         }
-        Cmd::Pull { quiet, image } => {
-            // The daemon takes the name and the tag (or digest) apart, as from the docker CLI.
-            let slash = image.rfind('/').map_or(0, |i| i + 1);
-            let (name, tag) = if let Some((n, d)) = image.split_once('@') {
-                (n.to_string(), d.to_string())
-            } else {
-                match image[slash..].rfind(':') {
-                    Some(i) => (
-                        image[..slash + i].to_string(),
-                        image[slash + i + 1..].to_string(),
-                    ),
-                    None => (image.clone(), "latest".to_string()),
-                }
-            };
-            let resp = c
-                .send(
-                    Method::POST,
-                    &format!("/images/create?fromImage={}&tag={}", q(&name), q(&tag)),
-                    client::empty(),
-                    None,
-                    false,
-                )
-                .await?;
-            if quiet {
-                use http_body_util::BodyExt;
-                let bytes = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| Error::Other(e.to_string()))?
-                    .to_bytes();
-                for line in String::from_utf8_lossy(&bytes).lines() {
-                    if let Ok(v) = serde_json::from_str::<Value>(line) {
-                        if let Some(e) = v["error"].as_str() {
-                            eprintln!("{e}");
-                            return Ok(1);
-                        }
-                    }
-                }
-                println!("{image}");
-                return Ok(0);
+        Cmd::Pull {
+            quiet,
+            platform,
+            image,
+        } => pull_image(c, &image, platform.as_deref(), quiet, false).await,
+        Cmd::Login {
+            username,
+            password,
+            password_stdin,
+            server,
+        } => login(c, username, password, password_stdin, server).await,
+        Cmd::Logout { server } => {
+            let key = dockercfg::server_key(server.as_deref().unwrap_or(""));
+            match dockercfg::erase(&key) {
+                Ok(true) => println!("Removing login credentials for {key}"),
+                Ok(false) => println!("Not logged in to {key}"),
+                Err(e) => return Err(Error::Other(e)),
             }
-            print_json_stream(resp.into_body()).await
+            Ok(0)
         }
         Cmd::Load { input, quiet } => {
             let body = match input {
@@ -2471,18 +2476,37 @@ async fn create(c: &Client, a: &RunArgs) -> Result<String, Error> {
         Some(n) => format!("/containers/create?name={}", q(n)),
         None => "/containers/create".to_string(),
     };
+    let pulled = |status: i32| {
+        if status == 0 {
+            Ok(())
+        } else {
+            // The pull printed its error; Docker exits 125 then.
+            Err(Error::Other(String::new()))
+        }
+    };
+    match a.pull.as_str() {
+        "always" => pulled(pull_image(c, &a.image, a.platform.as_deref(), false, true).await?)?,
+        "missing" | "never" => {}
+        other => return Err(Error::Other(format!(
+            "invalid pull option: '{other}': must be one of \"always\", \"missing\" or \"never\""
+        ))),
+    }
     match c.json(Method::POST, &path, Some(&body)).await {
         Ok(v) => Ok(v["Id"].as_str().unwrap_or("").to_string()),
-        Err(e) if e.status() == 404 && e.to_string().contains("No such image") => {
+        Err(e)
+            if a.pull == "missing"
+                && e.status() == 404
+                && e.to_string().contains("No such image") =>
+        {
             let shown = if a.image.contains(':') || a.image.contains('@') {
                 a.image.clone()
             } else {
                 format!("{}:latest", a.image)
             };
             eprintln!("Unable to find image '{shown}' locally");
-            Err(Error::Other(format!(
-                "berth: pulling '{shown}' is not built yet: load or import the image first (berth load -i FILE)"
-            )))
+            pulled(pull_image(c, &a.image, a.platform.as_deref(), false, true).await?)?;
+            let v = c.json(Method::POST, &path, Some(&body)).await?;
+            Ok(v["Id"].as_str().unwrap_or("").to_string())
         }
         Err(e) => Err(e),
     }
@@ -2983,36 +3007,272 @@ async fn write_body(
 
 /// Progress streams (`{"stream": ...}`, `{"status": ...}`, `{"errorDetail": ...}`).
 async fn print_json_stream(body: hyper::body::Incoming) -> Result<i32, Error> {
+    progress_stream(body, false, false).await
+}
+
+/// A JSON-message stream (pull, push, load, import) printed as it arrives: on a terminal
+/// one line per layer with a progress bar, redrawn in place as Docker does; otherwise the
+/// milestones as plain lines. With `quiet` only errors. Exit status 1 after an error.
+async fn progress_stream(
+    mut body: hyper::body::Incoming,
+    quiet: bool,
+    to_stderr: bool,
+) -> Result<i32, Error> {
     use http_body_util::BodyExt;
-    let bytes = body
-        .collect()
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&bytes);
-    let mut status = 0;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            println!("{line}");
-            continue;
+    let tty = !quiet
+        && if to_stderr {
+            stream::is_terminal(std::io::stderr())
+        } else {
+            stream::is_terminal(std::io::stdout())
         };
-        if let Some(e) = v["error"].as_str() {
-            eprintln!("{e}");
-            status = 1;
-        } else if let Some(s) = v["stream"].as_str() {
-            print!("{s}");
-        } else if let Some(s) = v["status"].as_str() {
-            // Byte counts are for a progress bar; lines keep the milestones.
-            if s == "Downloading" || s == "Extracting" {
-                continue;
-            }
-            match v["id"].as_str() {
-                Some(id) => println!("{id}: {s}"),
-                None => println!("{s}"),
+    let mut view = Progress::new(tty, quiet, to_stderr);
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::Other(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                view.line(&String::from_utf8_lossy(&line));
             }
         }
     }
+    view.line(&String::from_utf8_lossy(&buf));
+    Ok(view.finish())
+}
+
+/// The state of [`progress_stream`]'s output.
+struct Progress {
+    bars: Option<indicatif::MultiProgress>,
+    layers: Vec<(String, indicatif::ProgressBar)>,
+    quiet: bool,
+    to_stderr: bool,
+    status: i32,
+}
+
+impl Progress {
+    fn new(tty: bool, quiet: bool, to_stderr: bool) -> Progress {
+        let bars = tty.then(|| {
+            let target = if to_stderr {
+                indicatif::ProgressDrawTarget::stderr()
+            } else {
+                indicatif::ProgressDrawTarget::stdout()
+            };
+            indicatif::MultiProgress::with_draw_target(target)
+        });
+        Progress {
+            bars,
+            layers: Vec::new(),
+            quiet,
+            to_stderr,
+            status: 0,
+        }
+    }
+
+    fn say(&self, s: &str) {
+        let s = s.strip_suffix('\n').unwrap_or(s);
+        match &self.bars {
+            Some(b) => {
+                let _ = b.println(s);
+            }
+            None if self.to_stderr => eprintln!("{s}"),
+            None => println!("{s}"),
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        let line = line.trim();
+        if line.is_empty() {
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            if !self.quiet {
+                self.say(line);
+            }
+            return;
+        };
+        if let Some(e) = v["error"].as_str() {
+            match &self.bars {
+                Some(b) => b.suspend(|| eprintln!("{e}")),
+                None => eprintln!("{e}"),
+            }
+            self.status = 1;
+            return;
+        }
+        if self.quiet {
+            return;
+        }
+        if let Some(s) = v["stream"].as_str() {
+            match &self.bars {
+                Some(b) => b.suspend(|| print!("{s}")),
+                None if self.to_stderr => eprint!("{s}"),
+                None => print!("{s}"),
+            }
+            return;
+        }
+        let Some(status) = v["status"].as_str() else {
+            return;
+        };
+        let total = v["progressDetail"]["total"].as_u64().unwrap_or(0);
+        let current = v["progressDetail"]["current"].as_u64().unwrap_or(0);
+        let Some(id) = v["id"].as_str() else {
+            self.say(status);
+            return;
+        };
+        let Some(bars) = &self.bars else {
+            // Byte counts are for a progress bar; lines keep the milestones.
+            if total == 0 && status != "Downloading" && status != "Extracting" {
+                self.say(&format!("{id}: {status}"));
+            }
+            return;
+        };
+        let bar = match self.layers.iter().find(|(i, _)| i == id) {
+            Some((_, b)) => b.clone(),
+            None => {
+                let b = bars.add(indicatif::ProgressBar::new(0));
+                b.set_prefix(id.to_string());
+                self.layers.push((id.to_string(), b.clone()));
+                b
+            }
+        };
+        let style = if total > 0 {
+            bar.set_length(total);
+            bar.set_position(current);
+            "{prefix}: {msg:<12} [{bar:50}] {bytes}/{total_bytes}"
+        } else {
+            "{prefix}: {msg}"
+        };
+        if let Ok(st) = indicatif::ProgressStyle::with_template(style) {
+            bar.set_style(st.progress_chars("=> "));
+        }
+        bar.set_message(status.to_string());
+    }
+
+    fn finish(self) -> i32 {
+        for (_, b) in &self.layers {
+            b.abandon();
+        }
+        self.status
+    }
+}
+
+/// The `X-Registry-Auth` header for the registry of `image`, from the docker CLI's
+/// config.json (nothing when no credentials are stored).
+fn registry_auth(image: &str) -> Result<Vec<(&'static str, String)>, Error> {
+    let Ok(r) = image.parse::<berth_types::Reference>() else {
+        // The daemon tells what is wrong with the name.
+        return Ok(Vec::new());
+    };
+    match dockercfg::credentials(r.domain()) {
+        Ok(a) if !a.is_empty() => Ok(vec![("X-Registry-Auth", a.to_header())]),
+        Ok(_) => Ok(Vec::new()),
+        Err(e) => {
+            eprintln!("WARNING: Error loading config file: {e}");
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// `pull`, and the pull `run` and `create` make for a missing image (its progress on
+/// stderr then, as Docker prints it).
+async fn pull_image(
+    c: &Client,
+    image: &str,
+    platform: Option<&str>,
+    quiet: bool,
+    to_stderr: bool,
+) -> Result<i32, Error> {
+    // The daemon takes the name and the tag (or digest) apart, as from the docker CLI.
+    let (name, tag) = match image.split_once('@') {
+        Some((n, d)) => (n.to_string(), d.to_string()),
+        None => split_tag(image),
+    };
+    let mut path = format!("/images/create?fromImage={}&tag={}", q(&name), q(&tag));
+    if let Some(p) = platform {
+        path.push_str(&format!("&platform={}", q(p)));
+    }
+    let resp = c
+        .send_with(
+            Method::POST,
+            &path,
+            client::empty(),
+            None,
+            false,
+            &registry_auth(image)?,
+        )
+        .await?;
+    let status = progress_stream(resp.into_body(), quiet, to_stderr).await?;
+    if quiet && status == 0 {
+        match image.parse::<berth_types::Reference>() {
+            Ok(r) => println!("{r}"),
+            Err(_) => println!("{image}"),
+        }
+    }
     Ok(status)
+}
+
+/// `login`: the credentials checked by the daemon against the registry, then kept in
+/// the docker CLI's config.json (or its credential helper).
+async fn login(
+    c: &Client,
+    username: Option<String>,
+    password: Option<String>,
+    password_stdin: bool,
+    server: Option<String>,
+) -> Result<i32, Error> {
+    let key = dockercfg::server_key(server.as_deref().unwrap_or(""));
+    if password.is_some() && password_stdin {
+        return Err(Error::Other(
+            "--password and --password-stdin are mutually exclusive".into(),
+        ));
+    }
+    if password_stdin && username.is_none() {
+        return Err(Error::Other(
+            "Must provide --username with --password-stdin".into(),
+        ));
+    }
+    if password.is_some() {
+        eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+    }
+    let interactive = stream::is_terminal(std::io::stdin());
+    let no_tty =
+        || Error::Other("Cannot perform an interactive login from a non TTY device".into());
+    let password = if password_stdin {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        Some(s.trim_end_matches(['\n', '\r']).to_string())
+    } else {
+        password
+    };
+    let username = match username {
+        Some(u) => u,
+        None if interactive => stream::prompt("Username: ", true)?,
+        None => return Err(no_tty()),
+    };
+    let password = match password {
+        Some(p) => p,
+        None if interactive => stream::prompt("Password: ", false)?,
+        None => return Err(no_tty()),
+    };
+    if username.trim().is_empty() {
+        return Err(Error::Other("Username is required".into()));
+    }
+    if password.is_empty() {
+        return Err(Error::Other("Password is required".into()));
+    }
+    let body = json!({"username": username, "password": password, "serveraddress": key});
+    let v = c.json(Method::POST, "/auth", Some(&body)).await?;
+    let token = v["IdentityToken"].as_str().unwrap_or_default();
+    dockercfg::store(&key, &username, &password, token).map_err(Error::Other)?;
+    if !dockercfg::uses_helper(&key) {
+        eprintln!(
+            "WARNING! Your credentials are stored unencrypted in '{}'.\nConfigure a credential helper to remove this warning. See\nhttps://docs.docker.com/go/credential-store/\n",
+            dockercfg::path().display()
+        );
+    }
+    println!("{}", v["Status"].as_str().unwrap_or("Login Succeeded"));
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 pub mod client;
 mod commands;
 mod compose;
+mod dockercfg;
 pub mod format;
 mod stream;
 

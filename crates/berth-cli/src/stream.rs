@@ -39,6 +39,32 @@ impl Drop for RawMode {
     }
 }
 
+/// Asks on the terminal; without `echo` the answer is not shown (passwords).
+pub fn prompt(question: &str, echo: bool) -> Result<String, crate::client::Error> {
+    let stdin = std::io::stdin();
+    print!("{question}");
+    let _ = std::io::stdout().flush();
+    let saved = rustix::termios::tcgetattr(stdin.as_fd()).ok();
+    if let (false, Some(saved)) = (echo, &saved) {
+        let mut quiet = saved.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        let _ = rustix::termios::tcsetattr(
+            stdin.as_fd(),
+            rustix::termios::OptionalActions::Now,
+            &quiet,
+        );
+    }
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    if let (false, Some(saved)) = (echo, &saved) {
+        let _ =
+            rustix::termios::tcsetattr(stdin.as_fd(), rustix::termios::OptionalActions::Now, saved);
+        println!();
+    }
+    read.map_err(|e| crate::client::Error::Other(e.to_string()))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
 pub fn is_terminal(fd: impl AsFd) -> bool {
     rustix::termios::isatty(fd)
 }

@@ -24,6 +24,8 @@ pub struct File {
     pub group: Option<String>,
     pub insecure_registries: Option<Vec<String>>,
     pub registry_mirrors: Option<Vec<String>>,
+    pub max_concurrent_downloads: Option<usize>,
+    pub max_concurrent_uploads: Option<usize>,
     pub bip: Option<String>,
     pub iptables: Option<bool>,
     pub live_restore: Option<bool>,
@@ -85,8 +87,6 @@ const IGNORED: &[&str] = &[
     "ip-masq",
     "ip",
     "shutdown-timeout",
-    "max-concurrent-downloads",
-    "max-concurrent-uploads",
     "max-download-attempts",
     "default-runtime",
     "runtimes",
@@ -122,6 +122,11 @@ pub struct Settings {
     pub group: Option<String>,
     pub insecure_registries: Vec<String>,
     pub registry_mirrors: Vec<String>,
+    /// `<host:port>/ca.crt` and client certificates, beside the configuration file (as
+    /// Docker keeps /etc/docker/certs.d beside /etc/docker/daemon.json).
+    pub certs_dir: PathBuf,
+    pub max_concurrent_downloads: usize,
+    pub max_concurrent_uploads: usize,
     pub bip: Option<String>,
     /// Where networks without a subnet get theirs (Docker's pools when empty).
     pub default_address_pools: Vec<AddressPool>,
@@ -171,6 +176,8 @@ pub fn read_file(path: &Path, explicit: bool) -> Result<(File, Vec<String>), Str
         "group",
         "insecure-registries",
         "registry-mirrors",
+        "max-concurrent-downloads",
+        "max-concurrent-uploads",
         "bip",
         "iptables",
         "live-restore",
@@ -242,6 +249,8 @@ pub struct Flags {
     pub group: Option<String>,
     pub insecure_registries: Vec<String>,
     pub registry_mirrors: Vec<String>,
+    pub max_concurrent_downloads: Option<usize>,
+    pub max_concurrent_uploads: Option<usize>,
     pub bip: Option<String>,
     pub default_address_pools: Vec<String>,
     pub ipv6: bool,
@@ -285,6 +294,16 @@ pub fn merge(flags: &Flags, file: &File) -> Result<Settings, String> {
     );
     check("group", flags.group.is_some(), file.group.is_some());
     check("bip", flags.bip.is_some(), file.bip.is_some());
+    check(
+        "max-concurrent-downloads",
+        flags.max_concurrent_downloads.is_some(),
+        file.max_concurrent_downloads.is_some(),
+    );
+    check(
+        "max-concurrent-uploads",
+        flags.max_concurrent_uploads.is_some(),
+        file.max_concurrent_uploads.is_some(),
+    );
     check(
         "default-address-pools",
         !flags.default_address_pools.is_empty(),
@@ -403,6 +422,23 @@ pub fn merge(flags: &Flags, file: &File) -> Result<Settings, String> {
             file.registry_mirrors.clone().unwrap_or_default(),
         ]
         .concat(),
+        certs_dir: flags
+            .config_file
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CONFIG.into())
+            .parent()
+            .map(|p| p.join("certs.d"))
+            .unwrap_or_else(|| "/etc/berth/certs.d".into()),
+        max_concurrent_downloads: flags
+            .max_concurrent_downloads
+            .or(file.max_concurrent_downloads)
+            .unwrap_or(3)
+            .max(1),
+        max_concurrent_uploads: flags
+            .max_concurrent_uploads
+            .or(file.max_concurrent_uploads)
+            .unwrap_or(5)
+            .max(1),
         bip: flags.bip.clone().or_else(|| file.bip.clone()),
         default_address_pools: match &file.default_address_pools {
             Some(p) => p.clone(),

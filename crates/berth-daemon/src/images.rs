@@ -4,10 +4,12 @@ use std::io::Write;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use berth_distribution::client::{Platform, Progress};
 use berth_store::image::Image;
+use berth_types::auth::AuthConfig;
 use berth_types::Reference;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -297,6 +299,7 @@ pub async fn post_named(
     State(d): State<Shared>,
     Path(rest): Path<String>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let Some(name) = rest.strip_suffix("/tag") else {
         if let Some(image) = rest.strip_suffix("/push") {
@@ -314,7 +317,7 @@ pub async fn post_named(
                     format!("No such image: {}", reference.familiar()),
                 ));
             }
-            return Ok(push(d, reference));
+            return Ok(push(d, reference, registry_auth(&headers)?));
         }
         return Err(ApiError::new(StatusCode::NOT_FOUND, "page not found"));
     };
@@ -465,17 +468,24 @@ pub async fn load(State(d): State<Shared>, body: Body) -> ApiResult<Response> {
 /// line (the status is sent by then, as with Docker).
 fn progress_stream<F, Fut>(work: F) -> Response
 where
-    F: FnOnce(berth_distribution::client::Progress) -> Fut + Send + 'static,
+    F: FnOnce(Progress) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let progress_tx = tx.clone();
     tokio::spawn(async move {
-        let progress: berth_distribution::client::Progress = Box::new(move |v| {
+        let progress: Progress = Box::new(move |v| {
             let _ = progress_tx.send(v);
         });
-        if let Err(e) = work(progress).await {
-            let _ = tx.send(json!({"errorDetail": {"message": e}, "error": e}));
+        // A client that goes away (ctrl-c on `docker pull`) cancels the work; what was
+        // downloaded stays in the ingests for the next pull.
+        tokio::select! {
+            r = work(progress) => {
+                if let Err(e) = r {
+                    let _ = tx.send(json!({"errorDetail": {"message": e}, "error": e}));
+                }
+            }
+            _ = tx.closed() => tracing::info!("registry operation cancelled by the client"),
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -490,23 +500,55 @@ where
         .into_response()
 }
 
+/// `X-Registry-Auth`, empty when absent.
+fn registry_auth(headers: &HeaderMap) -> ApiResult<AuthConfig> {
+    match headers.get("x-registry-auth").map(|v| v.to_str()) {
+        None => Ok(AuthConfig::default()),
+        Some(Ok(v)) => AuthConfig::from_header(v).map_err(ApiError::bad_request),
+        Some(Err(_)) => Err(ApiError::bad_request("X-Registry-Auth is not text")),
+    }
+}
+
 /// `docker pull` through `POST /images/create?fromImage=`.
-fn pull(d: Shared, reference: Reference) -> Response {
+fn pull(d: Shared, reference: Reference, auth: AuthConfig, platform: Option<Platform>) -> Response {
     progress_stream(move |progress| async move {
-        let img = berth_distribution::client::pull(d.store.clone(), &reference, progress).await?;
+        let img = d
+            .registry
+            .pull(
+                d.store.clone(),
+                &reference,
+                &auth,
+                platform.as_ref(),
+                progress,
+            )
+            .await?;
         d.image_event("pull", &img.config.to_string(), &reference.familiar());
         Ok(())
     })
 }
 
 /// `docker push` through `POST /images/{name}/push`.
-fn push(d: Shared, reference: Reference) -> Response {
+fn push(d: Shared, reference: Reference, auth: AuthConfig) -> Response {
     progress_stream(move |progress| async move {
-        let digest =
-            berth_distribution::client::push(d.store.clone(), &reference, progress).await?;
+        let digest = d
+            .registry
+            .push(d.store.clone(), &reference, &auth, progress)
+            .await?;
         d.image_event("push", &digest.to_string(), &reference.familiar());
         Ok(())
     })
+}
+
+/// `POST /auth` (`docker login`): the credentials checked against the registry.
+pub async fn login(State(d): State<Shared>, body: axum::body::Bytes) -> ApiResult<Response> {
+    let auth: AuthConfig = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let token = d
+        .registry
+        .login(&auth.serveraddress, &auth)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e))?;
+    Ok(Json(json!({"Status": "Login Succeeded", "IdentityToken": token})).into_response())
 }
 
 /// `GET /images/get?names=a&names=b`.
@@ -556,6 +598,7 @@ async fn save(d: Shared, names: Vec<String>) -> ApiResult<Response> {
 pub async fn create(
     State(d): State<Shared>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let ps = params(q.as_deref());
@@ -568,7 +611,12 @@ pub async fn create(
         let reference: Reference = full
             .parse()
             .map_err(|e: berth_types::ReferenceError| ApiError::bad_request(e.to_string()))?;
-        return Ok(pull(d, reference));
+        let platform = param(&ps, "platform")
+            .filter(|p| !p.is_empty())
+            .map(Platform::parse)
+            .transpose()
+            .map_err(ApiError::bad_request)?;
+        return Ok(pull(d, reference, registry_auth(&headers)?, platform));
     }
     match param(&ps, "fromSrc") {
         Some("-") => {}

@@ -36,6 +36,8 @@ pub struct Daemon {
     pub execs: containers::exec::Execs,
     pub volumes: Arc<volumes::Volumes>,
     pub networks: Arc<networks::Networks>,
+    /// Pulls, pushes and logins: connections, tokens and shared downloads.
+    pub registry: Arc<berth_distribution::client::Client>,
     pub data_root: PathBuf,
     pub events: tokio::sync::broadcast::Sender<serde_json::Value>,
     /// Reloaded on SIGHUP (log and ulimit defaults, log level, registries).
@@ -244,6 +246,7 @@ pub fn router(daemon: Shared) -> Router {
         .route("/images/load", post(images::load))
         .route("/images/get", get(images::save_many))
         .route("/images/create", post(images::create))
+        .route("/auth", post(images::login))
         .route("/images/prune", post(images::prune))
         .route(
             "/images/{*rest}",
@@ -436,6 +439,9 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
         networks,
         containers,
         execs: Default::default(),
+        registry: Arc::new(berth_distribution::client::Client::new(registry_options(
+            &settings,
+        ))),
         data_root: settings.data_root.clone(),
         events: tokio::sync::broadcast::channel(1024).0,
         settings: std::sync::RwLock::new(settings.clone()),
@@ -530,6 +536,18 @@ where
 /// The whole service: version prefixes stripped, requests logged, routed.
 type App = tower::util::MapRequest<Router, fn(Request<Body>) -> Request<Body>>;
 
+/// What the registry client takes from the settings.
+fn registry_options(s: &config::Settings) -> berth_distribution::client::Options {
+    berth_distribution::client::Options {
+        insecure: s.insecure_registries.clone(),
+        mirrors: s.registry_mirrors.clone(),
+        certs_dir: Some(s.certs_dir.clone()),
+        max_downloads: s.max_concurrent_downloads,
+        max_uploads: s.max_concurrent_uploads,
+        ..Default::default()
+    }
+}
+
 /// SIGHUP: the configuration file again; what can change without a restart does.
 fn reload(d: &Daemon, flags: &config::Flags) {
     let path = d.settings.read().expect("settings").config_file.clone();
@@ -542,6 +560,9 @@ fn reload(d: &Daemon, flags: &config::Flags) {
             s.default_ulimits = new.default_ulimits;
             s.insecure_registries = new.insecure_registries;
             s.registry_mirrors = new.registry_mirrors;
+            s.max_concurrent_downloads = new.max_concurrent_downloads;
+            s.max_concurrent_uploads = new.max_concurrent_uploads;
+            d.registry.set_options(registry_options(&s));
             s.live_restore = new.live_restore;
             tracing::info!(config = %path.display(), "configuration reloaded");
         }

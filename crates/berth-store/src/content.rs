@@ -248,6 +248,14 @@ impl Ingest {
         self.size
     }
 
+    /// Drops what was written (a server that would not continue it sends it again).
+    pub fn restart(&mut self) -> Result<()> {
+        io_ctx(self.file.set_len(0), || "truncating an ingest".to_string())?;
+        self.hasher = Hasher::new(self.hasher.algorithm());
+        self.size = 0;
+        Ok(())
+    }
+
     /// Verifies and publishes the blob under its digest.
     pub fn commit(self) -> Result<Digest> {
         let Ingest {

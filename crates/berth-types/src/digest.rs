@@ -117,6 +117,12 @@ impl Hasher {
             Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
         }
     }
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            Hasher::Sha256(_) => Algorithm::Sha256,
+            Hasher::Sha512(_) => Algorithm::Sha512,
+        }
+    }
     pub fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(data),

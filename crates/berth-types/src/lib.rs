@@ -1,6 +1,7 @@
 //! Types shared by every part of Berth: content digests and image references (with Docker's
 //! normalisation). Engine API models join them as the daemon is built.
 
+pub mod auth;
 pub mod digest;
 pub mod fs;
 pub mod reference;

@@ -39,6 +39,12 @@ struct DaemonArgs {
     insecure_registry: Vec<String>,
     #[arg(long = "registry-mirror")]
     registry_mirror: Vec<String>,
+    /// Layers of one pull downloaded at once (default 3).
+    #[arg(long = "max-concurrent-downloads")]
+    max_concurrent_downloads: Option<usize>,
+    /// Layers of one push uploaded at once (default 5).
+    #[arg(long = "max-concurrent-uploads")]
+    max_concurrent_uploads: Option<usize>,
     #[arg(long)]
     bip: Option<String>,
     #[arg(long = "default-address-pool")]
@@ -92,6 +98,8 @@ fn daemon_main(bin: &str, args: &[String]) -> i32 {
         group: a.group,
         insecure_registries: a.insecure_registry,
         registry_mirrors: a.registry_mirror,
+        max_concurrent_downloads: a.max_concurrent_downloads,
+        max_concurrent_uploads: a.max_concurrent_uploads,
         bip: a.bip,
         default_address_pools: a.default_address_pool,
         ipv6: a.ipv6,
