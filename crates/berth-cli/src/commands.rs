@@ -2487,9 +2487,11 @@ async fn create(c: &Client, a: &RunArgs) -> Result<String, Error> {
     match a.pull.as_str() {
         "always" => pulled(pull_image(c, &a.image, a.platform.as_deref(), false, true).await?)?,
         "missing" | "never" => {}
-        other => return Err(Error::Other(format!(
+        other => {
+            return Err(Error::Other(format!(
             "invalid pull option: '{other}': must be one of \"always\", \"missing\" or \"never\""
-        ))),
+        )))
+        }
     }
     match c.json(Method::POST, &path, Some(&body)).await {
         Ok(v) => Ok(v["Id"].as_str().unwrap_or("").to_string()),

@@ -57,6 +57,9 @@ pub fn unique() -> u64 {
 
 pub struct ContentStore {
     root: PathBuf,
+    /// [`ContentStore::write_blob`]s one at a time: two writers of the same blob would
+    /// share its ingest.
+    writing: std::sync::Mutex<()>,
 }
 
 /// A problem `verify` found.
@@ -93,6 +96,7 @@ impl ContentStore {
         }
         Ok(ContentStore {
             root: root.to_path_buf(),
+            writing: std::sync::Mutex::new(()),
         })
     }
 
@@ -132,6 +136,7 @@ impl ContentStore {
     /// Stores `data` and returns its sha256 digest.
     pub fn write_blob(&self, data: &[u8]) -> Result<Digest> {
         let d = Digest::sha256(data);
+        let _one = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         if self.exists(&d) {
             return Ok(d);
         }
@@ -139,6 +144,8 @@ impl ContentStore {
             &format!("blob-{}", d.hex()),
             Some((d.clone(), data.len() as u64)),
         )?;
+        // The whole blob is here: whatever an interrupted write left is not continued.
+        w.restart()?;
         io_ctx(w.write_all(data), || format!("writing blob {d}"))?;
         w.commit()
     }
@@ -246,6 +253,12 @@ impl Ingest {
     /// Bytes already written (where a resumed download continues from).
     pub fn offset(&self) -> u64 {
         self.size
+    }
+
+    /// The file holding what was written so far (read by an unpack that continues with the
+    /// rest of the stream).
+    pub fn data_path(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     /// Drops what was written (a server that would not continue it sends it again).
@@ -384,6 +397,33 @@ mod tests {
         w.write_all(&data[70_000..]).unwrap();
         assert_eq!(w.commit().unwrap(), want);
         assert_eq!(s.read(&want).unwrap(), data);
+    }
+
+    #[test]
+    fn write_blob_ignores_debris_and_concurrent_writers() {
+        let d = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(ContentStore::open(d.path()).unwrap());
+        let data = b"a manifest written by two pulls at once".to_vec();
+        let digest = Digest::sha256(&data);
+        // What a crash in the middle of an earlier write left.
+        let mut w = s
+            .ingest(
+                &format!("blob-{}", digest.hex()),
+                Some((digest.clone(), data.len() as u64)),
+            )
+            .unwrap();
+        w.write_all(&data[..7]).unwrap();
+        drop(w);
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, data) = (s.clone(), data.clone());
+                std::thread::spawn(move || s.write_blob(&data).unwrap())
+            })
+            .collect();
+        for w in writers {
+            assert_eq!(w.join().unwrap(), digest);
+        }
+        assert_eq!(s.read(&digest).unwrap(), data);
     }
 
     #[test]

@@ -125,6 +125,53 @@ pub struct ImageStore {
     /// Container id -> the image ID it runs from: such images are not deleted (untagging
     /// them needs force) and not pruned, so their layers stay under the containers.
     in_use: Mutex<BTreeMap<String, Digest>>,
+    leases: std::sync::Arc<Mutex<Leases>>,
+}
+
+/// Blobs and layer snapshots of work not yet recorded as an image (a pull in flight).
+#[derive(Default)]
+struct Leases {
+    next: u64,
+    held: BTreeMap<u64, (BTreeSet<Digest>, BTreeSet<String>)>,
+}
+
+impl Leases {
+    fn blobs(&self) -> impl Iterator<Item = &Digest> {
+        self.held.values().flat_map(|(b, _)| b)
+    }
+    fn chains(&self) -> impl Iterator<Item = &String> {
+        self.held.values().flat_map(|(_, c)| c)
+    }
+}
+
+/// Keeps what it names from garbage collection until dropped: a pull stores blobs and
+/// publishes layers before the image that references them is recorded.
+pub struct Lease {
+    id: u64,
+    leases: std::sync::Arc<Mutex<Leases>>,
+}
+
+impl Lease {
+    pub fn blob(&self, d: &Digest) {
+        let mut l = self.leases.lock().expect("leases lock");
+        l.held.entry(self.id).or_default().0.insert(d.clone());
+    }
+    pub fn chain(&self, chain: &Digest) {
+        let mut l = self.leases.lock().expect("leases lock");
+        l.held
+            .entry(self.id)
+            .or_default()
+            .1
+            .insert(chain.hex().to_string());
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.leases.lock() {
+            l.held.remove(&self.id);
+        }
+    }
 }
 
 /// The chain ID of a layer stack (OCI image spec): the first layer's diffID, then
@@ -185,11 +232,22 @@ impl ImageStore {
             snapshots,
             meta: Mutex::new(meta),
             in_use: Mutex::new(BTreeMap::new()),
+            leases: Default::default(),
         };
         if !meta_dir.join("images.json").exists() {
             store.persist(&store.meta.lock().expect("meta lock"))?;
         }
         Ok(store)
+    }
+
+    /// A lease: what it names survives garbage collection until it drops.
+    pub fn lease(&self) -> Lease {
+        let mut l = self.leases.lock().expect("leases lock");
+        l.next += 1;
+        Lease {
+            id: l.next,
+            leases: self.leases.clone(),
+        }
     }
 
     pub fn content(&self) -> &ContentStore {
@@ -305,12 +363,19 @@ impl ImageStore {
 
     /// Records that the image with manifest `manifest` is `repository@manifest` in a
     /// registry (pulled from or pushed there).
-    pub fn add_repo_digest(&self, manifest: &Digest, repository: &str) -> Result<()> {
+    /// Records that the image with `manifest` is `repository@digest` in a registry (the
+    /// digest is the manifest's, or that of the index it was chosen from).
+    pub fn add_repo_digest(
+        &self,
+        manifest: &Digest,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<()> {
         let mut meta = self.meta.lock().expect("meta lock");
         meta.repo_digests
             .entry(manifest.to_string())
             .or_default()
-            .insert(format!("{repository}@{manifest}"));
+            .insert(format!("{repository}@{digest}"));
         self.persist(&meta)
     }
 
@@ -439,6 +504,17 @@ impl ImageStore {
                 chains.insert(l.chain_id.hex().to_string());
             }
         }
+        {
+            let leases = self.leases.lock().expect("leases lock");
+            blobs.extend(leases.blobs().cloned());
+            chains.extend(leases.chains().cloned());
+            // A leased blob may be being unpacked into its staging snapshot.
+            let staging: Vec<String> = leases
+                .blobs()
+                .map(|b| format!("unpack-{}", b.hex()))
+                .collect();
+            chains.extend(staging);
+        }
         let mut stats = GcStats::default();
         for algo in ["sha256", "sha512"] {
             let dir = self.content.root().join("blobs").join(algo);
@@ -529,7 +605,9 @@ impl ImageStore {
         Ok(problems)
     }
 
-    /// Unpacks `blob` as the layer on top of `parent` unless that snapshot exists already.
+    /// Unpacks `blob` as the layer on top of `parent` unless that snapshot exists already
+    /// (known without reading the blob when the diffID is `expected` or the blob is an
+    /// uncompressed tar).
     fn unpack(
         &self,
         parent: Option<&Digest>,
@@ -542,10 +620,8 @@ impl ImageStore {
             format!("blob {blob}")
         })?
         .len();
-        // The diffID of an uncompressed layer is its blob digest: the snapshot may already
-        // exist, and then nothing is read.
+        // The diffID of an uncompressed layer is its blob digest.
         if media_type == MEDIA_LAYER {
-            let chain = chain_id(parent, blob);
             if let Some(want) = expected.filter(|w| *w != blob) {
                 return Err(ImageError::DiffIdMismatch {
                     index,
@@ -553,26 +629,32 @@ impl ImageStore {
                     actual: blob.clone(),
                 });
             }
-            if self
-                .meta
-                .lock()
-                .expect("meta lock")
-                .layers
-                .contains(chain.hex())
-            {
+        }
+        let known = if media_type == MEDIA_LAYER {
+            Some(blob)
+        } else {
+            expected
+        };
+        if let Some(diff_id) = known {
+            let chain = chain_id(parent, diff_id);
+            if self.has_layer(&chain) {
                 return Ok(Layer {
                     blob: blob.clone(),
                     media_type: media_type.into(),
                     size,
-                    diff_id: blob.clone(),
+                    diff_id: diff_id.clone(),
                     chain_id: chain,
                 });
             }
         }
-        let staging = format!("unpack-{}", blob.hex());
-        let _ = self.snapshots.remove_layer(&staging);
-        let dir = self.snapshots.create_layer(&staging)?;
-        let applied = layer::apply(&dir, self.content.open_blob(blob)?)?;
+        let (staging, dir) = self.stage_layer(blob)?;
+        let applied = match layer::apply(&dir, self.content.open_blob(blob)?) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.snapshots.remove_layer(&staging);
+                return Err(e.into());
+            }
+        };
         if let Some(want) = expected.filter(|w| **w != applied.diff_id) {
             let _ = self.snapshots.remove_layer(&staging);
             return Err(ImageError::DiffIdMismatch {
@@ -582,24 +664,7 @@ impl ImageStore {
             });
         }
         let chain = chain_id(parent, &applied.diff_id);
-        let mut meta = self.meta.lock().expect("meta lock");
-        if meta.layers.contains(chain.hex()) {
-            let _ = self.snapshots.remove_layer(&staging);
-        } else {
-            // Published under its chain ID only once complete: a crash leaves a staging
-            // directory, never a half-unpacked layer under a real name.
-            let _ = self.snapshots.remove_layer(chain.hex());
-            let final_dir = self.snapshots.create_layer(chain.hex())?;
-            io_ctx(std::fs::remove_dir(&final_dir), || {
-                "preparing the layer directory".into()
-            })?;
-            io_ctx(std::fs::rename(&dir, &final_dir), || {
-                "publishing the layer".into()
-            })?;
-            let _ = self.snapshots.remove_layer(&staging);
-            meta.layers.insert(chain.hex().to_string());
-            self.persist(&meta)?;
-        }
+        self.publish_layer(&staging, &dir, &chain)?;
         Ok(Layer {
             blob: blob.clone(),
             media_type: media_type.into(),
@@ -607,6 +672,50 @@ impl ImageStore {
             diff_id: applied.diff_id,
             chain_id: chain,
         })
+    }
+
+    /// Whether the snapshot of the layer stack `chain` is complete.
+    pub fn has_layer(&self, chain: &Digest) -> bool {
+        self.meta
+            .lock()
+            .expect("meta lock")
+            .layers
+            .contains(chain.hex())
+    }
+
+    /// An empty staging snapshot to unpack `blob` into: (its id, its directory). What an
+    /// interrupted unpack of the same blob left there is cleared first.
+    pub fn stage_layer(&self, blob: &Digest) -> Result<(String, PathBuf)> {
+        let staging = format!("unpack-{}", blob.hex());
+        let _ = self.snapshots.remove_layer(&staging);
+        let dir = self.snapshots.create_layer(&staging)?;
+        Ok((staging, dir))
+    }
+
+    /// Drops a staging snapshot (an unpack that failed or was not wanted).
+    pub fn discard_layer(&self, staging: &str) {
+        let _ = self.snapshots.remove_layer(staging);
+    }
+
+    /// Publishes the staging snapshot `dir` (whose diffID the caller checked) as the layer
+    /// stack `chain`. Published only once complete: a crash leaves a staging directory,
+    /// never a half-unpacked layer under a real name.
+    pub fn publish_layer(&self, staging: &str, dir: &Path, chain: &Digest) -> Result<()> {
+        let mut meta = self.meta.lock().expect("meta lock");
+        if !meta.layers.contains(chain.hex()) {
+            let _ = self.snapshots.remove_layer(chain.hex());
+            let final_dir = self.snapshots.create_layer(chain.hex())?;
+            io_ctx(std::fs::remove_dir(&final_dir), || {
+                "preparing the layer directory".into()
+            })?;
+            io_ctx(std::fs::rename(dir, &final_dir), || {
+                "publishing the layer".into()
+            })?;
+            meta.layers.insert(chain.hex().to_string());
+            self.persist(&meta)?;
+        }
+        let _ = self.snapshots.remove_layer(staging);
+        Ok(())
     }
 
     /// Records a pulled image: its manifest exactly as the registry served it (so its

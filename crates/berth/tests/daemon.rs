@@ -3,213 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
+use common::daemon::{busybox_archive, docker_cli, Daemon};
 use common::{capture, wait_for};
-
-struct Daemon {
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-/// Whether the daemon at `socket` answers `/_ping` (a socket file alone may belong to a
-/// daemon still starting, which a signal would kill before it can clean up).
-fn answers(socket: &Path) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-    let _ = s.write_all(b"GET /_ping HTTP/1.0\r\n\r\n");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out.starts_with(b"HTTP/1.0 200") || out.starts_with(b"HTTP/1.1 200")
-}
-
-fn spawn_daemon(dir: &Path) -> Child {
-    spawn_daemon_with(dir, &[])
-}
-
-fn spawn_daemon_with(dir: &Path, extra: &[&str]) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("daemon.log"))
-        .unwrap();
-    // Each test daemon has a network namespace of its own (its bridge, ruleset and
-    // published ports stay there), kept across restarts.
-    let ns = dir.join("netns");
-    common::make_netns(&ns);
-    common::in_netns(Some(&ns), common::berth())
-        .arg("daemon")
-        .arg("-H")
-        .arg(format!("unix://{}", dir.join("d.sock").display()))
-        .arg("--data-root")
-        .arg(dir.join("root"))
-        .arg("--exec-root")
-        .arg(dir.join("exec"))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-impl Daemon {
-    fn start() -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-daemon-")
-            .tempdir()
-            .unwrap();
-        Daemon::start_in(dir)
-    }
-
-    fn start_in(dir: tempfile::TempDir) -> Daemon {
-        Daemon::start_with(dir, &[])
-    }
-
-    fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
-        let child = spawn_daemon_with(dir.path(), extra);
-        let d = Daemon { dir, child };
-        assert!(
-            wait_for(10, || answers(&d.socket())),
-            "the daemon did not start: {}",
-            d.log()
-        );
-        d
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("d.sock")
-    }
-
-    /// The daemon's network namespace: its "host".
-    fn netns(&self) -> PathBuf {
-        self.dir.path().join("netns")
-    }
-
-    /// `prog` run on the daemon's "host" (its network namespace).
-    fn host_cmd(&self, prog: &str) -> Command {
-        common::in_netns(Some(&self.netns()), prog)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    /// Runs the docker CLI against this daemon: (exit code, stdout, stderr).
-    fn docker(&self, args: &[&str]) -> (i32, String, String) {
-        self.client(
-            Command::new("docker")
-                .env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
-                .env("DOCKER_CONFIG", self.dir.path().join("docker-config")),
-            args,
-        )
-    }
-
-    /// Runs a client against this daemon: (exit code, stdout, stderr).
-    fn client(&self, cmd: &mut Command, args: &[&str]) -> (i32, String, String) {
-        let out = capture(cmd.args(args).stdin(Stdio::null()));
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// The output of a client call that must succeed.
-    fn must(&self, what: &str, (code, out, err): (i32, String, String), args: &[&str]) -> String {
-        assert_eq!(
-            code,
-            0,
-            "{what} {args:?}: {err}\ndaemon log:\n{}",
-            self.log()
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.must("docker", self.docker(args), args)
-    }
-}
-
-impl Daemon {
-    /// SIGTERM, as an init system stops a daemon; then wait for it.
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        if !wait_for(5, || matches!(self.child.try_wait(), Ok(Some(_)))) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    /// `kill -9` of the daemon, then a new one on the same roots (live restore).
-    fn crash_and_restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(self.socket());
-        self.child = spawn_daemon(self.dir.path());
-        assert!(
-            wait_for(10, || answers(&self.socket())),
-            "the daemon did not start again: {}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Containers outlive their daemon by design: remove them through it.
-        let (_, ids, _) = self.docker(&["ps", "-aq", "--no-trunc"]);
-        for id in ids.split_whitespace() {
-            let _ = self.docker(&["rm", "-f", id]);
-        }
-        // Volumes may hold mounts (tmpfs volumes).
-        let (_, vols, _) = self.docker(&["volume", "ls", "-q"]);
-        for v in vols.split_whitespace() {
-            let _ = self.docker(&["volume", "rm", "-f", v]);
-        }
-        self.stop();
-        // Namespaces a failed test left bound, then the daemon's own.
-        for e in std::fs::read_dir(self.dir.path().join("exec/netns"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = berth_network::netns::remove(&e.path());
-        }
-        let _ = berth_network::netns::remove(&self.netns());
-    }
-}
-
-fn docker_cli() -> bool {
-    Command::new("docker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn busybox_archive(dir: &Path) -> PathBuf {
-    let archive = dir.join("busybox.tar");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mkimage-archive.sh");
-    let st = Command::new(script)
-        .arg(common::template_rootfs())
-        .arg(&archive)
-        .arg("busybox:latest")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    archive
-}
 
 #[test]
 fn docker_cli_image_workflow_against_berth() {
@@ -776,21 +574,6 @@ fn exec_into_a_running_container() {
     let (code, _, err) = d.docker(&["exec", "box", "true"]);
     assert_ne!(code, 0);
     assert!(err.contains("is not running"), "{err}");
-}
-
-impl Daemon {
-    /// Runs Berth's own CLI against this daemon: (exit code, stdout, stderr).
-    fn berth(&self, args: &[&str]) -> (i32, String, String) {
-        self.client(
-            Command::new(common::berth())
-                .env("BERTH_HOST", format!("unix://{}", self.socket().display())),
-            args,
-        )
-    }
-
-    fn berth_ok(&self, args: &[&str]) -> String {
-        self.must("berth", self.berth(args), args)
-    }
 }
 
 #[test]
@@ -3429,24 +3212,6 @@ fn compose_up_attached_prefixes_output_and_exit_code_from() {
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, by openssl.
-fn make_certs(dir: &Path) {
-    let sh = |script: &str| {
-        let out = capture(Command::new("sh").arg("-c").arg(script).current_dir(dir));
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=berth-test-ca");
-    sh("openssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj /CN=127.0.0.1 \
-        && printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext \
-        && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out server-cert.pem -days 2 -extfile server.ext");
-    sh("openssl req -newkey rsa:2048 -nodes -keyout key.pem -out client.csr -subj /CN=client \
-        && printf 'extendedKeyUsage=clientAuth\\n' > client.ext \
-        && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out cert.pem -days 2 -extfile client.ext");
-}
-
 #[test]
 fn tls_hosts_verify_client_certificates() {
     require_root!();
@@ -3460,7 +3225,7 @@ fn tls_hosts_verify_client_certificates() {
         .unwrap();
     let certs = dir.path().join("certs");
     std::fs::create_dir_all(&certs).unwrap();
-    make_certs(&certs);
+    common::make_certs(&certs, "127.0.0.1");
     let f = |n: &str| certs.join(n).display().to_string();
     // Beyond loopback (in the daemon's own namespace), allowed with client verification.
     let d = Daemon::start_with(

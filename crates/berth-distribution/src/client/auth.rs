@@ -134,8 +134,7 @@ impl Session {
         match challenge {
             Challenge::Basic => {
                 let Some((user, pass)) = self.auth.basic() else {
-                    // Nothing to answer with: the 401 stands.
-                    return Ok(());
+                    return Err("no basic auth credentials".into());
                 };
                 let v = format!("Basic {}", berth_types::auth::encode_basic(&user, &pass));
                 self.remember(v, Duration::from_secs(3600))

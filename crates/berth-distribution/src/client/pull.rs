@@ -3,12 +3,15 @@
 //! commit; an ingest left by an interrupted pull is continued with `Range`. Then the
 //! layers are unpacked in order.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
+use berth_store::content::Ingest;
 use berth_store::image::{Image, ImageStore};
+use berth_store::layer::{self, Applied};
 use berth_types::auth::AuthConfig;
 use berth_types::{Digest, Hasher, Reference};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, RANGE};
 use reqwest::StatusCode;
@@ -180,6 +183,8 @@ impl Client {
         let Some((mut s, (mut bytes, mut digest, kind))) = found else {
             return Err(last_err);
         };
+        // What the tag names (an index, perhaps): Docker's "Digest:" and RepoDigests.
+        let named = digest.clone();
         let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("manifest: {e}"))?;
         if v["manifests"].is_array() || kind.contains("index") || kind.contains("list") {
             let pick = v["manifests"]
@@ -201,16 +206,25 @@ impl Client {
             ));
         }
         let shown = reference.familiar();
-        // Already here under this manifest: just the tag, as Docker does.
+        // Already here under this manifest: just the tag. As with Docker, the image is
+        // "newer" when the tag did not name it before.
         if let Some((img, _)) = store.list().into_iter().find(|(i, _)| i.manifest == digest) {
+            let mut retagged = false;
             if reference.digest().is_none() {
+                let before = store.resolve(&reference.to_string()).map(|i| i.manifest);
+                retagged = before.as_ref() != Some(&img.manifest);
                 store
                     .tag(&img.config.to_string(), reference)
                     .map_err(|e| e.to_string())?;
             }
-            let _ = store.add_repo_digest(&img.manifest, &reference.name());
-            progress(json!({"status": format!("Digest: {digest}")}));
-            progress(json!({"status": format!("Status: Image is up to date for {shown}")}));
+            let _ = store.add_repo_digest(&img.manifest, &reference.name(), &named);
+            progress(json!({"status": format!("Digest: {named}")}));
+            let status = if retagged {
+                format!("Status: Downloaded newer image for {shown}")
+            } else {
+                format!("Status: Image is up to date for {shown}")
+            };
+            progress(json!({ "status": status }));
             return Ok(img);
         }
         let config = descriptor(&v["config"])?;
@@ -220,44 +234,80 @@ impl Client {
             .flatten()
             .map(descriptor)
             .collect::<Result<_, _>>()?;
-        let progress = Arc::new(progress);
+        // Everything this pull stores stays out of garbage collection until it is recorded.
+        let lease = Arc::new(store.lease());
+        lease.blob(&config.digest);
         let quiet: Progress = Box::new(|_| {});
-        self.fetch_blob(&mut s, &store, &repo, &config, &quiet)
+        self.fetch_layer(&mut s, &store, &repo, &config, None, &quiet)
             .await?;
+        // The config names each layer's diffID, so each layer's snapshot (keyed by the
+        // chain of diffIDs below it) can be unpacked on its own, while it downloads.
+        let config_json: Value = serde_json::from_slice(
+            &store
+                .content()
+                .read(&config.digest)
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| format!("image config {}: {e}", config.digest))?;
+        let diff_ids: Vec<Digest> =
+            serde_json::from_value(config_json["rootfs"]["diff_ids"].clone())
+                .map_err(|e| format!("image config {}: rootfs.diff_ids: {e}", config.digest))?;
+        if diff_ids.len() != layers.len() {
+            return Err(format!(
+                "the manifest of {shown} has {} layers, its config {} diffIDs",
+                layers.len(),
+                diff_ids.len()
+            ));
+        }
+        let mut chains: Vec<Digest> = Vec::new();
+        for d in &diff_ids {
+            chains.push(berth_store::image::chain_id(chains.last(), d));
+        }
+        let progress = Arc::new(progress);
+        for (l, chain) in layers.iter().zip(&chains) {
+            lease.blob(&l.digest);
+            lease.chain(chain);
+            let short = &l.digest.hex()[..12];
+            let status = if store.content().exists(&l.digest) && store.has_layer(chain) {
+                "Already exists"
+            } else {
+                "Pulling fs layer"
+            };
+            progress(json!({"status": status, "progressDetail": {}, "id": short}));
+        }
         // The layers, a few at a time, each in its own session (sharing the token).
         let limit = Arc::new(tokio::sync::Semaphore::new(
             self.options().max_downloads.max(1),
         ));
-        for l in &layers {
-            let short = &l.digest.hex()[..12];
-            if !store.content().exists(&l.digest) {
-                progress(json!({"status": "Pulling fs layer", "progressDetail": {}, "id": short}));
-            }
-        }
-        let downloads = layers.iter().map(|l| {
-            let (store, progress, limit) = (store.clone(), progress.clone(), limit.clone());
-            let mut s = s.fork();
-            let this = self.clone();
-            let repo = repo.clone();
-            async move {
-                let short = l.digest.hex()[..12].to_string();
-                let _permit = match limit.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => {
-                        if !store.content().exists(&l.digest) {
+        let downloads = layers
+            .iter()
+            .zip(diff_ids.iter().zip(&chains))
+            .map(|(l, unpack)| {
+                let (store, progress, limit) = (store.clone(), progress.clone(), limit.clone());
+                let mut s = s.fork();
+                let this = self.clone();
+                let repo = repo.clone();
+                async move {
+                    if store.content().exists(&l.digest) && store.has_layer(unpack.1) {
+                        return Ok(());
+                    }
+                    let short = l.digest.hex()[..12].to_string();
+                    let _permit = match limit.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(_) => {
                             progress(
                                 json!({"status": "Waiting", "progressDetail": {}, "id": short}),
                             );
+                            limit.acquire_owned().await.map_err(|e| e.to_string())?
                         }
-                        limit.acquire_owned().await.map_err(|e| e.to_string())?
-                    }
-                };
-                this.fetch_blob(&mut s, &store, &repo, l, &progress).await
-            }
-        });
-        for r in futures_util::future::join_all(downloads).await {
-            r?;
-        }
+                    };
+                    this.fetch_layer(&mut s, &store, &repo, l, Some(unpack), &progress)
+                        .await
+                }
+            });
+        // The first failure ends the pull (the others stop where they are; what they
+        // downloaded stays for the next pull).
+        futures_util::future::try_join_all(downloads).await?;
         let tags: Vec<Reference> = if reference.digest().is_none() {
             vec![reference.clone()]
         } else {
@@ -267,15 +317,11 @@ impl Client {
             .iter()
             .map(|l| (l.digest.clone(), l.media_type.clone()))
             .collect();
-        for l in &layers {
-            progress(
-                json!({"status": "Extracting", "progressDetail": {}, "id": &l.digest.hex()[..12]}),
-            );
-        }
         let image = {
             let store = store.clone();
             let manifest_bytes = bytes.to_vec();
             let config = config.digest.clone();
+            // Every layer is unpacked by now: this records the image.
             tokio::task::spawn_blocking(move || {
                 store.add_pulled(&manifest_bytes, &config, &entries, &tags)
             })
@@ -283,140 +329,333 @@ impl Client {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?
         };
-        let _ = store.add_repo_digest(&image.manifest, &reference.name());
-        for l in &layers {
-            progress(
-                json!({"status": "Pull complete", "progressDetail": {}, "id": &l.digest.hex()[..12]}),
-            );
-        }
-        progress(json!({"status": format!("Digest: {digest}")}));
+        drop(lease);
+        let _ = store.add_repo_digest(&image.manifest, &reference.name(), &named);
+        progress(json!({"status": format!("Digest: {named}")}));
         progress(json!({"status": format!("Status: Downloaded newer image for {shown}")}));
         Ok(image)
     }
 
-    /// Downloads one blob into the content store (verified on commit) unless it is there;
-    /// continues a partial download left by an earlier pull, and resumes after a dropped
-    /// connection, both with `Range`.
-    async fn fetch_blob(
+    /// One blob into the content store (verified on commit) unless it is there. With
+    /// `unpack` (its diffID and chain ID), a layer is also unpacked into its snapshot in
+    /// the same pass: the bytes go to the ingest and to the applier as they arrive, and
+    /// the snapshot is published once both digests check out. A partial download left by
+    /// an earlier pull, or by a dropped connection, is continued with `Range`.
+    async fn fetch_layer(
         &self,
         s: &mut Session,
-        store: &ImageStore,
+        store: &Arc<ImageStore>,
         repo: &str,
         blob: &Descriptor,
+        unpack: Option<(&Digest, &Digest)>,
         progress: &Progress,
     ) -> Result<(), String> {
         let digest = &blob.digest;
         let short = digest.hex()[..12].to_string();
+        let say = |status: &str| {
+            progress(json!({"status": status, "progressDetail": {}, "id": &short}));
+        };
         let lock = self.download_lock(digest);
         let _held = lock.lock().await;
         if store.content().exists(digest) {
-            progress(json!({"status": "Already exists", "progressDetail": {}, "id": short}));
-            return Ok(());
+            match unpack {
+                Some(unpack) if !store.has_layer(unpack.1) => {
+                    // Downloaded before (another image's layer) but not unpacked as this
+                    // stack: from the stored blob.
+                    say("Extracting");
+                    let file = store
+                        .content()
+                        .open_blob(digest)
+                        .map_err(|e| e.to_string())?;
+                    let u = Unpacker::start(store, digest, Some((file, u64::MAX)))?;
+                    u.finish_into(store, unpack, digest).await?;
+                    say("Pull complete");
+                    return Ok(());
+                }
+                _ => {
+                    say("Already exists");
+                    return Ok(());
+                }
+            }
         }
         let mut ingest = store
             .content()
             .ingest(&format!("pull-{digest}"), Some((digest.clone(), blob.size)))
             .map_err(|e| e.to_string())?;
+        let mut unpacker = match unpack {
+            Some(_) => Some(Unpacker::resume(store, digest, &ingest)?),
+            None => None,
+        };
         let url = s.url(&format!("/v2/{repo}/blobs/{digest}"));
         let mut failures = 0;
-        loop {
-            let offset = ingest.offset();
-            if blob.size > 0 && offset >= blob.size {
-                break;
-            }
-            let resp = s
-                .send(
-                    |c, _| {
-                        let rb = c.get(&url);
-                        if offset > 0 {
-                            rb.header(RANGE, format!("bytes={offset}-"))
-                        } else {
-                            rb
-                        }
-                    },
-                    true,
-                )
-                .await?;
-            match resp.status() {
-                StatusCode::PARTIAL_CONTENT if offset > 0 => {}
-                StatusCode::OK => {
-                    if offset > 0 {
-                        // The registry ignored the range: from the start again.
-                        ingest.restart().map_err(|e| e.to_string())?;
+        let mut unpack_failed: Option<String> = None;
+        let outcome: Result<(), String> = async {
+            loop {
+                let offset = ingest.offset();
+                if blob.size > 0 && offset >= blob.size {
+                    return Ok(());
+                }
+                let resp = s
+                    .send(
+                        |c, _| {
+                            let rb = c.get(&url);
+                            if offset > 0 {
+                                rb.header(RANGE, format!("bytes={offset}-"))
+                            } else {
+                                rb
+                            }
+                        },
+                        true,
+                    )
+                    .await?;
+                let from_start = match resp.status() {
+                    StatusCode::PARTIAL_CONTENT if offset > 0 => false,
+                    StatusCode::OK => offset > 0,
+                    StatusCode::RANGE_NOT_SATISFIABLE => {
+                        restart(store, digest, &mut ingest, &mut unpacker).await?;
+                        continue;
                     }
-                }
-                StatusCode::RANGE_NOT_SATISFIABLE => {
-                    ingest.restart().map_err(|e| e.to_string())?;
-                    continue;
-                }
-                st => {
-                    let body = resp.bytes().await.unwrap_or_default();
-                    let msg = error_message(&body).unwrap_or_else(|| status_text(st));
-                    return Err(format!("fetching blob {digest}: {msg}"));
-                }
-            }
-            let mut body = resp.bytes_stream();
-            let mut broken = None;
-            let mut shown = 0u64;
-            while let Some(chunk) = body.next().await {
-                match chunk {
-                    Ok(data) => {
-                        if ingest.offset() + data.len() as u64 > blob.size && blob.size > 0 {
-                            return Err(format!(
-                                "fetching blob {digest}: the registry sent more than its {} bytes",
-                                blob.size
-                            ));
-                        }
-                        ingest
-                            .write_all(&data)
-                            .map_err(|e| format!("storing {digest}: {e}"))?;
-                        let now = ingest.offset();
-                        if now >= shown + PROGRESS_STEP || now == blob.size {
-                            shown = now;
-                            progress(json!({"status": "Downloading", "id": short,
-                                "progressDetail": {"current": now, "total": blob.size}}));
-                        }
+                    st => {
+                        let body = resp.bytes().await.unwrap_or_default();
+                        let msg = error_message(&body).unwrap_or_else(|| status_text(st));
+                        return Err(format!("fetching blob {digest}: {msg}"));
                     }
-                    Err(e) => {
-                        broken = Some(super::error_text(&e));
-                        break;
-                    }
+                };
+                if from_start {
+                    // The registry ignored the range: from the start again.
+                    restart(store, digest, &mut ingest, &mut unpacker).await?;
                 }
-            }
-            match broken {
-                Some(e) => {
-                    failures += 1;
-                    if failures >= s.attempts {
+                let mut body = resp.bytes_stream();
+                let mut broken = None;
+                let mut shown = 0u64;
+                while let Some(chunk) = body.next().await {
+                    let data = match chunk {
+                        Ok(data) => data,
+                        Err(e) => {
+                            broken = Some(super::error_text(&e));
+                            break;
+                        }
+                    };
+                    if blob.size > 0 && ingest.offset() + data.len() as u64 > blob.size {
                         return Err(format!(
-                            "fetching blob {digest}: {e} (kept {} bytes for the next pull)",
-                            ingest.offset()
-                        ));
-                    }
-                    tracing::debug!("download of {digest} broke at {}: {e}", ingest.offset());
-                }
-                None if ingest.offset() < blob.size => {
-                    // A clean end short of the size: ask for the rest.
-                    failures += 1;
-                    if failures >= s.attempts {
-                        return Err(format!(
-                            "fetching blob {digest}: the registry sent {} of {} bytes",
-                            ingest.offset(),
+                            "fetching blob {digest}: the registry sent more than its {} bytes",
                             blob.size
                         ));
                     }
+                    ingest
+                        .write_all(&data)
+                        .map_err(|e| format!("storing {digest}: {e}"))?;
+                    if let Some(u) = &unpacker {
+                        if u.tx.send(data).await.is_err() {
+                            // The applier stopped. The download goes on: a blob that does
+                            // not match its digest is reported as that, not as a bad tar.
+                            let u = unpacker.take().expect("an unpacker");
+                            unpack_failed = Some(u.abort(store).await);
+                        }
+                    }
+                    let now = ingest.offset();
+                    if now >= shown + PROGRESS_STEP || now == blob.size {
+                        shown = now;
+                        progress(json!({"status": "Downloading", "id": &short,
+                            "progressDetail": {"current": now, "total": blob.size}}));
+                    }
                 }
-                None => break,
+                let short_of_size = ingest.offset() < blob.size;
+                match broken {
+                    None if !short_of_size => return Ok(()),
+                    why => {
+                        failures += 1;
+                        let why = why.unwrap_or_else(|| {
+                            format!(
+                                "the registry sent {} of {} bytes",
+                                ingest.offset(),
+                                blob.size
+                            )
+                        });
+                        if failures >= s.attempts {
+                            return Err(format!(
+                                "fetching blob {digest}: {why} (kept {} bytes for the next pull)",
+                                ingest.offset()
+                            ));
+                        }
+                        tracing::debug!("download of {digest} broke at {}: {why}", ingest.offset());
+                    }
+                }
             }
         }
-        progress(json!({"status": "Verifying Checksum", "progressDetail": {}, "id": short}));
-        ingest.commit().map_err(|e| match e {
-            berth_store::content::ContentError::DigestMismatch { .. } => {
-                format!("filesystem layer verification failed for digest {digest}")
+        .await;
+        if let Err(e) = outcome {
+            if let Some(u) = unpacker {
+                u.abort(store).await;
             }
-            e => e.to_string(),
-        })?;
-        progress(json!({"status": "Download complete", "progressDetail": {}, "id": short}));
+            return Err(e);
+        }
+        say("Verifying Checksum");
+        let committed = tokio::task::spawn_blocking(move || ingest.commit())
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = committed {
+            if let Some(u) = unpacker {
+                u.abort(store).await;
+            }
+            return Err(match e {
+                berth_store::content::ContentError::DigestMismatch { .. } => {
+                    format!("filesystem layer verification failed for digest {digest}")
+                }
+                e => e.to_string(),
+            });
+        }
+        say("Download complete");
+        if let Some(e) = unpack_failed {
+            return Err(format!("extracting {digest}: {e}"));
+        }
+        let (Some(u), Some(unpack)) = (unpacker, unpack) else {
+            return Ok(());
+        };
+        say("Extracting");
+        u.finish_into(store, unpack, digest).await?;
+        say("Pull complete");
         Ok(())
+    }
+}
+
+/// Starts a blob's download again from its first byte (a registry that would not continue
+/// it), and its unpack with it.
+async fn restart(
+    store: &Arc<ImageStore>,
+    digest: &Digest,
+    ingest: &mut Ingest,
+    unpacker: &mut Option<Unpacker>,
+) -> Result<(), String> {
+    ingest.restart().map_err(|e| e.to_string())?;
+    if let Some(u) = unpacker.take() {
+        u.abort(store).await;
+        *unpacker = Some(Unpacker::start(store, digest, None)?);
+    }
+    Ok(())
+}
+
+/// The layer applier on a blocking thread, reading a layer's bytes as they are
+/// downloaded (after what an earlier, interrupted pull left in the ingest, if anything).
+struct Unpacker {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    staging: String,
+    dir: std::path::PathBuf,
+    task: tokio::task::JoinHandle<Result<Applied, String>>,
+}
+
+impl Unpacker {
+    /// `prefix`: bytes read before the channel's (the ingest's earlier part, or a whole
+    /// stored blob).
+    fn start(
+        store: &ImageStore,
+        digest: &Digest,
+        prefix: Option<(std::fs::File, u64)>,
+    ) -> Result<Unpacker, String> {
+        let (staging, dir) = store.stage_layer(digest).map_err(|e| e.to_string())?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let feed = Feed {
+            prefix: prefix.map(|(f, n)| f.take(n)),
+            rx,
+            cur: Bytes::new(),
+        };
+        let d = dir.clone();
+        let task =
+            tokio::task::spawn_blocking(move || layer::apply(&d, feed).map_err(|e| e.to_string()));
+        Ok(Unpacker {
+            tx,
+            staging,
+            dir,
+            task,
+        })
+    }
+
+    /// For a download into `ingest`: what it holds already is read first.
+    fn resume(store: &ImageStore, digest: &Digest, ingest: &Ingest) -> Result<Unpacker, String> {
+        let prefix = if ingest.offset() > 0 {
+            let f = std::fs::File::open(ingest.data_path()).map_err(|e| e.to_string())?;
+            Some((f, ingest.offset()))
+        } else {
+            None
+        };
+        Unpacker::start(store, digest, prefix)
+    }
+
+    /// Stops the applier and drops its snapshot; returns its error, if it had one.
+    async fn abort(self, store: &ImageStore) -> String {
+        drop(self.tx);
+        let e = match self.task.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => "stopped".into(),
+            Err(e) => e.to_string(),
+        };
+        store.discard_layer(&self.staging);
+        e
+    }
+
+    /// Ends the input, waits for the applier and publishes the snapshot as `chain` if the
+    /// diffID is the one the config names.
+    async fn finish_into(
+        self,
+        store: &Arc<ImageStore>,
+        (want, chain): (&Digest, &Digest),
+        digest: &Digest,
+    ) -> Result<(), String> {
+        let Unpacker {
+            tx,
+            staging,
+            dir,
+            task,
+        } = self;
+        drop(tx);
+        let applied = match task.await.map_err(|e| e.to_string())? {
+            Ok(a) => a,
+            Err(e) => {
+                store.discard_layer(&staging);
+                return Err(format!("extracting {digest}: {e}"));
+            }
+        };
+        if applied.diff_id != *want {
+            store.discard_layer(&staging);
+            return Err(format!(
+                "layer {digest} unpacks to diffID {}, but the image config says {want}",
+                applied.diff_id
+            ));
+        }
+        let (store, chain) = (store.clone(), chain.clone());
+        tokio::task::spawn_blocking(move || store.publish_layer(&staging, &dir, &chain))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A `Read` over the prefix, then the bytes the download sends (end of input when the
+/// sender is dropped).
+struct Feed {
+    prefix: Option<std::io::Take<std::fs::File>>,
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl Read for Feed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(p) = &mut self.prefix {
+            match p.read(buf)? {
+                0 => self.prefix = None,
+                n => return Ok(n),
+            }
+        }
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
     }
 }
 

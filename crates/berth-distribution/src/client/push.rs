@@ -119,7 +119,7 @@ impl Client {
             reference,
         )
         .await?;
-        let _ = store.add_repo_digest(&image.manifest, &reference.name());
+        let _ = store.add_repo_digest(&image.manifest, &reference.name(), &image.manifest);
         progress(json!({"status": format!("{tag}: digest: {} size: {size}", image.manifest)}));
         Ok(image.manifest)
     }

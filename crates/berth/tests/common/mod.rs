@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -378,4 +381,24 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A CA (`ca.pem`), a server certificate for `ip` (`server-cert.pem`, `server-key.pem`) and
+/// a client certificate (`cert.pem`, `key.pem`) in `dir`, by openssl.
+pub fn make_certs(dir: &Path, ip: &str) {
+    let sh = |script: &str| {
+        let out = capture(Command::new("sh").arg("-c").arg(script).current_dir(dir));
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=berth-test-ca");
+    sh(&format!("openssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj /CN={ip} \
+        && printf 'subjectAltName=IP:{ip}\\nextendedKeyUsage=serverAuth\\n' > server.ext \
+        && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out server-cert.pem -days 2 -extfile server.ext"));
+    sh("openssl req -newkey rsa:2048 -nodes -keyout key.pem -out client.csr -subj /CN=client \
+        && printf 'extendedKeyUsage=clientAuth\\n' > client.ext \
+        && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out cert.pem -days 2 -extfile client.ext");
 }
