@@ -115,6 +115,9 @@ struct Meta {
     /// from or pushed to (Docker's RepoDigests).
     #[serde(default)]
     repo_digests: BTreeMap<String, BTreeSet<String>>,
+    /// diffID of an uncompressed layer -> its gzip blob, made once for pushes.
+    #[serde(default)]
+    compressed: BTreeMap<String, (Digest, u64)>,
 }
 
 pub struct ImageStore {
@@ -126,6 +129,9 @@ pub struct ImageStore {
     /// them needs force) and not pruned, so their layers stay under the containers.
     in_use: Mutex<BTreeMap<String, Digest>>,
     leases: std::sync::Arc<Mutex<Leases>>,
+    /// One compression at a time (each uses every core), so two pushes of a layer share
+    /// the work and its ingest.
+    compressing: Mutex<()>,
 }
 
 /// Blobs and layer snapshots of work not yet recorded as an image (a pull in flight).
@@ -233,6 +239,7 @@ impl ImageStore {
             meta: Mutex::new(meta),
             in_use: Mutex::new(BTreeMap::new()),
             leases: Default::default(),
+            compressing: Mutex::new(()),
         };
         if !meta_dir.join("images.json").exists() {
             store.persist(&store.meta.lock().expect("meta lock"))?;
@@ -496,14 +503,18 @@ impl ImageStore {
         let mut meta = self.meta.lock().expect("meta lock");
         let mut blobs: BTreeSet<Digest> = BTreeSet::new();
         let mut chains: BTreeSet<String> = BTreeSet::new();
+        let mut diff_ids: BTreeSet<String> = BTreeSet::new();
         for img in meta.images.values() {
             blobs.insert(img.manifest.clone());
             blobs.insert(img.config.clone());
             for l in &img.layers {
                 blobs.insert(l.blob.clone());
                 chains.insert(l.chain_id.hex().to_string());
+                diff_ids.insert(l.diff_id.to_string());
             }
         }
+        meta.compressed.retain(|d, _| diff_ids.contains(d));
+        blobs.extend(meta.compressed.values().map(|(b, _)| b.clone()));
         {
             let leases = self.leases.lock().expect("leases lock");
             blobs.extend(leases.blobs().cloned());
@@ -672,6 +683,32 @@ impl ImageStore {
             diff_id: applied.diff_id,
             chain_id: chain,
         })
+    }
+
+    /// The gzip blob of an uncompressed layer, for a push: (digest, size). Made once, on
+    /// every core, and kept (as long as an image has the layer) so later pushes, to this
+    /// registry or another, send the same bytes without compressing again.
+    pub fn compressed_layer(&self, l: &Layer) -> Result<(Digest, u64)> {
+        let key = l.diff_id.to_string();
+        let _one = self.compressing.lock().expect("compressing lock");
+        if let Some((d, size)) = self.meta.lock().expect("meta lock").compressed.get(&key) {
+            if self.content.exists(d) {
+                return Ok((d.clone(), *size));
+            }
+        }
+        let mut w = self.content.ingest(&format!("gzip-{key}"), None)?;
+        w.restart()?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let input = std::io::BufReader::with_capacity(1 << 20, self.content.open_blob(&l.blob)?);
+        io_ctx(crate::compress::gzip(input, &mut w, 6, threads), || {
+            format!("compressing layer {}", l.diff_id)
+        })?;
+        let size = w.offset();
+        let digest = w.commit()?;
+        let mut meta = self.meta.lock().expect("meta lock");
+        meta.compressed.insert(key, (digest.clone(), size));
+        self.persist(&meta)?;
+        Ok((digest, size))
     }
 
     /// Whether the snapshot of the layer stack `chain` is complete.

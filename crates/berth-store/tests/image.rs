@@ -446,3 +446,31 @@ fn loads_an_oci_archive() {
     );
     assert!(other.fsck().unwrap().is_empty());
 }
+
+#[test]
+fn a_pushed_layer_is_compressed_once_and_kept_with_its_image() {
+    require_root!();
+    let (_d, s) = store();
+    let tag: Reference = "busybox".parse().unwrap();
+    let img = s.import(&busybox_tar()[..], &[], Some(&tag)).unwrap();
+    let l = &img.layers[0];
+    let (gz, size) = s.compressed_layer(l).unwrap();
+    let data = s.content().read(&gz).unwrap();
+    assert_eq!(data.len() as u64, size);
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&data[..]), &mut tar).unwrap();
+    assert_eq!(berth_types::Digest::sha256(&tar), l.diff_id);
+    assert!(size < l.size / 2, "{size} of {}", l.size);
+    // Garbage collection keeps it while an image has the layer, and asked again the store
+    // does not compress again: it needs no uncompressed blob for that.
+    s.gc().unwrap();
+    assert!(s.content().exists(&gz));
+    let blob = s.content().path(&l.blob);
+    let aside = blob.with_extension("aside");
+    std::fs::rename(&blob, &aside).unwrap();
+    assert_eq!(s.compressed_layer(l).unwrap(), (gz.clone(), size));
+    std::fs::rename(&aside, &blob).unwrap();
+    s.remove("busybox", false).unwrap();
+    s.gc().unwrap();
+    assert!(!s.content().exists(&gz));
+}

@@ -206,9 +206,18 @@ impl Client {
             ));
         }
         let shown = reference.familiar();
-        // Already here under this manifest: just the tag. As with Docker, the image is
-        // "newer" when the tag did not name it before.
-        if let Some((img, _)) = store.list().into_iter().find(|(i, _)| i.manifest == digest) {
+        // Already here, under this manifest or with this config (the image ID: the same
+        // image pushed with its layers compressed): just the tag. As with Docker, the image
+        // is "newer" when the tag did not name it before.
+        let config_id = v["config"]["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let here = store
+            .list()
+            .into_iter()
+            .find(|(i, _)| i.manifest == digest || i.config.to_string() == config_id);
+        if let Some((img, _)) = here {
             let mut retagged = false;
             if reference.digest().is_none() {
                 let before = store.resolve(&reference.to_string()).map(|i| i.manifest);

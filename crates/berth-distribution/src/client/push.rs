@@ -76,31 +76,62 @@ impl Client {
                         limit.acquire_owned().await.map_err(|e| e.to_string())?
                     }
                 };
-                push_blob(&mut s, &store, &repo, from.as_deref(), &l.blob, &progress).await
+                // Registries get compressed layers, as from Docker: an uncompressed one is
+                // compressed once (on every core) and the result kept for later pushes.
+                let sent = if uncompressed(&l.media_type) {
+                    let (store, layer) = (store.clone(), l.clone());
+                    let (d, size) =
+                        tokio::task::spawn_blocking(move || store.compressed_layer(&layer))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())?;
+                    Some((d, size))
+                } else {
+                    None
+                };
+                let blob = sent.as_ref().map_or(&l.blob, |(d, _)| d);
+                let t = Target::new(&s, &store, &repo, from.as_deref(), &progress)?;
+                push_blob(&mut s, &t, blob, &short).await?;
+                Ok::<_, String>(sent)
             }
         });
-        for r in futures_util::future::join_all(uploads).await {
-            r?;
-        }
+        let sent = futures_util::future::try_join_all(uploads).await?;
         let mut s = s.fork();
         let quiet: Progress = Box::new(|_| {});
-        push_blob(
-            &mut s,
-            &store,
-            &repo,
-            from.as_deref(),
-            &image.config,
-            &quiet,
-        )
-        .await?;
-        let manifest = store
+        let short = image.config.hex()[..12].to_string();
+        let t = Target::new(&s, &store, &repo, from.as_deref(), &quiet)?;
+        push_blob(&mut s, &t, &image.config, &short).await?;
+        let stored = store
             .content()
             .read(&image.manifest)
             .map_err(|e| e.to_string())?;
-        let kind = serde_json::from_slice::<Value>(&manifest)
-            .ok()
-            .and_then(|v| v["mediaType"].as_str().map(String::from))
-            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+        let mut v: Value = serde_json::from_slice(&stored).map_err(|e| format!("manifest: {e}"))?;
+        let kind = v["mediaType"]
+            .as_str()
+            .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+            .to_string();
+        // The stored manifest byte for byte, unless layers were compressed for the push.
+        let manifest = if sent.iter().all(Option::is_none) {
+            stored
+        } else {
+            let gzip = if kind.contains("docker") {
+                "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            } else {
+                "application/vnd.oci.image.layer.v1.tar+gzip"
+            };
+            let layers = v["layers"]
+                .as_array_mut()
+                .ok_or("manifest without layers")?;
+            for (l, sent) in layers.iter_mut().zip(&sent) {
+                if let Some((d, size)) = sent {
+                    l["mediaType"] = json!(gzip);
+                    l["digest"] = json!(d.to_string());
+                    l["size"] = json!(size);
+                }
+            }
+            serde_json::to_vec(&v).map_err(|e| e.to_string())?
+        };
+        let digest = Digest::sha256(&manifest);
         let size = manifest.len();
         let url = s.url(&format!("/v2/{repo}/manifests/{tag}"));
         let resp = s
@@ -119,9 +150,9 @@ impl Client {
             reference,
         )
         .await?;
-        let _ = store.add_repo_digest(&image.manifest, &reference.name(), &image.manifest);
-        progress(json!({"status": format!("{tag}: digest: {} size: {size}", image.manifest)}));
-        Ok(image.manifest)
+        let _ = store.add_repo_digest(&image.manifest, &reference.name(), &digest);
+        progress(json!({"status": format!("{tag}: digest: {digest} size: {size}")}));
+        Ok(digest)
     }
 }
 
@@ -164,28 +195,72 @@ fn location(resp: &Response) -> Result<String, String> {
         .ok_or_else(|| "the registry gave no upload location".to_string())
 }
 
+/// Whether a layer's media type is an uncompressed tar.
+fn uncompressed(media_type: &str) -> bool {
+    media_type == berth_store::image::MEDIA_LAYER
+        || media_type == "application/vnd.docker.image.rootfs.diff.tar"
+}
+
+/// Blobs above this size are streamed in a PATCH; smaller ones go in the closing PUT.
+const MONOLITHIC: u64 = 256 << 10;
+
+/// The first chunk size when a registry (or the proxy in front of it) refuses a whole
+/// blob in one request: halved on each refusal.
+const FIRST_CHUNK: u64 = 16 << 20;
+
+/// Where one push's blobs go.
+struct Target<'a> {
+    store: &'a ImageStore,
+    repo: &'a str,
+    /// A repository of the same registry to mount blobs from.
+    from: Option<&'a str>,
+    progress: &'a Progress,
+    /// The repository, for error messages.
+    name: Reference,
+}
+
+impl<'a> Target<'a> {
+    fn new(
+        s: &Session,
+        store: &'a ImageStore,
+        repo: &'a str,
+        from: Option<&'a str>,
+        progress: &'a Progress,
+    ) -> Result<Target<'a>, String> {
+        let name = format!("{}/{repo}", s.endpoint.host)
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        Ok(Target {
+            store,
+            repo,
+            from,
+            progress,
+            name,
+        })
+    }
+
+    fn say(&self, status: &str, short: &str) {
+        (self.progress)(json!({"status": status, "progressDetail": {}, "id": short}));
+    }
+}
+
 /// One blob, unless the repository has it; retried from a fresh upload a few times.
+/// `short` names it in the progress (the layer as the image lists it).
 async fn push_blob(
     s: &mut Session,
-    store: &ImageStore,
-    repo: &str,
-    from: Option<&str>,
+    t: &Target<'_>,
     digest: &Digest,
-    progress: &Progress,
+    short: &str,
 ) -> Result<(), String> {
-    let short = digest.hex()[..12].to_string();
-    let r: Reference = format!("{}/{repo}", s.endpoint.host)
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let head_url = s.url(&format!("/v2/{repo}/blobs/{digest}"));
+    let head_url = s.url(&format!("/v2/{}/blobs/{digest}", t.repo));
     let head = s.send(|c, _| c.head(&head_url), true).await?;
     if head.status() == StatusCode::OK {
-        progress(json!({"status": "Layer already exists", "progressDetail": {}, "id": short}));
+        t.say("Layer already exists", short);
         return Ok(());
     }
     let mut attempt = 1;
     loop {
-        match upload(s, store, repo, from, digest, progress, &r).await {
+        match upload(s, t, digest, short).await {
             Ok(()) => return Ok(()),
             Err(e) if attempt < s.attempts && !e.starts_with("denied") => {
                 tracing::debug!("upload of {digest} failed ({e}), again");
@@ -196,36 +271,86 @@ async fn push_blob(
     }
 }
 
+/// POST (or a cross-repository mount), then the bytes: small blobs in the closing PUT,
+/// others streamed in one PATCH, or in chunks when a registry refuses that as too large.
 async fn upload(
     s: &mut Session,
-    store: &ImageStore,
-    repo: &str,
-    from: Option<&str>,
+    t: &Target<'_>,
     digest: &Digest,
-    progress: &Progress,
-    r: &Reference,
+    short: &str,
 ) -> Result<(), String> {
-    let short = digest.hex()[..12].to_string();
-    let mut start = s.url(&format!("/v2/{repo}/blobs/uploads/"));
-    if let Some(f) = from {
+    let mut start = s.url(&format!("/v2/{}/blobs/uploads/", t.repo));
+    if let Some(f) = t.from {
         start = format!("{start}?mount={digest}&from={f}");
     }
     let resp = s
         .send(|c, _| c.post(&start).header(CONTENT_LENGTH, 0), true)
         .await?;
-    if resp.status() == StatusCode::CREATED && from.is_some() {
-        let f = from.unwrap_or_default();
-        progress(json!({"status": format!("Mounted from {f}"), "progressDetail": {}, "id": short}));
+    if let (StatusCode::CREATED, Some(f)) = (resp.status(), t.from) {
+        t.say(&format!("Mounted from {f}"), short);
         return Ok(());
     }
-    let resp = expect(resp, &[StatusCode::ACCEPTED], r).await?;
-    let loc = s.resolve(&location(&resp)?);
-    let path = store.content().path(digest);
+    let resp = expect(resp, &[StatusCode::ACCEPTED], &t.name).await?;
+    let mut loc = s.resolve(&location(&resp)?);
+    let path = t.store.content().path(digest);
     let size = std::fs::metadata(&path)
         .map_err(|e| format!("blob {digest}: {e}"))?
         .len();
+    let mut last: Vec<u8> = Vec::new();
+    if size <= MONOLITHIC {
+        last = std::fs::read(&path).map_err(|e| format!("blob {digest}: {e}"))?;
+    } else {
+        let resp = patch_stream(s, &loc, &path, size, short, t.progress).await?;
+        loc = if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            tracing::debug!(
+                "{}: a whole blob is too large, sending chunks",
+                s.endpoint.host
+            );
+            patch_chunks(s, t, loc, &path, size, short).await?
+        } else {
+            let resp = expect(
+                resp,
+                &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT],
+                &t.name,
+            )
+            .await?;
+            s.resolve(&location(&resp)?)
+        };
+    }
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let done = format!("{loc}{sep}digest={digest}");
+    let resp = s
+        .send(
+            |c, _| {
+                c.put(&done)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, last.len())
+                    .body(last.clone())
+            },
+            false,
+        )
+        .await?;
+    expect(
+        resp,
+        &[StatusCode::CREATED, StatusCode::NO_CONTENT],
+        &t.name,
+    )
+    .await?;
+    t.say("Pushed", short);
+    Ok(())
+}
+
+/// The whole blob in one streamed PATCH, its progress reported as it goes.
+async fn patch_stream(
+    s: &Session,
+    loc: &str,
+    path: &std::path::Path,
+    size: u64,
+    short: &str,
+    progress: &Progress,
+) -> Result<Response, String> {
     let sent = Arc::new(AtomicU64::new(0));
-    let file = std::fs::File::open(&path).map_err(|e| format!("blob {digest}: {e}"))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     // The body counts what it sent; the progress is read from the counter below.
     let stream = {
         let sent = sent.clone();
@@ -238,14 +363,13 @@ async fn upload(
             },
         )
     };
-    let body = reqwest::Body::wrap_stream(stream);
     let patch = s
         .endpoint
         .http
-        .patch(&loc)
+        .patch(loc)
         .header(CONTENT_TYPE, "application/octet-stream")
         .header(CONTENT_LENGTH, size)
-        .body(body);
+        .body(reqwest::Body::wrap_stream(stream));
     let patch = match &s.authorization {
         Some(a) => patch.header(reqwest::header::AUTHORIZATION, a.clone()),
         None => patch,
@@ -253,9 +377,9 @@ async fn upload(
     let send = patch.send();
     tokio::pin!(send);
     let mut shown = 0u64;
-    let resp = loop {
+    loop {
         tokio::select! {
-            r = &mut send => break r.map_err(|e| super::error_text(&e))?,
+            r = &mut send => return r.map_err(|e| super::error_text(&e)),
             _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
                 let now = sent.load(Ordering::Relaxed);
                 if now >= shown + PROGRESS_STEP {
@@ -265,15 +389,59 @@ async fn upload(
                 }
             }
         }
-    };
-    let resp = expect(resp, &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT], r).await?;
-    let loc = s.resolve(&location(&resp)?);
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let done = format!("{loc}{sep}digest={digest}");
-    let resp = s
-        .send(|c, _| c.put(&done).header(CONTENT_LENGTH, 0), false)
+    }
+}
+
+/// The blob in chunks (`Content-Range`), each PATCH to the location the last answer gave;
+/// a chunk refused as too large is sent again in halves. Returns the final location.
+async fn patch_chunks(
+    s: &mut Session,
+    t: &Target<'_>,
+    mut loc: String,
+    path: &std::path::Path,
+    size: u64,
+    short: &str,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (mut offset, mut chunk) = (0u64, FIRST_CHUNK);
+    while offset < size {
+        let n = chunk.min(size - offset);
+        let mut buf = vec![0u8; n as usize];
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .and(file.read_exact(&mut buf).await.map(|_| ()))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let buf = bytes::Bytes::from(buf);
+        let range = format!("{offset}-{}", offset + n - 1);
+        let resp = s
+            .send(
+                |c, _| {
+                    c.patch(&loc)
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, n)
+                        .header("Content-Range", &range)
+                        .body(buf.clone())
+                },
+                true,
+            )
+            .await?;
+        if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && n > 64 << 10 {
+            chunk = n / 2;
+            continue;
+        }
+        let resp = expect(
+            resp,
+            &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT],
+            &t.name,
+        )
         .await?;
-    expect(resp, &[StatusCode::CREATED, StatusCode::NO_CONTENT], r).await?;
-    progress(json!({"status": "Pushed", "progressDetail": {}, "id": short}));
-    Ok(())
+        loc = s.resolve(&location(&resp)?);
+        offset += n;
+        (t.progress)(json!({"status": "Pushing", "id": short,
+            "progressDetail": {"current": offset, "total": size}}));
+    }
+    Ok(loc)
 }
