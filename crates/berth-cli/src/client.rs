@@ -50,6 +50,20 @@ fn other(e: impl std::fmt::Display) -> Error {
     Error::Other(e.to_string())
 }
 
+/// A whole answer's body.
+pub async fn bytes_body(resp: Response<Incoming>) -> Result<bytes::Bytes, Error> {
+    Ok(resp.into_body().collect().await.map_err(other)?.to_bytes())
+}
+
+/// A whole answer's body as JSON (Null when empty).
+pub async fn json_body(resp: Response<Incoming>) -> Result<Value, Error> {
+    let bytes = bytes_body(resp).await?;
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| other(format!("bad answer from daemon: {e}")))
+}
+
 pub fn empty() -> ReqBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
@@ -155,12 +169,7 @@ impl Client {
             Some(v) => (full(v.to_string()), Some("application/json")),
             None => (empty(), None),
         };
-        let resp = self.send(method, path, b, ct, false).await?;
-        let bytes = resp.into_body().collect().await.map_err(other)?.to_bytes();
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| other(format!("bad answer from daemon: {e}")))
+        json_body(self.send(method, path, b, ct, false).await?).await
     }
 
     /// An upgraded connection (attach, exec start): raw bytes both ways.

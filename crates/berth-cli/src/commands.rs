@@ -190,12 +190,42 @@ enum Cmd {
     },
     /// Download an image from a registry
     Pull {
+        /// Download all tagged images in the repository
+        #[arg(short = 'a', long = "all-tags")]
+        all_tags: bool,
         #[arg(short, long)]
         quiet: bool,
         /// Set platform if server is multi-platform capable
         #[arg(long)]
         platform: Option<String>,
         image: String,
+    },
+    /// Search Docker Hub for images (or a private registry: `search 127.0.0.1:5000/name`)
+    Search {
+        /// Filter output based on conditions provided
+        #[arg(short, long = "filter")]
+        filter: Vec<String>,
+        /// Pretty-print search using a Go template
+        #[arg(long)]
+        format: Option<String>,
+        /// Max number of search results
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Don't truncate output
+        #[arg(long = "no-trunc")]
+        no_trunc: bool,
+        term: String,
+    },
+    /// Display an image manifest, or manifest list, from its registry
+    #[command(name = "manifest-inspect", hide = true)]
+    ManifestInspect {
+        /// Allow communication with an insecure registry (the daemon's settings decide)
+        #[arg(long)]
+        insecure: bool,
+        /// Output additional info including layers and platform
+        #[arg(short, long)]
+        verbose: bool,
+        name: String,
     },
     /// Authenticate to a registry
     Login {
@@ -1422,20 +1452,18 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             repository,
         } => {
             let mut path = format!("/images/json?all={all}");
+            // `images REPOSITORY[:TAG]` is a reference filter, as the docker CLI sends it.
+            let mut filter = filter;
+            if let Some(r) = repository {
+                filter.push(format!("reference={r}"));
+            }
             if !filter.is_empty() {
                 path.push_str(&format!("&filters={}", filters_json(&filter)));
             }
             let list = c.json(Method::GET, &path, None).await?;
             let mut items = Vec::new();
             for img in list.as_array().cloned().unwrap_or_default() {
-                for v in image_views(&img, no_trunc) {
-                    if let Some(r) = &repository {
-                        if v["Repository"] != r.as_str() {
-                            continue;
-                        }
-                    }
-                    items.push(v);
-                }
+                items.extend(image_views(&img, no_trunc));
             }
             if quiet {
                 let mut seen = std::collections::HashSet::new();
@@ -1523,10 +1551,32 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             progress_stream(resp.into_body(), quiet, false).await
         }
         Cmd::Pull {
+            all_tags,
             quiet,
             platform,
             image,
-        } => pull_image(c, &image, platform.as_deref(), quiet, false).await,
+        } => {
+            if all_tags {
+                let r: berth_types::Reference =
+                    image.parse().map_err(|e| Error::Other(format!("{e}")))?;
+                if !r.is_name_only() {
+                    return Err(Error::Other("tag can't be used with --all-tags/-a".into()));
+                }
+            }
+            pull_image(c, &image, platform.as_deref(), quiet, false, all_tags).await
+        }
+        Cmd::Search {
+            filter,
+            format,
+            limit,
+            no_trunc,
+            term,
+        } => search(c, &term, limit, &filter, format.as_deref(), no_trunc).await,
+        Cmd::ManifestInspect {
+            insecure: _,
+            verbose,
+            name,
+        } => manifest_inspect(c, &name, verbose).await,
         Cmd::Login {
             username,
             password,
@@ -2485,7 +2535,9 @@ async fn create(c: &Client, a: &RunArgs) -> Result<String, Error> {
         }
     };
     match a.pull.as_str() {
-        "always" => pulled(pull_image(c, &a.image, a.platform.as_deref(), false, true).await?)?,
+        "always" => {
+            pulled(pull_image(c, &a.image, a.platform.as_deref(), false, true, false).await?)?
+        }
         "missing" | "never" => {}
         other => {
             return Err(Error::Other(format!(
@@ -2506,7 +2558,7 @@ async fn create(c: &Client, a: &RunArgs) -> Result<String, Error> {
                 format!("{}:latest", a.image)
             };
             eprintln!("Unable to find image '{shown}' locally");
-            pulled(pull_image(c, &a.image, a.platform.as_deref(), false, true).await?)?;
+            pulled(pull_image(c, &a.image, a.platform.as_deref(), false, true, false).await?)?;
             let v = c.json(Method::POST, &path, Some(&body)).await?;
             Ok(v["Id"].as_str().unwrap_or("").to_string())
         }
@@ -3183,13 +3235,19 @@ async fn pull_image(
     platform: Option<&str>,
     quiet: bool,
     to_stderr: bool,
+    all_tags: bool,
 ) -> Result<i32, Error> {
-    // The daemon takes the name and the tag (or digest) apart, as from the docker CLI.
-    let (name, tag) = match image.split_once('@') {
-        Some((n, d)) => (n.to_string(), d.to_string()),
-        None => split_tag(image),
+    // The daemon takes the name and the tag (or digest) apart, as from the docker CLI;
+    // no tag at all asks for every tag.
+    let mut path = if all_tags {
+        format!("/images/create?fromImage={}", q(image))
+    } else {
+        let (name, tag) = match image.split_once('@') {
+            Some((n, d)) => (n.to_string(), d.to_string()),
+            None => split_tag(image),
+        };
+        format!("/images/create?fromImage={}&tag={}", q(&name), q(&tag))
     };
-    let mut path = format!("/images/create?fromImage={}&tag={}", q(&name), q(&tag));
     if let Some(p) = platform {
         path.push_str(&format!("&platform={}", q(p)));
     }
@@ -3211,6 +3269,111 @@ async fn pull_image(
         }
     }
     Ok(status)
+}
+
+/// `search`: the daemon asks Docker Hub, or the private registry the term names; the
+/// table is Docker's (descriptions cut at 45 characters unless `--no-trunc`).
+async fn search(
+    c: &Client,
+    term: &str,
+    limit: Option<usize>,
+    filter: &[String],
+    format: Option<&str>,
+    no_trunc: bool,
+) -> Result<i32, Error> {
+    let mut path = format!("/images/search?term={}", q(term));
+    if let Some(l) = limit {
+        path.push_str(&format!("&limit={l}"));
+    }
+    if !filter.is_empty() {
+        path.push_str(&format!("&filters={}", filters_json(filter)));
+    }
+    let registry = berth_distribution_host(term);
+    let auth = registry_auth(&format!("{}/x", registry.unwrap_or("docker.io")))?;
+    let resp = c
+        .send_with(Method::GET, &path, client::empty(), None, false, &auth)
+        .await?;
+    let v = client::json_body(resp).await?;
+    let items: Vec<Value> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let desc = r["description"]
+                .as_str()
+                .unwrap_or_default()
+                .replace(['\n', '\r'], " ");
+            let bool_col = |b: bool| if b { "[OK]" } else { "" };
+            json!({
+                "Name": r["name"],
+                "Description": if no_trunc { desc } else { ellipsis(&desc, 45) },
+                "StarCount": r["star_count"].as_u64().unwrap_or(0).to_string(),
+                "IsOfficial": bool_col(r["is_official"].as_bool().unwrap_or(false)),
+                "IsAutomated": bool_col(r["is_automated"].as_bool().unwrap_or(false)),
+            })
+        })
+        .collect();
+    print_list(
+        &items,
+        format,
+        "table {{.Name}}\t{{.Description}}\t{{.StarCount}}\t{{.IsOfficial}}",
+        |f| match f {
+            "StarCount" => "STARS".into(),
+            "IsOfficial" => "OFFICIAL".into(),
+            "IsAutomated" => "AUTOMATED".into(),
+            other => other.to_uppercase(),
+        },
+    )
+}
+
+/// The registry a search term names, as the daemon reads it.
+fn berth_distribution_host(term: &str) -> Option<&str> {
+    match term.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => Some(first),
+        _ => None,
+    }
+}
+
+/// Docker's `formatter.Ellipsis`: at most `width` characters, the last one `…` when cut.
+fn ellipsis(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// `manifest inspect`: the manifest (or index) as its registry serves it, indented as
+/// the docker CLI prints it; `-v` adds its name and descriptor.
+async fn manifest_inspect(c: &Client, name: &str, verbose: bool) -> Result<i32, Error> {
+    let full = match name.parse::<berth_types::Reference>() {
+        Ok(r) => r.to_string(),
+        Err(e) => return Err(Error::Other(e.to_string())),
+    };
+    let auth = registry_auth(&full)?;
+    let get = |what: &'static str| {
+        let path = format!("/distribution/{full}/{what}");
+        let auth = auth.clone();
+        async move {
+            c.send_with(Method::GET, &path, client::empty(), None, false, &auth)
+                .await
+        }
+    };
+    let raw = client::bytes_body(get("manifest").await?).await?;
+    if !verbose {
+        println!("{}", format::indent_json(&String::from_utf8_lossy(&raw)));
+        return Ok(0);
+    }
+    let d = client::json_body(get("json").await?).await?;
+    let manifest: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let mut descriptor = d["Descriptor"].clone();
+    if let Some([p]) = d["Platforms"].as_array().map(Vec::as_slice) {
+        descriptor["platform"] = p.clone();
+    }
+    let out = json!({"Ref": full, "Descriptor": descriptor, "Manifest": manifest});
+    println!("{}", format::indent_json(&out.to_string()));
+    Ok(0)
 }
 
 /// `login`: the credentials checked by the daemon against the registry, then kept in
@@ -3366,9 +3529,20 @@ mod tests {
         );
     }
 
+    /// Parses on a thread with the stack of a main thread: clap's code for this many
+    /// commands needs more than a test thread's 2 MiB in debug builds.
+    fn parse(args: &'static [&'static str]) -> Cli {
+        std::thread::Builder::new()
+            .stack_size(8 << 20)
+            .spawn(move || Cli::try_parse_from(args).unwrap())
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
     #[test]
     fn run_flags_make_docker_s_create_body() {
-        let cli = Cli::try_parse_from([
+        let cli = parse(&[
             "berth",
             "run",
             "--rm",
@@ -3388,8 +3562,7 @@ mod tests {
             "sh",
             "-c",
             "echo -n hi",
-        ])
-        .unwrap();
+        ]);
         let Cmd::Run(a) = cli.cmd else { panic!() };
         let b = create_body(&a).unwrap();
         assert_eq!(b["Cmd"], json!(["sh", "-c", "echo -n hi"]));

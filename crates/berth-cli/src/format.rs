@@ -24,7 +24,8 @@ pub fn table(rows: &[Vec<String>]) -> String {
                 line.extend(std::iter::repeat_n(' ', pad));
             }
         }
-        out.push_str(line.trim_end());
+        // No trimming: a cell before an empty last one keeps its padding, as in Go.
+        out.push_str(&line);
         out.push('\n');
     }
     out
@@ -148,6 +149,64 @@ pub fn plain(v: &Value) -> String {
     }
 }
 
+/// JSON text re-indented as Go's `json.Indent(.., "", "\t")` does: keys keep their order,
+/// empty objects and arrays stay `{}` and `[]`.
+pub fn indent_json(src: &str) -> String {
+    let mut out = String::with_capacity(src.len() * 2);
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped) = (false, false);
+    let mut chars = src.trim().chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n('\t', depth));
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                let close = if c == '{' { '}' } else { ']' };
+                while chars.peek().is_some_and(|n| n.is_whitespace()) {
+                    chars.next();
+                }
+                if chars.peek() == Some(&close) {
+                    out.push(close);
+                    chars.next();
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Renders `items` with a user format, or the default table.
 pub fn render_list(
     items: &[Value],
@@ -186,6 +245,14 @@ mod tests {
         assert_eq!(
             t,
             "CONTAINER ID   IMAGE     NAMES\n8a20e2c2f88c   busybox   web\n"
+        );
+    }
+
+    #[test]
+    fn json_is_indented_as_go_does() {
+        assert_eq!(
+            indent_json(r#"{"b":1,"a":[{"x":"y, \"z\": {"}],"e":{},"f":[ ]}"#),
+            "{\n\t\"b\": 1,\n\t\"a\": [\n\t\t{\n\t\t\t\"x\": \"y, \\\"z\\\": {\"\n\t\t}\n\t],\n\t\"e\": {},\n\t\"f\": []\n}"
         );
     }
 

@@ -69,6 +69,7 @@ fn rewrite(mut args: Vec<String>) -> Vec<String> {
         ("network", "prune") => Some("network-prune"),
         ("network", "connect") => Some("network-connect"),
         ("network", "disconnect") => Some("network-disconnect"),
+        ("manifest", "inspect") => Some("manifest-inspect"),
         ("system", "info") => Some("info"),
         ("system", "events") => Some("events"),
         ("system", "df") => Some("system-df"),

@@ -157,14 +157,17 @@ pub async fn list(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<J
                 _ => {}
             }
             let mut familiar_tags: Vec<String> = tags.iter().map(|t| familiar(t)).collect();
+            let mut digests = repo_digests(&d, &img);
             if let Some((_, pats)) = fs.iter().find(|(k, _)| k == "reference") {
-                // Only the matching tags are listed, as Docker does.
-                familiar_tags.retain(|t| {
-                    let repo = t.rsplit_once(':').map_or(t.as_str(), |(r, _)| r);
+                // Only the matching tags and digests are listed, as Docker does.
+                let matching = |t: &String, sep: char| {
+                    let repo = t.rsplit_once(sep).map_or(t.as_str(), |(r, _)| r);
                     pats.iter().any(|p| {
                         glob(p.as_bytes(), t.as_bytes()) || glob(p.as_bytes(), repo.as_bytes())
                     })
-                });
+                };
+                familiar_tags.retain(|t| matching(t, ':'));
+                digests.retain(|t| matching(t, '@'));
                 if familiar_tags.is_empty() {
                     continue;
                 }
@@ -192,7 +195,7 @@ pub async fn list(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<J
                 "Id": img.config,
                 "ParentId": "",
                 "RepoTags": familiar_tags,
-                "RepoDigests": repo_digests(&d, &img),
+                "RepoDigests": digests,
                 "Created": created,
                 "Size": size(&img),
                 "SharedSize": -1,
@@ -510,19 +513,41 @@ fn registry_auth(headers: &HeaderMap) -> ApiResult<AuthConfig> {
 }
 
 /// `docker pull` through `POST /images/create?fromImage=`.
-fn pull(d: Shared, reference: Reference, auth: AuthConfig, platform: Option<Platform>) -> Response {
+/// With `all_tags` (no tag given: `docker pull -a`), every tag of the repository.
+fn pull(
+    d: Shared,
+    reference: Reference,
+    auth: AuthConfig,
+    platform: Option<Platform>,
+    all_tags: bool,
+) -> Response {
     progress_stream(move |progress| async move {
-        let img = d
-            .registry
-            .pull(
-                d.store.clone(),
-                &reference,
-                &auth,
-                platform.as_ref(),
-                progress,
-            )
-            .await?;
-        d.image_event("pull", &img.config.to_string(), &reference.familiar());
+        let images = if all_tags {
+            d.registry
+                .pull_all_tags(
+                    d.store.clone(),
+                    &reference,
+                    &auth,
+                    platform.as_ref(),
+                    progress,
+                )
+                .await?
+        } else {
+            vec![
+                d.registry
+                    .pull(
+                        d.store.clone(),
+                        &reference,
+                        &auth,
+                        platform.as_ref(),
+                        progress,
+                    )
+                    .await?,
+            ]
+        };
+        for img in images {
+            d.image_event("pull", &img.config.to_string(), &reference.familiar());
+        }
         Ok(())
     })
 }
@@ -537,6 +562,114 @@ fn push(d: Shared, reference: Reference, auth: AuthConfig) -> Response {
         d.image_event("push", &digest.to_string(), &reference.familiar());
         Ok(())
     })
+}
+
+/// `GET /images/search?term=&limit=&filters=`: Docker Hub's search, or a private
+/// registry's when the term names one (`127.0.0.1:5000/name`).
+pub async fn search(
+    State(d): State<Shared>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let ps = params(q.as_deref());
+    let term = param(&ps, "term").unwrap_or_default().to_string();
+    if term.is_empty() {
+        return Err(ApiError::bad_request("a search term is required (term=)"));
+    }
+    let limit: usize = match param(&ps, "limit").filter(|l| !l.is_empty()) {
+        None => 25,
+        Some(l) => match l.parse() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid limit {l:?}: the limit must be between 1 and 100"
+                )))
+            }
+        },
+    };
+    let filters = crate::containers::api::filters(&ps)?;
+    for (k, _) in &filters {
+        if !["is-official", "is-automated", "stars"].contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!("invalid filter '{k}'")));
+        }
+    }
+    let official = filter_bool(&filters, "is-official")?;
+    let automated = filter_bool(&filters, "is-automated")?;
+    let stars: u64 = match last_filter(&filters, "stars") {
+        None => 0,
+        Some(s) => s
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid filter 'stars={s}'")))?,
+    };
+    let auth = registry_auth(&headers)?;
+    let results = d
+        .registry
+        .search(&term, limit, &auth)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let kept: Vec<Value> = results
+        .into_iter()
+        .filter(|r| official.is_none_or(|o| r["is_official"].as_bool() == Some(o)))
+        .filter(|r| automated.is_none_or(|a| r["is_automated"].as_bool() == Some(a)))
+        .filter(|r| r["star_count"].as_u64().unwrap_or(0) >= stars)
+        .collect();
+    Ok(Json(kept).into_response())
+}
+
+fn last_filter<'a>(filters: &'a [(String, Vec<String>)], key: &str) -> Option<&'a String> {
+    filters
+        .iter()
+        .filter(|(k, _)| k == key)
+        .flat_map(|(_, v)| v)
+        .last()
+}
+
+/// A `true`/`false` filter, when given.
+fn filter_bool(filters: &[(String, Vec<String>)], key: &str) -> ApiResult<Option<bool>> {
+    match last_filter(filters, key).map(String::as_str) {
+        None => Ok(None),
+        Some("true" | "1") => Ok(Some(true)),
+        Some("false" | "0") => Ok(Some(false)),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid filter '{key}={other}'"
+        ))),
+    }
+}
+
+/// `GET /distribution/{name}/json`: what the name resolves to in its registry (the
+/// descriptor and its images' platforms); and, Berth's own,
+/// `GET /distribution/{name}/manifest`: the manifest as the registry serves it (for
+/// `berth manifest inspect`).
+pub async fn distribution(
+    State(d): State<Shared>,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (name, raw) = match (rest.strip_suffix("/json"), rest.strip_suffix("/manifest")) {
+        (Some(n), _) => (n, false),
+        (_, Some(n)) => (n, true),
+        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "page not found")),
+    };
+    let reference: Reference = name
+        .parse()
+        .map_err(|e: berth_types::ReferenceError| ApiError::bad_request(e.to_string()))?;
+    let auth = registry_auth(&headers)?;
+    let r = d.registry.resolve(&reference, &auth).await.map_err(|e| {
+        let status = if e.contains("not found") || e.contains("denied") {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError::new(status, e)
+    })?;
+    if raw {
+        return Ok(([(header::CONTENT_TYPE, r.media_type)], r.bytes).into_response());
+    }
+    Ok(Json(json!({
+        "Descriptor": {"mediaType": r.media_type, "digest": r.digest, "size": r.bytes.len()},
+        "Platforms": r.platforms,
+    }))
+    .into_response())
 }
 
 /// `POST /auth` (`docker login`): the credentials checked against the registry.
@@ -616,7 +749,15 @@ pub async fn create(
             .map(Platform::parse)
             .transpose()
             .map_err(ApiError::bad_request)?;
-        return Ok(pull(d, reference, registry_auth(&headers)?, platform));
+        // No tag anywhere: every tag, as Docker does (its CLI sends "latest" otherwise).
+        let all_tags = reference.is_name_only();
+        return Ok(pull(
+            d,
+            reference,
+            registry_auth(&headers)?,
+            platform,
+            all_tags,
+        ));
     }
     match param(&ps, "fromSrc") {
         Some("-") => {}

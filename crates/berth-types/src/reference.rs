@@ -54,6 +54,10 @@ impl Reference {
     pub fn digest(&self) -> Option<&Digest> {
         self.digest.as_ref()
     }
+    /// Whether a tag or digest was written (`busybox` has neither: `latest` is implied).
+    pub fn is_name_only(&self) -> bool {
+        self.tag.is_none() && self.digest.is_none()
+    }
     /// The short form Docker shows (`busybox:latest`, `user/app:1`, `host:5000/a:b`).
     pub fn familiar(&self) -> String {
         let name = if self.domain == DEFAULT_DOMAIN {

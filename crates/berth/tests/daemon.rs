@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::daemon::{busybox_archive, docker_cli, Daemon};
+use common::daemon::{busybox_archive, docker_cli, raw_request, Daemon};
 use common::{capture, wait_for};
 
 #[test]
@@ -172,28 +172,6 @@ fn daemon_with_busybox() -> Option<Daemon> {
     let archive = busybox_archive(d.dir.path());
     d.ok(&["load", "-i", archive.to_str().unwrap()]);
     Some(d)
-}
-
-/// Sends raw bytes to the daemon's socket and returns (status, body).
-fn raw_request(d: &Daemon, req: &[u8]) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let _ = s.write_all(req);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn post_json(d: &Daemon, path: &str, body: &str) -> (u16, String) {

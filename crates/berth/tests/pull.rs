@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_types::Digest;
-use common::daemon::{busybox_archive, docker_cli, Daemon};
+use common::daemon::{busybox_archive, docker_cli, raw_request, Daemon};
 use common::http::{self, Gate, Reply, Request};
 use common::{capture, wait_for};
 use serde_json::{json, Value};
@@ -114,6 +114,8 @@ enum Fault {
     Stall(usize, Gate),
     /// Slowly, in small writes.
     Slow,
+    /// A redirect to the same path on another server (blob storage).
+    Redirect(String),
 }
 
 /// A request as the scripted registry saw it.
@@ -353,6 +355,9 @@ fn scripted_answer(s: &mut Script, req: &Request, port: u16) -> Reply {
             reply.pace = Some((16 << 10, Duration::from_millis(5)));
             reply
         }
+        Some(Fault::Redirect(base)) => {
+            Reply::new(307, Vec::new()).header("Location", format!("{base}{}", req.path))
+        }
     }
 }
 
@@ -531,7 +536,71 @@ fn a_registry_that_misbehaves_never_corrupts_the_store() {
     assert_eq!(reg.script.lock().unwrap().tokens_issued, issued);
     assert_eq!(d.ok(&["run", "--rm", &name, "cat", "/hello"]), "A");
 
+    // A blob redirected to storage elsewhere: followed, and the registry's token is not
+    // sent there.
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Default::default();
+    let storage = {
+        let (script, seen) = (reg.script.clone(), seen.clone());
+        http::serve(
+            Some(&d.netns()),
+            Arc::new(move |req: &Request| {
+                seen.lock()
+                    .unwrap()
+                    .push(req.header("authorization").map(String::from));
+                let digest = req.path.rsplit('/').next().unwrap_or_default();
+                match script.lock().unwrap().blobs.get(digest) {
+                    Some(b) => Reply::new(200, b.clone()),
+                    None => Reply::new(404, Vec::new()),
+                }
+            }),
+        )
+    };
+    d.ok(&["rmi", &name]);
+    reg.fault(
+        &top,
+        Fault::Redirect(format!("http://127.0.0.1:{}", storage.port)),
+    );
+    d.ok(&["pull", &name]);
+    assert_eq!(*seen.lock().unwrap(), vec![None]);
+    assert_eq!(d.ok(&["run", "--rm", &name, "cat", "/hello"]), "A");
+
     fsck(&mut d);
+}
+
+/// `registry-mirrors`: Docker Hub's names are pulled from the mirror (asked anonymously),
+/// and keep their Docker Hub names.
+#[test]
+fn a_mirror_serves_docker_hub_names() {
+    if !common::is_root() || !docker_cli() {
+        eprintln!("skipped: needs root and the docker CLI");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("berth-daemon-")
+        .tempdir()
+        .unwrap();
+    let netns = dir.path().join("netns");
+    common::make_netns(&netns);
+    let reg = Scripted::start(&netns);
+    let img = busybox_image("amd64", "mirrored");
+    reg.add("library/busybox", "latest", &img);
+    let mirror = format!("http://127.0.0.1:{}", reg.server.port);
+    let d = Daemon::start_with(dir, &["--registry-mirror", &mirror]);
+    let out = d.ok(&["pull", "busybox"]);
+    assert!(
+        out.contains("Status: Downloaded newer image for busybox:latest"),
+        "{out}"
+    );
+    assert_eq!(
+        d.ok(&["run", "--rm", "busybox", "cat", "/hello"]),
+        "mirrored"
+    );
+    let digests = d.ok(&["image", "inspect", "-f", "{{json .RepoDigests}}", "busybox"]);
+    assert!(
+        digests.contains(&format!("busybox@{}", img.digest())),
+        "{digests}"
+    );
+    assert!(reg.gets("/v2/library/busybox/manifests/latest").len() == 1);
 }
 
 /// An index with two platforms: this machine's is chosen, `--platform` picks the other,
@@ -813,6 +882,154 @@ fn pushes_compress_layers_and_fall_back_to_chunks() {
     );
 }
 
+/// `search` against private registries (Berth's search endpoint; distribution's catalog),
+/// with the docker CLI and Berth's printing the same table; `pull -a`; `manifest inspect`
+/// printing what the docker CLI prints; `GET /distribution/{name}/json`.
+#[test]
+fn search_all_tags_and_manifest_inspect() {
+    if !have("docker-registry") {
+        eprintln!("skipped: needs docker-registry");
+        return;
+    }
+    let Some(d) = daemon() else { return };
+    let archive = busybox_archive(d.dir.path());
+    d.ok(&["load", "-i", archive.to_str().unwrap()]);
+    let berth_reg = common::Registry::start_in(Some(&d.netns()));
+    let b = format!("127.0.0.1:{}", berth_reg.port);
+    let dist = Distribution::start(&d.netns(), "127.0.0.1", "", "");
+    let g = format!("127.0.0.1:{}", dist.port);
+    for name in [
+        format!("{b}/team/alpha:1"),
+        format!("{b}/team/alpha:2"),
+        format!("{b}/team/beta:1"),
+        format!("{g}/team/gamma:1"),
+    ] {
+        d.ok(&["tag", "busybox", &name]);
+        d.ok(&["push", &name]);
+        d.ok(&["rmi", &name]);
+    }
+
+    // Search: the registry's endpoint, then a catalog; both CLIs print the same.
+    let out = d.ok(&["search", &format!("{b}/alpha")]);
+    let mut lines = out.lines();
+    let head: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(head, ["NAME", "DESCRIPTION", "STARS", "OFFICIAL"], "{out}");
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row, [format!("{b}/team/alpha").as_str(), "0"], "{out}");
+    assert_eq!(lines.next(), None, "{out}");
+    for args in [
+        vec!["search".to_string(), format!("{b}/team")],
+        vec![
+            "search".into(),
+            "--limit".into(),
+            "1".into(),
+            format!("{b}/team"),
+        ],
+        vec![
+            "search".into(),
+            "--format".into(),
+            "{{.Name}}: {{.StarCount}}".into(),
+            format!("{b}/a"),
+        ],
+        vec![
+            "search".into(),
+            "-f".into(),
+            "stars=1".into(),
+            format!("{b}/team"),
+        ],
+        vec!["search".into(), format!("{g}/gam")],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(d.berth_ok(&args), d.ok(&args), "{args:?}");
+    }
+    assert!(d
+        .ok(&["search", &format!("{b}/team")])
+        .contains("team/beta"));
+    assert!(d
+        .berth_ok(&["search", &format!("{g}/gam")])
+        .contains(&format!("{g}/team/gamma")));
+    let (code, _, err) = d.berth(&["search", "--limit", "500", &format!("{b}/x")]);
+    assert_ne!(code, 0);
+    assert!(err.contains("between 1 and 100"), "{err}");
+
+    // pull -a: every tag.
+    let out = d.ok(&["pull", "-a", &format!("{b}/team/alpha")]);
+    assert!(
+        out.contains(&format!(
+            "Status: Downloaded newer image for {b}/team/alpha"
+        )),
+        "{out}"
+    );
+    let tags = d.ok(&["images", "--format", "{{.Tag}}", &format!("{b}/team/alpha")]);
+    let mut tags: Vec<&str> = tags.lines().collect();
+    tags.sort();
+    assert_eq!(tags, ["1", "2"]);
+    let out = d.berth_ok(&["pull", "-a", &format!("{b}/team/alpha")]);
+    assert!(out.contains("Image is up to date"), "{out}");
+    let (code, _, err) = d.berth(&["pull", "-a", &format!("{b}/team/alpha:1")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("tag can't be used with --all-tags/-a"),
+        "{err}"
+    );
+
+    // manifest inspect: as the docker CLI prints it (that one talks to the registry itself,
+    // so it runs on the daemon's host).
+    let name = format!("{g}/team/gamma:1");
+    let ours = d.berth_ok(&["manifest", "inspect", &name]);
+    let theirs = capture(
+        d.host_cmd("docker")
+            .env("DOCKER_CONFIG", d.docker_config())
+            .args(["manifest", "inspect", "--insecure", &name]),
+    );
+    assert!(
+        theirs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&theirs.stderr)
+    );
+    assert_eq!(ours, String::from_utf8_lossy(&theirs.stdout));
+    let m: Value = serde_json::from_str(&ours).unwrap();
+    let verbose: Value =
+        serde_json::from_str(&d.berth_ok(&["manifest", "inspect", "-v", &name])).unwrap();
+    assert_eq!(verbose["Descriptor"]["platform"]["architecture"], "amd64");
+    assert_eq!(verbose["Manifest"], m);
+
+    // The Engine API's distribution inspect: the descriptor the docker CLI sees.
+    let (status, body) = raw_request(
+        &d,
+        format!("GET /v1.47/distribution/{name}/json HTTP/1.0\r\nHost: d\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["Platforms"][0]["os"], "linux");
+    let theirs = capture(
+        d.host_cmd("docker")
+            .env("DOCKER_CONFIG", d.docker_config())
+            .args(["manifest", "inspect", "-v", "--insecure", &name]),
+    );
+    let theirs: Value = serde_json::from_slice(&theirs.stdout).unwrap();
+    for k in ["digest", "size", "mediaType"] {
+        assert_eq!(
+            v["Descriptor"][k], theirs["Descriptor"][k],
+            "{k}: {v} / {theirs}"
+        );
+    }
+    let (status, _) = raw_request(
+        &d,
+        format!("GET /v1.47/distribution/{g}/team/none:1/json HTTP/1.0\r\nHost: d\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(status, 404);
+}
+
 /// Debian's docker-registry (distribution 2.8) in the daemon's network namespace.
 struct Distribution {
     child: Child,
@@ -824,20 +1041,14 @@ impl Distribution {
     /// `auth` and `tls` are YAML for the `auth:` and `http.tls:` sections.
     fn start(netns: &Path, addr: &str, auth: &str, tls: &str) -> Distribution {
         let dir = tempfile::tempdir().unwrap();
-        let host = addr.to_string();
-        let port = common::net(Some(netns), move || {
-            std::net::TcpListener::bind((host.as_str(), 0))
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        });
+        // Port 0, read back from its log: no window for another socket to take the port.
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}:{port}\n{tls}{auth}",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}:0\n{tls}{auth}",
             root = dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let log_path = dir.path().join("log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = common::in_netns(Some(netns), "docker-registry")
             .arg("serve")
             .arg(dir.path().join("config.yml"))
@@ -845,18 +1056,20 @@ impl Distribution {
             .stderr(log)
             .spawn()
             .unwrap();
-        let a = addr.to_string();
+        let listening = || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let at = log.split("listening on ").nth(1)?;
+            let addr = at.split(['"', ' ', ',']).next()?;
+            addr.rsplit(':').next()?.parse::<u16>().ok()
+        };
         assert!(
-            wait_for(10, || common::net(Some(netns), {
-                let a = a.clone();
-                move || std::net::TcpStream::connect((a.as_str(), port)).is_ok()
-            })),
+            wait_for(10, || listening().is_some()),
             "docker-registry did not start: {}",
-            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+            std::fs::read_to_string(&log_path).unwrap_or_default()
         );
         Distribution {
             child,
-            port,
+            port: listening().unwrap(),
             _dir: dir,
         }
     }

@@ -10,6 +10,7 @@
 mod auth;
 mod pull;
 mod push;
+mod query;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use serde_json::Value;
 
 pub use auth::Challenge;
 pub use pull::{familiar_name, Platform};
+pub use query::{search_target, Resolved};
 
 /// Progress lines in the shape `docker pull`/`push` print (`{"status":..., "id":...}`).
 pub type Progress = Box<dyn Fn(Value) + Send + Sync>;
@@ -176,6 +178,11 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(90));
         if insecure {
             b = b.danger_accept_invalid_certs(true);
+        }
+        // Proxies come from the environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), but never
+        // for registries on this machine, as Go's clients (and so Docker) do.
+        if local(host) {
+            b = b.no_proxy();
         }
         if let Some(dir) = self.options().certs_dir {
             let dir = dir.join(host);

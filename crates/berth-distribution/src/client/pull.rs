@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use berth_store::content::Ingest;
 use berth_store::image::{Image, ImageStore};
@@ -89,6 +90,15 @@ impl std::fmt::Display for Platform {
     }
 }
 
+/// A pull's last line.
+fn status_line(newer: bool, shown: &str) -> String {
+    if newer {
+        format!("Status: Downloaded newer image for {shown}")
+    } else {
+        format!("Status: Image is up to date for {shown}")
+    }
+}
+
 /// The repository as Docker names it in messages (`busybox`, `127.0.0.1:5000/a/b`).
 pub fn familiar_name(r: &Reference) -> String {
     if r.domain() == "docker.io" {
@@ -137,6 +147,50 @@ impl Client {
         platform: Option<&Platform>,
         progress: Progress,
     ) -> Result<Image, String> {
+        let progress = Arc::new(progress);
+        let (image, newer) = self
+            .pull_one(store, reference, auth, platform, &progress)
+            .await?;
+        progress(json!({ "status": status_line(newer, &reference.familiar()) }));
+        Ok(image)
+    }
+
+    /// `docker pull -a`: every tag of the repository, one after the other.
+    pub async fn pull_all_tags(
+        self: &Arc<Self>,
+        store: Arc<ImageStore>,
+        repository: &Reference,
+        auth: &AuthConfig,
+        platform: Option<&Platform>,
+        progress: Progress,
+    ) -> Result<Vec<Image>, String> {
+        let progress = Arc::new(progress);
+        let mut images = Vec::new();
+        let mut newer = false;
+        for tag in self.tags(repository, auth).await? {
+            let r: Reference = format!("{}:{tag}", repository.name())
+                .parse()
+                .map_err(|e| format!("tag {tag:?}: {e}"))?;
+            let (image, n) = self
+                .pull_one(store.clone(), &r, auth, platform, &progress)
+                .await?;
+            newer |= n;
+            images.push(image);
+        }
+        progress(json!({ "status": status_line(newer, &familiar_name(repository)) }));
+        Ok(images)
+    }
+
+    /// A pull without its closing status line: the image, and whether it is newer (the
+    /// tag moved).
+    async fn pull_one(
+        self: &Arc<Self>,
+        store: Arc<ImageStore>,
+        reference: &Reference,
+        auth: &AuthConfig,
+        platform: Option<&Platform>,
+        progress: &Arc<Progress>,
+    ) -> Result<(Image, bool), String> {
         let repo = reference.path().to_string();
         let want = match (reference.digest(), reference.tag()) {
             (Some(d), _) => d.to_string(),
@@ -228,13 +282,7 @@ impl Client {
             }
             let _ = store.add_repo_digest(&img.manifest, &reference.name(), &named);
             progress(json!({"status": format!("Digest: {named}")}));
-            let status = if retagged {
-                format!("Status: Downloaded newer image for {shown}")
-            } else {
-                format!("Status: Image is up to date for {shown}")
-            };
-            progress(json!({ "status": status }));
-            return Ok(img);
+            return Ok((img, retagged));
         }
         let config = descriptor(&v["config"])?;
         let layers: Vec<Descriptor> = v["layers"]
@@ -272,7 +320,6 @@ impl Client {
         for d in &diff_ids {
             chains.push(berth_store::image::chain_id(chains.last(), d));
         }
-        let progress = Arc::new(progress);
         for (l, chain) in layers.iter().zip(&chains) {
             lease.blob(&l.digest);
             lease.chain(chain);
@@ -341,8 +388,7 @@ impl Client {
         drop(lease);
         let _ = store.add_repo_digest(&image.manifest, &reference.name(), &named);
         progress(json!({"status": format!("Digest: {named}")}));
-        progress(json!({"status": format!("Status: Downloaded newer image for {shown}")}));
-        Ok(image)
+        Ok((image, true))
     }
 
     /// One blob into the content store (verified on commit) unless it is there. With
@@ -377,7 +423,7 @@ impl Client {
                         .open_blob(digest)
                         .map_err(|e| e.to_string())?;
                     let u = Unpacker::start(store, digest, Some((file, u64::MAX)))?;
-                    u.finish_into(store, unpack, digest).await?;
+                    let _ = u.finish_into(store, unpack, digest).await?;
                     say("Pull complete");
                     return Ok(());
                 }
@@ -398,6 +444,10 @@ impl Client {
         let url = s.url(&format!("/v2/{repo}/blobs/{digest}"));
         let mut failures = 0;
         let mut unpack_failed: Option<String> = None;
+        // Where the time goes: storing (hash and write of the blob), waiting for the
+        // applier, and the applier's own stages.
+        let started = Instant::now();
+        let (mut stored, mut held_back) = (Duration::ZERO, Duration::ZERO);
         let outcome: Result<(), String> = async {
             loop {
                 let offset = ingest.offset();
@@ -451,11 +501,16 @@ impl Client {
                             blob.size
                         ));
                     }
+                    let t = Instant::now();
                     ingest
                         .write_all(&data)
                         .map_err(|e| format!("storing {digest}: {e}"))?;
+                    stored += t.elapsed();
                     if let Some(u) = &unpacker {
-                        if u.tx.send(data).await.is_err() {
+                        let t = Instant::now();
+                        let sent = u.tx.send(data).await;
+                        held_back += t.elapsed();
+                        if sent.is_err() {
                             // The applier stopped. The download goes on: a blob that does
                             // not match its digest is reported as that, not as a bad tar.
                             let u = unpacker.take().expect("an unpacker");
@@ -522,8 +577,19 @@ impl Client {
             return Ok(());
         };
         say("Extracting");
-        u.finish_into(store, unpack, digest).await?;
+        let t = u.finish_into(store, unpack, digest).await?;
         say("Pull complete");
+        tracing::debug!(
+            "layer {short}: {} bytes in {:.2?}; blob hash+write {:.2?}, download held back by the applier {:.2?}; applier waited for input {:.2?}, inflate {:.2?}, diffID hash {:.2?}, files {:.2?}",
+            blob.size,
+            started.elapsed(),
+            stored,
+            held_back,
+            t.input,
+            t.inflate,
+            t.hash,
+            t.write
+        );
         Ok(())
     }
 }
@@ -609,7 +675,7 @@ impl Unpacker {
         store: &Arc<ImageStore>,
         (want, chain): (&Digest, &Digest),
         digest: &Digest,
-    ) -> Result<(), String> {
+    ) -> Result<layer::Timings, String> {
         let Unpacker {
             tx,
             staging,
@@ -635,7 +701,8 @@ impl Unpacker {
         tokio::task::spawn_blocking(move || store.publish_layer(&staging, &dir, &chain))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(applied.timings)
     }
 }
 
@@ -670,7 +737,7 @@ impl Read for Feed {
 
 /// A manifest (or index) by tag or digest: checked against the digest asked for, or the
 /// `Docker-Content-Digest` the registry sent; errors in Docker's words.
-async fn manifest(
+pub(super) async fn manifest(
     s: &mut Session,
     reference: &Reference,
     repo: &str,

@@ -78,6 +78,7 @@ impl Client {
                 };
                 // Registries get compressed layers, as from Docker: an uncompressed one is
                 // compressed once (on every core) and the result kept for later pushes.
+                let t0 = std::time::Instant::now();
                 let sent = if uncompressed(&l.media_type) {
                     let (store, layer) = (store.clone(), l.clone());
                     let (d, size) =
@@ -91,7 +92,12 @@ impl Client {
                 };
                 let blob = sent.as_ref().map_or(&l.blob, |(d, _)| d);
                 let t = Target::new(&s, &store, &repo, from.as_deref(), &progress)?;
+                let t1 = t0.elapsed();
                 push_blob(&mut s, &t, blob, &short).await?;
+                tracing::debug!(
+                    "layer {short}: compressed (or found) in {t1:.2?}, pushed in {:.2?}",
+                    t0.elapsed() - t1
+                );
                 Ok::<_, String>(sent)
             }
         });

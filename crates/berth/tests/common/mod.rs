@@ -346,32 +346,27 @@ impl Registry {
         Registry::start_in(None)
     }
 
-    /// In the network namespace at `netns`, for a daemon that lives there.
+    /// In the network namespace at `netns`, for a daemon that lives there. The registry
+    /// picks its port (`:0`) and says which: no window for another socket to take it.
     pub fn start_in(netns: Option<&Path>) -> Registry {
+        use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
-        let port = net(netns, || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        });
-        let child = in_netns(netns, berth())
-            .args([
-                "registry",
-                "serve",
-                "--addr",
-                &format!("127.0.0.1:{port}"),
-                "--root",
-            ])
+        let mut child = in_netns(netns, berth())
+            .args(["registry", "serve", "--addr", "127.0.0.1:0", "--root"])
             .arg(dir.path().join("root"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        assert!(wait_for(10, || net(netns, move || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })));
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let port = first
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("berth registry serve said {first:?}"));
+        // Its later lines go nowhere, without blocking it.
+        std::thread::spawn(move || lines.for_each(drop));
         Registry { dir, port, child }
     }
 }
