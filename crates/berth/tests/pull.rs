@@ -1208,6 +1208,11 @@ fn distribution_registry_plain_tls_basic_and_token_auth() {
         d.ok(&["image", "inspect", "-f", "{{index .RepoDigests 0}}", &name]),
         format!("127.0.0.1:{}/plain/bb@{pushed}\n", plain.port)
     );
+    // Another repository of the same registry: the layers are mounted, not sent.
+    let other = format!("127.0.0.1:{}/plain/other:1", plain.port);
+    d.ok(&["tag", "busybox", &other]);
+    let out = d.ok(&["push", &other]);
+    assert!(out.contains("Mounted from plain/bb"), "{out}");
 
     // htpasswd behind TLS on 192.0.2.1 (documentation range, on the namespace's lo).
     let ip = "192.0.2.1";
@@ -1238,6 +1243,21 @@ fn distribution_registry_plain_tls_basic_and_token_auth() {
     let host = format!("{ip}:{}", tls.port);
     let name = format!("{host}/secure/bb:1");
     d.ok(&["tag", "busybox", &name]);
+    // docker-credential-berthtest: a credential helper keeping one entry in a file.
+    let helper_dir = d.dir.path().join("helper");
+    std::fs::create_dir_all(&helper_dir).unwrap();
+    let helper = helper_dir.join("docker-credential-berthtest");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\nf=\"$(dirname \"$0\")/store.json\"\ncase \"$1\" in\n  store) cat > \"$f\" ;;\n  get) if [ -f \"$f\" ]; then cat \"$f\"; else echo 'credentials not found in native keychain'; exit 1; fi ;;\n  erase) if [ -f \"$f\" ]; then rm \"$f\"; else echo 'credentials not found in native keychain'; exit 1; fi ;;\n  list) echo '{}' ;;\nesac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        helper_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let login = |cli: &str, user: &str, pass: &str| {
         let mut cmd = match cli {
             "docker" => {
@@ -1248,6 +1268,7 @@ fn distribution_registry_plain_tls_basic_and_token_auth() {
             }
             _ => d.berth_cmd(),
         };
+        cmd.env("PATH", &path);
         let mut child = cmd
             .args(["login", "-u", user, "--password-stdin", &host])
             .stdin(Stdio::piped())
@@ -1309,6 +1330,47 @@ fn distribution_registry_plain_tls_basic_and_token_auth() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Login Succeeded"), "{out}");
     d.ok(&["pull", &name]);
+
+    // A credential helper (`credsStore`) keeps the secret instead of config.json; both
+    // CLIs go through it.
+    d.berth_ok(&["logout", &host]);
+    let cfg_path = d.docker_config().join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["credsStore"] = json!("berthtest");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let (code, out, err) = login("berth", "alice", "s3cret");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Login Succeeded"), "{out}");
+    let kept: Value =
+        serde_json::from_slice(&std::fs::read(helper_dir.join("store.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            kept["ServerURL"].as_str(),
+            kept["Username"].as_str(),
+            kept["Secret"].as_str()
+        ),
+        (Some(host.as_str()), Some("alice"), Some("s3cret"))
+    );
+    let cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    assert_eq!(cfg["auths"][&host], json!({}), "{cfg}");
+    d.ok(&["rmi", &name]);
+    let mut c = Command::new("docker");
+    c.env("DOCKER_HOST", format!("unix://{}", d.socket().display()))
+        .env("DOCKER_CONFIG", d.docker_config())
+        .env("PATH", &path);
+    ok_out(
+        "docker pull through the helper",
+        d.client(&mut c, &["pull", &name]),
+    );
+    let out = ok_out(
+        "berth logout through the helper",
+        d.client(d.berth_cmd().env("PATH", &path), &["logout", &host]),
+    );
+    assert!(out.contains("Removing login credentials"), "{out}");
+    assert!(!helper_dir.join("store.json").exists());
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("credsStore");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
 
     // Token auth.
     let st = Command::new("openssl")
