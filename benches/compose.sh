@@ -11,34 +11,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-7}
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-ANCHORS=${ANCHORS:-../shared/anchors/setup.sh}
-bash "$ANCHORS" >/dev/null
+. benches/lib.sh
+docker_anchor
 command -v docker-compose >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
 [ -x target/release/berth ] || cargo build --release --locked
-berth_bin=$PWD/target/release/berth
 work=$(mktemp -d /tmp/berth-compose.XXXXXX)
-sock="$work/berth.sock"
-had_bridge=$(ip link show berth0 >/dev/null 2>&1 && echo yes || true)
-"$berth_bin" daemon -H "unix://$sock" --data-root "$work/data" --exec-root "$work/exec" >"$work/daemon.log" 2>&1 &
-daemon_pid=$!
-berth() { BERTH_HOST="unix://$sock" "$berth_bin" "$@"; }
+berth_start "$work"
 proj_b="benchb$$"
 proj_d="benchd$$"
 cleanup() {
   (cd "$work/project" 2>/dev/null && berth compose -p "$proj_b" down -t 0 >/dev/null 2>&1) || true
   (cd "$work/project" 2>/dev/null && docker-compose -p "$proj_d" down -t 0 >/dev/null 2>&1) || true
-  kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
-  if [ -z "$had_bridge" ]; then
-    ip link del berth0 2>/dev/null || true
-    nft delete table ip berth 2>/dev/null || true
-    nft delete table ip6 berth 2>/dev/null || true
-    iptables -S DOCKER-USER 2>/dev/null | grep -- '--comment berth ' | sed 's/^-A/-D/' \
-      | while read -r rule; do eval iptables -w "$rule"; done || true
-  fi
+  berth_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do berth version >/dev/null 2>&1 && break; sleep 0.05; done
 scripts/mkrootfs.sh "$work/rootfs" >/dev/null
 scripts/mkimage-archive.sh "$work/rootfs" "$work/busybox.tar" busybox:latest >/dev/null
 berth load -i "$work/busybox.tar" >/dev/null

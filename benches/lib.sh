@@ -2,9 +2,19 @@
 # root, and the removal of what it made on the host (the berth0 bridge, its nftables tables,
 # its rules in Docker's DOCKER-USER chain) when they were not there before.
 #
+#   docker_anchor                        # the anchors' dockerd, up
 #   berth_start WORK [DAEMON FLAGS...]   # sets berth_bin, sock, daemon_pid
 #   berth ARGS...                        # Berth's CLI against that daemon
 #   berth_stop                           # in the benchmark's cleanup
+
+# ../shared/anchors/setup.sh, for benchmarks that need only its dockerd (and apt's
+# packages): its podman check may fail on hosts where crun refuses hybrid cgroups (the
+# setup's hugetlb fix tests the size of a cgroupfs file, which is always 0).
+docker_anchor() {
+  local anchors=${ANCHORS:-../shared/anchors/setup.sh}
+  bash "$anchors" >/dev/null 2>&1 || docker info >/dev/null 2>&1 \
+    || { echo "the anchors (dockerd) did not start: $anchors" >&2; exit 1; }
+}
 
 berth_start() {
   local work=$1

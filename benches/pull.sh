@@ -18,14 +18,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-3}
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-ANCHORS=${ANCHORS:-../shared/anchors/setup.sh}
-# Only dockerd and docker-registry are needed here: the anchors' podman check may fail on
-# hosts where crun refuses hybrid cgroups (the setup's hugetlb fix tests the size of a
-# cgroupfs file, which is always 0), and that does not matter to this benchmark.
-bash "$ANCHORS" >/dev/null 2>&1 || docker info >/dev/null 2>&1 \
-  || { echo "the anchors (dockerd) did not start: $ANCHORS" >&2; exit 1; }
-[ -x target/release/berth ] || cargo build --release --locked
 . benches/lib.sh
+docker_anchor
+[ -x target/release/berth ] || cargo build --release --locked
 work=$(mktemp -d /tmp/berth-pull.XXXXXX)
 tag="bench$$"
 image="berth-bench/big:$tag"
