@@ -1372,6 +1372,33 @@ fn distribution_registry_plain_tls_basic_and_token_auth() {
     cfg.as_object_mut().unwrap().remove("credsStore");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
 
+    // A registry that wants a client certificate: refused until certs.d has one.
+    let mtls = Distribution::start(
+        &d.netns(),
+        ip,
+        "",
+        &format!(
+            "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+            certs.join("server-cert.pem").display(),
+            certs.join("server-key.pem").display(),
+            certs.join("ca.pem").display()
+        ),
+    );
+    let host = format!("{ip}:{}", mtls.port);
+    let name = format!("{host}/mtls/bb:1");
+    let ca_dir = conf.join("certs.d").join(&host);
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    std::fs::copy(certs.join("ca.pem"), ca_dir.join("ca.crt")).unwrap();
+    d.ok(&["tag", "busybox", &name]);
+    // (TLS 1.3 tells a missing client certificate after the handshake: a broken stream.)
+    let (code, _, _) = d.docker(&["push", &name]);
+    assert_ne!(code, 0, "pushed without a client certificate");
+    std::fs::copy(certs.join("cert.pem"), ca_dir.join("client.cert")).unwrap();
+    std::fs::copy(certs.join("key.pem"), ca_dir.join("client.key")).unwrap();
+    let out = d.ok(&["push", &name]);
+    assert!(out.contains("1: digest: sha256:"), "{out}");
+    drop(mtls);
+
     // Token auth.
     let st = Command::new("openssl")
         .args([

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use berth_store::image::ImageStore;
+use berth_store::image::{ImageStore, Layer};
 use berth_types::auth::AuthConfig;
 use berth_types::{Digest, Reference};
 use futures_util::StreamExt;
@@ -63,12 +63,52 @@ impl Client {
                 json!({"status": "Preparing", "progressDetail": {}, "id": &l.blob.hex()[..12]}),
             );
         }
-        let uploads = image.layers.iter().map(|l| {
+        // Registries get compressed layers, as from Docker: uncompressed ones are
+        // compressed once (each on every core, one after another) and kept for later
+        // pushes. Largest first: what is left to upload after the last compression is
+        // then the smallest layer.
+        let mut jobs: Vec<(usize, Layer)> = image
+            .layers
+            .iter()
+            .cloned()
+            .enumerate()
+            .filter(|(_, l)| uncompressed(&l.media_type))
+            .collect();
+        jobs.sort_by_key(|(_, l)| std::cmp::Reverse(l.size));
+        let mut ready: Vec<Option<Compressed>> = image.layers.iter().map(|_| None).collect();
+        let mut senders = Vec::new();
+        for (i, _) in &jobs {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            ready[*i] = Some(rx);
+            senders.push(tx);
+        }
+        let compressor = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for ((_, layer), tx) in jobs.into_iter().zip(senders) {
+                    let store = store.clone();
+                    let r = tokio::task::spawn_blocking(move || store.compressed_layer(&layer))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
+                    let _ = tx.send(r);
+                }
+            })
+        };
+        // A push that ends early stops the compressions it no longer needs.
+        let _stop = AbortOnDrop(compressor);
+        let uploads = image.layers.iter().zip(ready).map(|(l, compressed)| {
             let (store, progress, limit) = (store.clone(), progress.clone(), limit.clone());
             let mut s = s.fork();
             let (repo, from) = (repo.clone(), from.clone());
             async move {
                 let short = l.blob.hex()[..12].to_string();
+                let t0 = std::time::Instant::now();
+                let sent = match compressed {
+                    Some(rx) => Some(rx.await.map_err(|e| e.to_string())??),
+                    None => None,
+                };
+                let t1 = t0.elapsed();
                 let _permit = match limit.clone().try_acquire_owned() {
                     Ok(p) => p,
                     Err(_) => {
@@ -76,26 +116,11 @@ impl Client {
                         limit.acquire_owned().await.map_err(|e| e.to_string())?
                     }
                 };
-                // Registries get compressed layers, as from Docker: an uncompressed one is
-                // compressed once (on every core) and the result kept for later pushes.
-                let t0 = std::time::Instant::now();
-                let sent = if uncompressed(&l.media_type) {
-                    let (store, layer) = (store.clone(), l.clone());
-                    let (d, size) =
-                        tokio::task::spawn_blocking(move || store.compressed_layer(&layer))
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| e.to_string())?;
-                    Some((d, size))
-                } else {
-                    None
-                };
                 let blob = sent.as_ref().map_or(&l.blob, |(d, _)| d);
                 let t = Target::new(&s, &store, &repo, from.as_deref(), &progress)?;
-                let t1 = t0.elapsed();
                 push_blob(&mut s, &t, blob, &short).await?;
                 tracing::debug!(
-                    "layer {short}: compressed (or found) in {t1:.2?}, pushed in {:.2?}",
+                    "layer {short}: compressed (or found) after {t1:.2?}, pushed in {:.2?}",
                     t0.elapsed() - t1
                 );
                 Ok::<_, String>(sent)
@@ -199,6 +224,18 @@ fn location(resp: &Response) -> Result<String, String> {
         .and_then(|l| l.to_str().ok())
         .map(String::from)
         .ok_or_else(|| "the registry gave no upload location".to_string())
+}
+
+/// A layer's compressed blob (digest, size), when it is ready.
+type Compressed = tokio::sync::oneshot::Receiver<Result<(Digest, u64), String>>;
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Whether a layer's media type is an uncompressed tar.
