@@ -716,6 +716,32 @@ impl ImageStore {
         Ok((digest, size))
     }
 
+    /// Stores a layer tarball as a blob: gzip and zstd as they are (registries take them),
+    /// bzip2 and xz decompressed (no layer media type names them). Returns the blob and
+    /// its media type.
+    fn store_layer(&self, input: impl Read + Send, what: &str) -> Result<(Digest, &'static str)> {
+        let mut input = io::BufReader::with_capacity(1 << 20, input);
+        let head = io_ctx(io::BufRead::fill_buf(&mut input), || {
+            format!("reading {what}")
+        })?;
+        let kind = layer::detect(head);
+        let key = format!("layer-{}-{}", std::process::id(), crate::content::unique());
+        let mut ingest = self.content.ingest(&key, None)?;
+        let copied = match kind {
+            Compression::Bzip2 | Compression::Xz => {
+                io::copy(&mut layer::decoder(input)?, &mut ingest)
+            }
+            _ => io::copy(&mut input, &mut ingest),
+        };
+        io_ctx(copied, || format!("storing {what}"))?;
+        let media_type = match kind {
+            Compression::Gzip => MEDIA_LAYER_GZIP,
+            Compression::Zstd => MEDIA_LAYER_ZSTD,
+            _ => MEDIA_LAYER,
+        };
+        Ok((ingest.commit()?, media_type))
+    }
+
     /// Whether the snapshot of the layer stack `chain` is complete.
     pub fn has_layer(&self, chain: &Digest) -> bool {
         self.meta
@@ -850,29 +876,11 @@ impl ImageStore {
     /// with Dockerfile-style `changes` (CMD, ENTRYPOINT, ENV, WORKDIR, EXPOSE, USER, LABEL).
     pub fn import(
         &self,
-        tarball: impl Read,
+        tarball: impl Read + Send,
         changes: &[String],
         tag: Option<&Reference>,
     ) -> Result<Image> {
-        let key = format!("import-{}-{}", std::process::id(), crate::content::unique());
-        let mut ingest = self.content.ingest(&key, None)?;
-        let mut src = tarball;
-        io_ctx(io::copy(&mut src, &mut ingest), || {
-            "reading the tarball".into()
-        })?;
-        let blob = ingest.commit()?;
-        let head = {
-            let mut b = [0u8; 4];
-            let n = io_ctx(self.content.open_blob(&blob)?.read(&mut b), || {
-                "reading the tarball".into()
-            })?;
-            b[..n].to_vec()
-        };
-        let media_type = match layer::detect(&head) {
-            Compression::Gzip => MEDIA_LAYER_GZIP,
-            Compression::Zstd => MEDIA_LAYER_ZSTD,
-            Compression::None => MEDIA_LAYER,
-        };
+        let (blob, media_type) = self.store_layer(tarball, "the tarball")?;
         let l = self.unpack(None, &blob, media_type, None, 0)?;
         let created = crate::content::now_rfc3339();
         let mut container_config =
@@ -947,7 +955,8 @@ impl ImageStore {
         self.commit_image(config, layers, created, &tags)
     }
 
-    /// `docker load`: a docker-archive (plain, gzip or zstd). Returns the loaded images
+    /// `docker load`: a docker-archive or OCI archive (plain, gzip, zstd, bzip2 or xz).
+    /// Returns the loaded images
     /// with the tags they got.
     pub fn load(&self, archive: impl Read + Send) -> Result<Vec<(Image, Vec<String>)>> {
         let tmp = self.root.join("tmp").join(format!(
@@ -1019,21 +1028,7 @@ impl ImageStore {
                 let file = io_ctx(File::open(tmp.join(path)), || {
                     format!("reading layer {path}")
                 })?;
-                let key = format!("load-{}-{}", std::process::id(), crate::content::unique());
-                let mut ingest = self.content.ingest(&key, None)?;
-                io_ctx(io::copy(&mut &file, &mut ingest), || {
-                    format!("storing layer {path}")
-                })?;
-                let blob = ingest.commit()?;
-                let mut head = [0u8; 4];
-                let n = io_ctx(self.content.open_blob(&blob)?.read(&mut head), || {
-                    "reading a layer".into()
-                })?;
-                let media_type = match layer::detect(&head[..n]) {
-                    Compression::Gzip => MEDIA_LAYER_GZIP,
-                    Compression::Zstd => MEDIA_LAYER_ZSTD,
-                    Compression::None => MEDIA_LAYER,
-                };
+                let (blob, media_type) = self.store_layer(file, &format!("layer {path}"))?;
                 let parent = layers.last().map(|l| l.chain_id.clone());
                 layers.push(self.unpack(parent.as_ref(), &blob, media_type, Some(want), i)?);
             }
@@ -1052,31 +1047,48 @@ impl ImageStore {
         Ok(out)
     }
 
-    /// `docker save`: the named images as a docker-archive (uncompressed layers, as
-    /// `docker load` expects; `manifest.json` and `repositories`).
+    /// `docker save`: the named images in the layout Docker 25 writes, which is both an OCI
+    /// image layout (`oci-layout`, `index.json`, `blobs/sha256/...`: skopeo's
+    /// `oci-archive:`) and a docker-archive (`manifest.json`, `repositories`: every
+    /// `docker load`). Layers are the uncompressed tars, named by their diffIDs.
     pub fn save(&self, names: &[&str], out: impl Write) -> Result<()> {
         let mut builder = tar::Builder::new(out);
         let mut manifest = Vec::new();
+        let mut index = Vec::new();
         let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         let mut written = BTreeSet::new();
+        let mut blob = |builder: &mut tar::Builder<_>, d: &Digest, data: &[u8]| -> Result<String> {
+            let path = format!("blobs/{}/{}", d.algorithm().as_str(), d.hex());
+            if written.insert(path.clone()) {
+                append(builder, &path, data)?;
+            }
+            Ok(path)
+        };
         for name in names {
             let img = self
                 .resolve(name)
                 .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
-            let config_name = format!("{}.json", img.config.hex());
-            if written.insert(config_name.clone()) {
-                append(&mut builder, &config_name, &self.content.read(&img.config)?)?;
-            }
-            let mut layer_names = Vec::new();
+            let config = self.content.read(&img.config)?;
+            let config_path = blob(&mut builder, &img.config, &config)?;
+            let mut layer_paths = Vec::new();
+            let mut descriptors = Vec::new();
             for l in &img.layers {
-                let path = format!("{}/layer.tar", l.diff_id.hex());
-                if written.insert(path.clone()) {
-                    let tar = self.uncompressed_layer(l)?;
-                    append(&mut builder, &path, &tar)?;
-                }
-                layer_names.push(path);
+                let tar = self.uncompressed_layer(l)?;
+                layer_paths.push(blob(&mut builder, &l.diff_id, &tar)?);
+                descriptors.push(
+                    json!({"mediaType": MEDIA_LAYER, "digest": l.diff_id, "size": tar.len()}),
+                );
             }
-            let tags: Vec<String> = match name.parse::<Reference>() {
+            let oci = json!({
+                "schemaVersion": 2,
+                "mediaType": MEDIA_MANIFEST,
+                "config": {"mediaType": MEDIA_CONFIG, "digest": img.config, "size": config.len()},
+                "layers": descriptors,
+            })
+            .to_string();
+            let oci_digest = Digest::sha256(oci.as_bytes());
+            blob(&mut builder, &oci_digest, oci.as_bytes())?;
+            let tags: Vec<Reference> = match name.parse::<Reference>() {
                 Ok(r)
                     if self
                         .meta
@@ -1085,37 +1097,51 @@ impl ImageStore {
                         .tags
                         .contains_key(&r.to_string()) =>
                 {
-                    vec![r.familiar()]
+                    vec![r]
                 }
                 _ => Vec::new(),
             };
-            for t in &tags {
-                if let (Ok(r), Some(top)) = (t.parse::<Reference>(), img.layers.last()) {
-                    let repo = r.familiar();
-                    let repo = repo
+            let descriptor =
+                json!({"mediaType": MEDIA_MANIFEST, "digest": oci_digest, "size": oci.len()});
+            if tags.is_empty() {
+                index.push(descriptor.clone());
+            }
+            for r in &tags {
+                let mut d = descriptor.clone();
+                d["annotations"] = json!({
+                    "io.containerd.image.name": r.to_string(),
+                    REF_ANNOTATION: r.tag().unwrap_or("latest"),
+                });
+                index.push(d);
+                if let Some(top) = img.layers.last() {
+                    let familiar = r.familiar();
+                    let repo = familiar
                         .rsplit_once(':')
-                        .map_or(repo.as_str(), |(n, _)| n)
-                        .to_string();
-                    repositories.entry(repo).or_default().insert(
+                        .map_or(familiar.as_str(), |(n, _)| n);
+                    repositories.entry(repo.to_string()).or_default().insert(
                         r.tag().unwrap_or("latest").to_string(),
                         top.diff_id.hex().to_string(),
                     );
                 }
             }
-            manifest.push(json!({"Config": config_name, "RepoTags": tags, "Layers": layer_names}));
+            let shown: Vec<String> = tags.iter().map(Reference::familiar).collect();
+            manifest.push(json!({"Config": config_path, "RepoTags": shown, "Layers": layer_paths}));
         }
-        append(
-            &mut builder,
-            "manifest.json",
-            Value::Array(manifest).to_string().as_bytes(),
-        )?;
-        append(
-            &mut builder,
-            "repositories",
-            serde_json::to_string(&repositories)
-                .expect("json")
-                .as_bytes(),
-        )?;
+        let index = json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": index});
+        for (name, data) in [
+            (
+                "oci-layout",
+                r#"{"imageLayoutVersion":"1.0.0"}"#.to_string(),
+            ),
+            ("index.json", index.to_string()),
+            ("manifest.json", Value::Array(manifest).to_string()),
+            (
+                "repositories",
+                serde_json::to_string(&repositories).expect("json"),
+            ),
+        ] {
+            append(&mut builder, name, data.as_bytes())?;
+        }
         io_ctx(builder.finish(), || "writing the archive".into())
     }
 

@@ -91,17 +91,39 @@ pub enum Compression {
     None,
     Gzip,
     Zstd,
+    /// Only in archives and tarballs (`docker load`, `docker import`): no layer media type
+    /// names it.
+    Bzip2,
+    Xz,
 }
 
-/// Recognises a layer's compression from its first bytes.
+/// Recognises a layer's (or an archive's) compression from its first bytes.
 pub fn detect(head: &[u8]) -> Compression {
     if head.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Compression::Zstd
+    } else if head.starts_with(b"BZh") {
+        Compression::Bzip2
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Compression::Xz
     } else {
         Compression::None
     }
+}
+
+/// The decompressed stream of `input`, whose first bytes say how it is compressed.
+pub fn decoder<'a>(mut input: impl BufRead + Send + 'a) -> Result<Box<dyn Read + Send + 'a>> {
+    let head = io_ctx(input.fill_buf(), || "reading the stream".into())?;
+    Ok(match detect(head) {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        Compression::Zstd => Box::new(io_ctx(zstd::Decoder::with_buffer(input), || {
+            "starting zstd".into()
+        })?),
+        Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(input)),
+        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(input)),
+        Compression::None => Box::new(input),
+    })
 }
 
 /// Counts and hashes what passes through.
@@ -157,7 +179,8 @@ impl Read for ChunkReader {
     }
 }
 
-/// Applies the layer read from `input` (plain, gzip or zstd tar) onto the directory `root`.
+/// Applies the layer read from `input` (a tar: plain, gzip, zstd, bzip2 or xz) onto the
+/// directory `root`.
 ///
 /// Two threads, like `tar -xzf` with its gzip child: one decompresses and hashes, the other
 /// parses and writes files, with a few MiB in flight between them.
@@ -176,15 +199,7 @@ pub fn apply(root: &Path, input: impl Read + Send) -> Result<Applied> {
         inner: input,
         spent: input_time.clone(),
     };
-    let mut buffered = BufReader::with_capacity(256 * 1024, input);
-    let head = io_ctx(buffered.fill_buf(), || "reading the layer".into())?;
-    let decoded: Box<dyn Read + Send> = match detect(head) {
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(io_ctx(zstd::Decoder::with_buffer(buffered), || {
-            "starting zstd".into()
-        })?),
-        Compression::None => Box::new(buffered),
-    };
+    let decoded = decoder(BufReader::with_capacity(256 * 1024, input))?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
     std::thread::scope(|scope| {
         let decoder = scope.spawn(move || {

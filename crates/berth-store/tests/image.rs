@@ -121,7 +121,44 @@ fn save_and_load_round_trip_with_identical_digests() {
         e.finish().unwrap()
     };
     let zst = zstd::encode_all(&archive[..], 1).unwrap();
-    for (name, bytes) in [("plain", archive.clone()), ("gzip", gz), ("zstd", zst)] {
+    let bz = {
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        e.write_all(&archive).unwrap();
+        e.finish().unwrap()
+    };
+    let xz = {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        e.write_all(&archive).unwrap();
+        e.finish().unwrap()
+    };
+    // The archive is an OCI layout and a docker-archive at once, as Docker 25 writes it:
+    // skopeo reads it both ways.
+    let file = _d1.path().join("saved.tar");
+    std::fs::write(&file, &archive).unwrap();
+    for transport in ["oci-archive", "docker-archive"] {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("{transport}:{}", file.display()))
+            .output();
+        let Ok(out) = out else {
+            eprintln!("skopeo missing: layout not checked");
+            break;
+        };
+        assert!(
+            out.status.success(),
+            "{transport}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(m["config"]["digest"], img.config.to_string(), "{transport}");
+    }
+    for (name, bytes) in [
+        ("plain", archive.clone()),
+        ("gzip", gz),
+        ("zstd", zst),
+        ("bzip2", bz),
+        ("xz", xz),
+    ] {
         let (_d2, s2) = store();
         let loaded = s2.load(&bytes[..]).unwrap();
         assert_eq!(loaded.len(), 1, "{name}");
@@ -135,6 +172,18 @@ fn save_and_load_round_trip_with_identical_digests() {
         assert_eq!(tags, &vec!["docker.io/library/busybox:latest".to_string()]);
         assert_eq!(s2.resolve("busybox").unwrap(), *got);
     }
+    // `docker import` of an xz or bzip2 tarball: stored as the plain tar, same diffID.
+    let tarball = busybox_tar();
+    let xz = {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        e.write_all(&tarball).unwrap();
+        e.finish().unwrap()
+    };
+    let (_d3, s3) = store();
+    let plain = s3.import(&tarball[..], &[], None).unwrap();
+    let imported = s3.import(&xz[..], &[], None).unwrap();
+    assert_eq!(imported.layers[0].diff_id, plain.layers[0].diff_id);
+    assert_eq!(imported.layers[0].blob, plain.layers[0].diff_id);
 }
 
 #[test]
@@ -187,13 +236,9 @@ fn a_layer_that_does_not_match_its_config_is_refused() {
             c.wait().unwrap().success()
         })
         .unwrap());
-    let layer = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().is_dir())
-        .unwrap()
-        .path()
-        .join("layer.tar");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("manifest.json")).unwrap()).unwrap();
+    let layer = tmp.path().join(manifest[0]["Layers"][0].as_str().unwrap());
     let evil = common::Tar::default()
         .file("evil", b"not the layer the config promised")
         .finish();
