@@ -3186,6 +3186,26 @@ fn compose_up_attached_prefixes_output_and_exit_code_from() {
     // --abort-on-container-exit stopped the other service.
     let state = d.ok(&["inspect", "-f", "{{.State.Status}}", "att-idle-1"]);
     assert_eq!(state, "exited\n");
+    // On a terminal (util-linux's `script` gives it one) the prefixes are coloured.
+    if Command::new("script").arg("--version").output().is_ok() {
+        let line = format!(
+            "BERTH_HOST=unix://{} {} compose up --exit-code-from job",
+            d.socket().display(),
+            common::berth()
+        );
+        let out = capture(
+            Command::new("script")
+                .args(["-q", "-e", "-c", &line, "/dev/null"])
+                .current_dir(p)
+                .env_remove("NO_COLOR"),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(7), "{text}");
+        assert!(
+            text.contains("\x1b[") && text.contains("hello from job"),
+            "{text:?}"
+        );
+    }
     d.compose_ok(p, &["down"]);
 }
 
@@ -3399,4 +3419,118 @@ CMD ["cat", "/copied/run.txt", "/copied/inner.txt"]
     let (_, err) = d.compose_ok(proj.path(), &["build"]);
     assert!(err.contains("Service app  Built"), "{err}");
     d.compose_ok(proj.path(), &["down"]);
+}
+
+const VAULT: &str = r#"
+name: vault
+services:
+  db:
+    image: busybox
+    command: sleep 600
+    init: true
+    environment:
+      VERSION: ${DB_VERSION:-1}
+  app:
+    build: ./app
+    command: sleep 600
+    init: true
+    depends_on:
+      db:
+        condition: service_started
+        restart: true
+    secrets: [token]
+    configs:
+      - source: banner
+        target: /etc/banner.txt
+secrets:
+  token:
+    environment: VAULT_TOKEN
+configs:
+  banner:
+    content: "welcome to the vault"
+"#;
+
+/// Compose: secrets from `environment` and configs from `content` written into the
+/// container; `restart: true` dependents restarted with their dependency (by `restart`
+/// and when `up` recreates it); `down --rmi local` removes the images compose built.
+#[test]
+fn compose_inline_secrets_restart_dependents_and_rmi() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("compose.yaml"), VAULT).unwrap();
+    std::fs::create_dir_all(p.join("app")).unwrap();
+    std::fs::write(
+        p.join("app/Dockerfile"),
+        "FROM busybox\nRUN echo built > /built\n",
+    )
+    .unwrap();
+    let compose = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = d.berth_cmd();
+        cmd.env_remove("COMPOSE_PROJECT_NAME")
+            .current_dir(p)
+            .arg("compose");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        d.client(&mut cmd, args)
+    };
+    let (code, _, err) = compose(&["up", "-d"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("VAULT_TOKEN"), "{err}");
+    let secret = [("VAULT_TOKEN", "t0k3n")];
+    let (code, _, err) = compose(&["up", "-d"], &secret);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        d.ok(&[
+            "exec",
+            "vault-app-1",
+            "cat",
+            "/run/secrets/token",
+            "/etc/banner.txt",
+            "/built"
+        ]),
+        "t0k3nwelcome to the vaultbuilt\n"
+    );
+    assert_eq!(
+        d.ok(&[
+            "exec",
+            "vault-app-1",
+            "stat",
+            "-c",
+            "%a",
+            "/run/secrets/token"
+        ]),
+        "444\n"
+    );
+    let started = |name: &str| d.ok(&["inspect", "-f", "{{.State.StartedAt}}", name]);
+    // `restart db` restarts app after it.
+    let before = started("vault-app-1");
+    let (code, _, err) = compose(&["restart", "db"], &secret);
+    assert_eq!(code, 0, "{err}");
+    let db_at = err.find("Container vault-db-1  Restarted");
+    let app_at = err.find("Container vault-app-1  Restarted");
+    assert!(db_at.is_some() && app_at > db_at, "{err}");
+    assert_ne!(started("vault-app-1"), before);
+    // `up` recreating db (its environment changed) restarts app, which is not recreated.
+    let app_id = d.ok(&["inspect", "-f", "{{.Id}}", "vault-app-1"]);
+    let before = started("vault-app-1");
+    let (code, _, err) = compose(&["up", "-d"], &[secret[0], ("DB_VERSION", "2")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("Container vault-db-1  Recreated"), "{err}");
+    assert!(err.contains("Container vault-app-1  Restarted"), "{err}");
+    assert_eq!(d.ok(&["inspect", "-f", "{{.Id}}", "vault-app-1"]), app_id);
+    assert_ne!(started("vault-app-1"), before);
+    // down --rmi local: the built image goes, busybox (named by `image:`) stays.
+    let (code, _, err) = compose(&["down", "--rmi", "sideways"], &secret);
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid --rmi option"), "{err}");
+    let (code, _, err) = compose(&["down", "--rmi", "local", "-t", "0"], &secret);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("Image vault-app  Removed"), "{err}");
+    assert_eq!(d.docker(&["image", "inspect", "vault-app"]).0, 1);
+    assert_eq!(d.docker(&["image", "inspect", "busybox"]).0, 0);
+    assert_eq!(d.ok(&["ps", "-aq"]), "");
 }

@@ -17,8 +17,250 @@ pub const FILE_NAMES: &[&str] = &[
 ];
 
 const TOP_KEYS: &[&str] = &[
-    "version", "name", "services", "networks", "volumes", "secrets", "configs", "include",
+    "version", "name", "services", "networks", "volumes", "secrets", "configs", "include", "models",
 ];
+
+/// The keys of the mappings inside a service and of the top-level definitions, as the
+/// compose specification's JSON schema lists them (a test compares them with the schema
+/// when ../shared/specs is beside the checkout); `x-` keys are allowed everywhere.
+const NESTED: &[(&str, &[&str])] = &[
+    (
+        "healthcheck",
+        &[
+            "disable",
+            "interval",
+            "retries",
+            "start_interval",
+            "start_period",
+            "test",
+            "timeout",
+        ],
+    ),
+    (
+        "deploy",
+        &[
+            "endpoint_mode",
+            "labels",
+            "mode",
+            "placement",
+            "replicas",
+            "resources",
+            "restart_policy",
+            "rollback_config",
+            "update_config",
+        ],
+    ),
+    (
+        "build",
+        &[
+            "additional_contexts",
+            "args",
+            "cache_from",
+            "cache_to",
+            "context",
+            "dockerfile",
+            "dockerfile_inline",
+            "entitlements",
+            "extra_hosts",
+            "isolation",
+            "labels",
+            "network",
+            "no_cache",
+            "platforms",
+            "privileged",
+            "provenance",
+            "pull",
+            "sbom",
+            "secrets",
+            "shm_size",
+            "ssh",
+            "tags",
+            "target",
+            "ulimits",
+        ],
+    ),
+    ("depends_on", &["condition", "required", "restart"]),
+    (
+        "ports",
+        &[
+            "app_protocol",
+            "host_ip",
+            "mode",
+            "name",
+            "protocol",
+            "published",
+            "target",
+        ],
+    ),
+    (
+        "volumes",
+        &[
+            "bind",
+            "consistency",
+            "image",
+            "read_only",
+            "source",
+            "target",
+            "tmpfs",
+            "type",
+            "volume",
+        ],
+    ),
+];
+const DEFINITIONS: &[(&str, &[&str])] = &[
+    (
+        "networks",
+        &[
+            "attachable",
+            "driver",
+            "driver_opts",
+            "enable_ipv4",
+            "enable_ipv6",
+            "external",
+            "internal",
+            "ipam",
+            "labels",
+            "name",
+        ],
+    ),
+    (
+        "volumes",
+        &["driver", "driver_opts", "external", "labels", "name"],
+    ),
+    (
+        "secrets",
+        &[
+            "driver",
+            "driver_opts",
+            "environment",
+            "external",
+            "file",
+            "labels",
+            "name",
+            "template_driver",
+        ],
+    ),
+    (
+        "configs",
+        &[
+            "content",
+            "environment",
+            "external",
+            "file",
+            "labels",
+            "name",
+            "template_driver",
+        ],
+    ),
+];
+
+fn allowed(
+    table: &'static [(&'static str, &'static [&'static str])],
+    key: &str,
+) -> &'static [&'static str] {
+    table
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| *v)
+        .unwrap_or(&[])
+}
+
+/// Unknown keys of `m` (not in `keys`, not `x-`), as compose words them at `path`.
+fn unknown_key(m: &Map<String, Value>, keys: &[&str], path: &str) -> Option<String> {
+    m.keys()
+        .find(|k| !keys.contains(&k.as_str()) && !k.starts_with("x-"))
+        .map(|k| format!("{path} additional properties '{k}' not allowed"))
+}
+
+/// The nested mappings of service `name` and their values the schema constrains.
+fn validate_nested(name: &str, svc: &Map<String, Value>) -> Result<(), String> {
+    let at = |k: &str| format!("services.{name}.{k}");
+    for key in ["healthcheck", "deploy", "build"] {
+        if let Some(Value::Object(m)) = svc.get(key) {
+            if let Some(e) = unknown_key(m, allowed(NESTED, key), &at(key)) {
+                return Err(e);
+            }
+        }
+    }
+    if let Some(Value::Object(h)) = svc.get("healthcheck") {
+        if h.get("retries").is_some_and(|r| !r.is_u64()) {
+            return Err(format!("{}.retries must be a integer", at("healthcheck")));
+        }
+        if h.get("disable").is_some_and(|r| !r.is_boolean()) {
+            return Err(format!("{}.disable must be a boolean", at("healthcheck")));
+        }
+    }
+    if let Some(Value::Object(dep)) = svc.get("deploy") {
+        if dep.get("replicas").is_some_and(|r| !r.is_u64()) {
+            return Err(format!("{}.replicas must be a integer", at("deploy")));
+        }
+    }
+    if let Some(Value::Object(deps)) = svc.get("depends_on") {
+        for (dep, d) in deps {
+            let path = format!("{}.{dep}", at("depends_on"));
+            let Value::Object(d) = d else {
+                return Err(format!("{path} must be a mapping"));
+            };
+            if let Some(e) = unknown_key(d, allowed(NESTED, "depends_on"), &path) {
+                return Err(e);
+            }
+            if let Some(c) = d.get("condition") {
+                const CONDITIONS: [&str; 3] = [
+                    "service_started",
+                    "service_healthy",
+                    "service_completed_successfully",
+                ];
+                if !c.as_str().is_some_and(|c| CONDITIONS.contains(&c)) {
+                    return Err(format!(
+                        "{path}.condition must be one of the following: \"{}\"",
+                        CONDITIONS.join("\", \"")
+                    ));
+                }
+            }
+        }
+    }
+    for key in ["ports", "volumes"] {
+        for (i, item) in svc
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let path = format!("{}.{i}", at(key));
+            match item {
+                Value::Object(m) => {
+                    if let Some(e) = unknown_key(m, allowed(NESTED, key), &path) {
+                        return Err(e);
+                    }
+                    if key == "volumes" {
+                        const TYPES: [&str; 6] =
+                            ["bind", "volume", "tmpfs", "cluster", "npipe", "image"];
+                        match m.get("type").and_then(Value::as_str) {
+                            None => return Err(format!("{path} type is required")),
+                            Some(t) if !TYPES.contains(&t) => {
+                                return Err(format!(
+                                    "{path}.type must be one of the following: \"{}\"",
+                                    TYPES.join("\", \"")
+                                ))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Value::String(_) => {}
+                Value::Number(_) if key == "ports" => {}
+                other => {
+                    return Err(format!(
+                        "{path} must be a string or mapping, not {}",
+                        type_name(other)
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// The service keys of the compose specification.
 const SERVICE_KEYS: &[&str] = &[
@@ -90,6 +332,7 @@ const SERVICE_KEYS: &[&str] = &[
     "profiles",
     "provider",
     "pull_policy",
+    "pull_refresh_after",
     "read_only",
     "restart",
     "runtime",
@@ -153,6 +396,9 @@ pub struct Project {
     pub model: Value,
     /// Services left out by profiles (still known, so their containers are not orphans).
     pub inactive: Vec<String>,
+    /// The interpolation environment (`.env` under the process's): secrets and configs
+    /// given as `environment: VAR` take their values from it.
+    pub env: HashMap<String, String>,
 }
 
 impl Project {
@@ -419,12 +665,10 @@ pub fn validate(v: &Value, file: &Path) -> Result<(), String> {
         let Some(svc) = svc.as_object() else {
             return fail(format!("services.{name} must be a mapping"));
         };
+        if let Some(e) = unknown_key(svc, SERVICE_KEYS, &format!("services.{name}")) {
+            return fail(e);
+        }
         for (k, x) in svc {
-            if !SERVICE_KEYS.contains(&k.as_str()) && !k.starts_with("x-") {
-                return fail(format!(
-                    "services.{name} additional properties '{k}' not allowed"
-                ));
-            }
             let ok = match k.as_str() {
                 "ports" | "expose" | "volumes" | "cap_add" | "cap_drop" | "devices"
                 | "security_opt" | "profiles" | "configs" | "secrets" | "volumes_from"
@@ -463,6 +707,32 @@ pub fn validate(v: &Value, file: &Path) -> Result<(), String> {
                     "services.{name}.{k} must be a {want}, not {}",
                     type_name(x)
                 ));
+            }
+        }
+        if let Err(e) = validate_nested(name, svc) {
+            return fail(e);
+        }
+    }
+    for (section, keys) in DEFINITIONS {
+        for (name, def) in top
+            .get(*section)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            match def {
+                Value::Null => {}
+                Value::Object(m) => {
+                    if let Some(e) = unknown_key(m, keys, &format!("{section}.{name}")) {
+                        return fail(e);
+                    }
+                }
+                other => {
+                    return fail(format!(
+                        "{section}.{name} must be a mapping, not {}",
+                        type_name(other)
+                    ))
+                }
             }
         }
     }
@@ -893,6 +1163,7 @@ pub fn load(
         files,
         model,
         inactive,
+        env,
     })
 }
 
@@ -983,6 +1254,120 @@ mod tests {
             f
         )
         .is_ok());
+        // Inside services and in the top-level definitions too.
+        for (doc, want) in [
+            (
+                json!({"services": {"w": {"image": "b", "healthcheck": {"tset": ["CMD"]}}}}),
+                "services.w.healthcheck additional properties 'tset' not allowed",
+            ),
+            (
+                json!({"services": {"w": {"image": "b", "depends_on": {"db": {"condition": "service_ready"}}}}}),
+                "services.w.depends_on.db.condition must be one of the following",
+            ),
+            (
+                json!({"services": {"w": {"image": "b", "volumes": [{"source": "x", "target": "/x"}]}}}),
+                "services.w.volumes.0 type is required",
+            ),
+            (
+                json!({"services": {"w": {"image": "b", "ports": [{"target": 80, "publish": 8080}]}}}),
+                "services.w.ports.0 additional properties 'publish' not allowed",
+            ),
+            (
+                json!({"services": {"w": {"image": "b", "deploy": {"replicas": "two"}}}}),
+                "services.w.deploy.replicas must be a integer",
+            ),
+            (
+                json!({"services": {"w": {"image": "b"}}, "networks": {"n": {"drvier": "bridge"}}}),
+                "networks.n additional properties 'drvier' not allowed",
+            ),
+            (
+                json!({"services": {"w": {"image": "b"}}, "secrets": {"s": {"envirnoment": "X"}}}),
+                "secrets.s additional properties 'envirnoment' not allowed",
+            ),
+        ] {
+            let err = validate(&doc, f).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+
+    /// Our key lists against the compose specification's JSON schema, when the specs are
+    /// beside the checkout (they are not shipped with Berth).
+    #[test]
+    fn key_lists_match_the_compose_schema() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/specs/compose/compose-spec.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!("skipped: no {}", path.display());
+            return;
+        };
+        let schema: Value = serde_json::from_str(&text).unwrap();
+        let names = |v: &Value| -> Vec<String> {
+            let mut k: Vec<String> = v["properties"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            k.sort();
+            k
+        };
+        let sorted = |v: &[&str]| -> Vec<String> {
+            let mut k: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+            k.sort();
+            k
+        };
+        let defs = &schema["definitions"];
+        assert_eq!(sorted(TOP_KEYS), names(&schema), "top-level keys");
+        assert_eq!(
+            sorted(SERVICE_KEYS),
+            names(&defs["service"]),
+            "service keys"
+        );
+        assert_eq!(
+            sorted(allowed(NESTED, "healthcheck")),
+            names(&defs["healthcheck"])
+        );
+        assert_eq!(
+            sorted(allowed(NESTED, "deploy")),
+            names(&defs["deployment"])
+        );
+        let svc = &defs["service"]["properties"];
+        let object_of = |v: &Value| -> Value {
+            v["oneOf"]
+                .as_array()
+                .or(v["items"]["oneOf"].as_array())
+                .and_then(|a| a.iter().find(|o| o["type"] == "object").cloned())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            sorted(allowed(NESTED, "build")),
+            names(&object_of(&svc["build"]))
+        );
+        assert_eq!(
+            sorted(allowed(NESTED, "ports")),
+            names(&object_of(&svc["ports"]))
+        );
+        assert_eq!(
+            sorted(allowed(NESTED, "volumes")),
+            names(&object_of(&svc["volumes"]))
+        );
+        let dep = svc["depends_on"]["oneOf"]
+            .as_array()
+            .and_then(|a| a.iter().find(|o| o["type"] == "object"))
+            .and_then(|o| o["patternProperties"].as_object())
+            .and_then(|p| p.values().next().cloned())
+            .unwrap_or_default();
+        assert_eq!(sorted(allowed(NESTED, "depends_on")), names(&dep));
+        for (section, def) in [
+            ("networks", "network"),
+            ("volumes", "volume"),
+            ("secrets", "secret"),
+            ("configs", "config"),
+        ] {
+            assert_eq!(
+                sorted(allowed(DEFINITIONS, section)),
+                names(&defs[def]),
+                "{section}"
+            );
+        }
     }
 
     #[test]

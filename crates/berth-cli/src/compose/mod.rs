@@ -81,6 +81,9 @@ enum ComposeCmd {
     Down {
         #[arg(short, long)]
         volumes: bool,
+        /// Remove images used by services: "local" (those without a custom tag) or "all"
+        #[arg(long)]
+        rmi: Option<String>,
         #[arg(long = "remove-orphans")]
         remove_orphans: bool,
         #[arg(short, long)]
@@ -317,9 +320,21 @@ pub async fn run(c: &Client, a: ComposeArgs) -> Result<i32, Error> {
         }
         ComposeCmd::Down {
             volumes,
+            rmi,
             remove_orphans,
             timeout,
-        } => down(c, &p, volumes, remove_orphans, timeout).await,
+        } => {
+            let rmi = match rmi.as_deref() {
+                None => None,
+                Some(r @ ("all" | "local")) => Some(r == "all"),
+                Some(other) => {
+                    return Err(Error::Other(format!(
+                        "invalid --rmi option {other:?}: expected \"local\" or \"all\""
+                    )))
+                }
+            };
+            down(c, &p, volumes, rmi, remove_orphans, timeout).await
+        }
         ComposeCmd::Ps {
             all,
             quiet,
@@ -364,15 +379,20 @@ pub async fn run(c: &Client, a: ComposeArgs) -> Result<i32, Error> {
         }
         ComposeCmd::Restart { timeout, services } => {
             let t = timeout.map(|t| format!("?t={t}")).unwrap_or_default();
-            each_container(
-                c,
-                &p,
-                &services,
-                true,
-                |id| format!("/containers/{id}/restart{t}"),
-                "Restarted",
-            )
-            .await
+            // Dependencies first; services that follow one with `restart: true` after it.
+            let mut status = 0;
+            for svc in with_restart_dependents(&p, &services)? {
+                status |= each_container(
+                    c,
+                    &p,
+                    std::slice::from_ref(&svc),
+                    true,
+                    |id| format!("/containers/{id}/restart{t}"),
+                    "Restarted",
+                )
+                .await?;
+            }
+            Ok(status)
         }
         ComposeCmd::Kill { signal, services } => {
             let s = signal
@@ -604,6 +624,7 @@ pub async fn run(c: &Client, a: ComposeArgs) -> Result<i32, Error> {
             let cname = name.unwrap_or_else(|| {
                 format!("{}-{service}-run-{}", p.name, berth_types::random_hex(12))
             });
+            let files = inline_files(&p, &service)?;
             let v = c
                 .json(
                     Method::POST,
@@ -612,6 +633,7 @@ pub async fn run(c: &Client, a: ComposeArgs) -> Result<i32, Error> {
                 )
                 .await?;
             let id = v["Id"].as_str().unwrap_or("").to_string();
+            put_files(c, &id, &files).await?;
             for (key, cfg) in service_networks(&svc).iter().skip(1) {
                 let b = json!({"Container": id, "EndpointConfig": endpoint(&service, cfg)});
                 c.json(
@@ -786,6 +808,15 @@ async fn each_container(
         }
     }
     Ok(status)
+}
+
+/// Whether `svc` depends with `restart: true` on one of `recreated`.
+fn follows_recreated(svc: &Value, recreated: &std::collections::BTreeSet<String>) -> bool {
+    svc["depends_on"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .any(|(dep, d)| recreated.contains(dep) && d["restart"].as_bool() == Some(true))
 }
 
 /// A network's name on the daemon: `<project>_<key>` unless it names itself.
@@ -990,6 +1021,118 @@ fn argv(v: &Value) -> Result<Value, Error> {
 }
 
 /// The create body for container `number` of service `name`.
+/// The secrets and configs of service `name` that come from `environment` or `content`
+/// rather than a file: (path in the container, bytes), written into it before it starts.
+fn inline_files(p: &Project, name: &str) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    let s = &p.services()[name];
+    let mut out = Vec::new();
+    for (kind, default_dir) in [("secrets", "/run/secrets/"), ("configs", "/")] {
+        for item in s[kind].as_array().into_iter().flatten() {
+            let (source, target) = match item {
+                Value::String(n) => (n.clone(), None),
+                Value::Object(m) => (
+                    m.get("source")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    m.get("target").and_then(Value::as_str).map(String::from),
+                ),
+                _ => continue,
+            };
+            let def = &p.model[kind][&source];
+            let data = match (def["environment"].as_str(), def["content"].as_str()) {
+                (Some(var), _) => p.env.get(var).cloned().ok_or_else(|| {
+                    Error::Other(format!(
+                        "environment variable {var:?} of {} {source} is not set",
+                        &kind[..kind.len() - 1]
+                    ))
+                })?,
+                (None, Some(text)) => text.to_string(),
+                _ => continue,
+            };
+            let target = match target {
+                Some(t) if t.starts_with('/') => t,
+                Some(t) => format!("{default_dir}{t}"),
+                None => format!("{default_dir}{source}"),
+            };
+            out.push((target, data.into_bytes()));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `files` into container `id` (not started yet), read-only for everyone, as
+/// compose does for secrets and configs without a file.
+async fn put_files(c: &Client, id: &str, files: &[(String, Vec<u8>)]) -> Result<(), Error> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let mut tarball = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut tarball);
+        let mut dirs = std::collections::BTreeSet::new();
+        for (path, data) in files {
+            let rel = path.trim_start_matches('/');
+            // Parent directories first, so they exist whatever the image has.
+            let parts: Vec<&str> = rel.split('/').collect();
+            let mut acc = String::new();
+            for part in &parts[..parts.len() - 1] {
+                acc = if acc.is_empty() {
+                    part.to_string()
+                } else {
+                    format!("{acc}/{part}")
+                };
+                if dirs.insert(acc.clone()) {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    h.set_cksum();
+                    b.append_data(&mut h, format!("{acc}/"), std::io::empty())
+                        .map_err(|e| Error::Other(e.to_string()))?;
+                }
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o444);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append_data(&mut h, rel, &data[..])
+                .map_err(|e| Error::Other(e.to_string()))?;
+        }
+        b.finish().map_err(|e| Error::Other(e.to_string()))?;
+    }
+    c.send(
+        Method::PUT,
+        &format!("/containers/{id}/archive?path=/"),
+        crate::client::full(tarball),
+        Some("application/x-tar"),
+        false,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The services of a restart: those named, then (in dependency order) every service that
+/// depends on one of them with `restart: true`, transitively.
+fn with_restart_dependents(p: &Project, named: &[String]) -> Result<Vec<String>, Error> {
+    let order = load::order(p.services()).map_err(Error::Other)?;
+    if named.is_empty() {
+        return Ok(order);
+    }
+    let mut chosen: std::collections::BTreeSet<String> = named.iter().cloned().collect();
+    for svc in &order {
+        let follows = p.services()[svc]["depends_on"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .any(|(dep, d)| chosen.contains(dep) && d["restart"].as_bool() == Some(true));
+        if follows {
+            chosen.insert(svc.clone());
+        }
+    }
+    Ok(order.into_iter().filter(|s| chosen.contains(s)).collect())
+}
+
 fn create_body(
     p: &Project,
     name: &str,
@@ -1181,8 +1324,12 @@ fn create_body(
             };
             let def = &p.model[kind][&source];
             let Some(file) = def["file"].as_str() else {
+                if def["environment"].is_string() || def["content"].is_string() {
+                    // Written into the container before it starts: see inline_files.
+                    continue;
+                }
                 return Err(Error::Other(format!(
-                    "service \"{name}\" refers to undefined {} {source} (only file-based ones are supported)",
+                    "service \"{name}\" refers to undefined {} {source}",
                     &kind[..kind.len() - 1]
                 )));
             };
@@ -1590,6 +1737,7 @@ async fn up(
     ensure_volumes(c, p, &services).await?;
     let mut ids = Vec::new();
     let mut first_of: HashMap<String, String> = HashMap::new();
+    let mut recreated: std::collections::BTreeSet<String> = Default::default();
     for name in &services {
         let svc = &p.services()[name];
         let hash = config_hash(svc);
@@ -1613,6 +1761,11 @@ async fn up(
                         c.json(Method::POST, &format!("/containers/{id}/start"), None)
                             .await?;
                         progress(&format!("Container {cname}"), "Started");
+                    } else if start && follows_recreated(svc, &recreated) {
+                        // A dependency with `restart: true` was recreated just now.
+                        c.json(Method::POST, &format!("/containers/{id}/restart"), None)
+                            .await?;
+                        progress(&format!("Container {cname}"), "Restarted");
                     } else {
                         progress(&format!("Container {cname}"), "Running");
                     }
@@ -1631,6 +1784,7 @@ async fn up(
                             .await?;
                     }
                     let body = create_body(p, name, number, &hash, &first_of)?;
+                    let files = inline_files(p, name)?;
                     let v = c
                         .json(
                             Method::POST,
@@ -1639,6 +1793,10 @@ async fn up(
                         )
                         .await?;
                     let id = v["Id"].as_str().unwrap_or("").to_string();
+                    put_files(c, &id, &files).await?;
+                    if other.is_some() {
+                        recreated.insert(name.clone());
+                    }
                     // The networks beyond the first.
                     for (key, cfg) in service_networks(svc).iter().skip(1) {
                         let b = json!({"Container": id, "EndpointConfig": endpoint(name, cfg)});
@@ -1914,10 +2072,13 @@ fn stop_depths(services: &Map<String, Value>) -> HashMap<String, usize> {
 
 /// `down`: containers in reverse dependency order, then the project's networks, and with
 /// `-v` its volumes.
+/// With `rmi`: the services' images too (`Some(true)`: all of them; `Some(false)`: only
+/// those without a custom tag, which compose built and named itself).
 async fn down(
     c: &Client,
     p: &Project,
     volumes: bool,
+    rmi: Option<bool>,
     remove_orphans: bool,
     timeout: Option<i64>,
 ) -> Result<i32, Error> {
@@ -1996,6 +2157,27 @@ async fn down(
             c.json(Method::DELETE, &format!("/volumes/{}", q(name)), None)
                 .await?;
             progress(&format!("Volume {name}"), "Removed");
+        }
+    }
+    if let Some(all) = rmi {
+        let mut images: Vec<String> = p
+            .services()
+            .iter()
+            .filter(|(_, s)| all || s.get("image").is_none())
+            .map(|(name, _)| image_of(p, name))
+            .collect();
+        images.sort();
+        images.dedup();
+        for image in images {
+            // Images that are missing or still used elsewhere stay, as with compose.
+            match c
+                .json(Method::DELETE, &format!("/images/{}", q(&image)), None)
+                .await
+            {
+                Ok(_) => progress(&format!("Image {image}"), "Removed"),
+                Err(e) if e.status() == 404 => {}
+                Err(e) => eprintln!("{e}"),
+            }
         }
     }
     Ok(0)
