@@ -1447,3 +1447,38 @@ fn distribution_registry_plain_tls_basic_and_token_auth() {
     assert_eq!(d.ok(&["run", "--rm", &name, "echo", "token"]), "token\n");
     drop((plain, tls, reg));
 }
+
+/// `berth compose build/push/pull` against Berth's registry: the service's image goes up
+/// and comes back.
+#[test]
+fn compose_pushes_and_pulls_service_images() {
+    let Some(d) = daemon() else { return };
+    let archive = busybox_archive(d.dir.path());
+    d.ok(&["load", "-i", archive.to_str().unwrap()]);
+    let reg = common::Registry::start_in(Some(&d.netns()));
+    let image = format!("127.0.0.1:{}/comp/app:1", reg.port);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("compose.yaml"),
+        format!("name: comp\nservices:\n  app:\n    image: {image}\n    build: ./app\n    command: cat /made\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.join("app")).unwrap();
+    std::fs::write(
+        p.join("app/Dockerfile"),
+        "FROM busybox\nRUN echo made-here > /made\n",
+    )
+    .unwrap();
+    let compose = |args: &[&str]| {
+        let mut cmd = d.berth_cmd();
+        cmd.current_dir(p).arg("compose");
+        ok_out(&format!("compose {args:?}"), d.client(&mut cmd, args))
+    };
+    compose(&["build"]);
+    compose(&["push"]);
+    d.ok(&["rmi", &image]);
+    assert_ne!(d.docker(&["image", "inspect", &image]).0, 0);
+    compose(&["pull"]);
+    assert_eq!(d.ok(&["run", "--rm", &image, "cat", "/made"]), "made-here\n");
+}
