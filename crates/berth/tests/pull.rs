@@ -1480,5 +1480,8 @@ fn compose_pushes_and_pulls_service_images() {
     d.ok(&["rmi", &image]);
     assert_ne!(d.docker(&["image", "inspect", &image]).0, 0);
     compose(&["pull"]);
-    assert_eq!(d.ok(&["run", "--rm", &image, "cat", "/made"]), "made-here\n");
+    assert_eq!(
+        d.ok(&["run", "--rm", &image, "cat", "/made"]),
+        "made-here\n"
+    );
 }
