@@ -39,6 +39,7 @@ enum Cmd {
     Build {
         #[arg(short = 't', long = "tag")]
         tag: Vec<String>,
+        /// Name of the Dockerfile (default: PATH/Dockerfile; `-` reads it from stdin)
         #[arg(short = 'f', long = "file")]
         file: Option<String>,
         #[arg(long = "build-arg")]
@@ -47,10 +48,35 @@ enum Cmd {
         target: Option<String>,
         #[arg(short, long)]
         quiet: bool,
-        /// Accepted; there is no build cache yet.
+        /// Do not use cache when building the image
         #[arg(long = "no-cache")]
         no_cache: bool,
+        /// Always attempt to pull a newer version of the image
+        #[arg(long)]
+        pull: bool,
+        /// Set metadata for an image
+        #[arg(long)]
+        label: Vec<String>,
+        /// Write the image ID to the file
+        #[arg(long)]
+        iidfile: Option<PathBuf>,
+        /// Output: "plain", "tty", "auto" (the step lines) or "quiet" (like -q)
+        #[arg(long)]
+        progress: Option<String>,
+        /// Accepted for compatibility: RUN steps use the default network
+        #[arg(long)]
+        network: Option<String>,
         path: PathBuf,
+    },
+    /// Remove build cache
+    #[command(name = "builder-prune", hide = true)]
+    BuilderPrune {
+        /// Remove all unused build cache, not just dangling ones
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation
+        #[arg(short, long)]
+        force: bool,
     },
     /// Create a new container
     Create(RunArgs),
@@ -877,34 +903,7 @@ fn parse_mount(s: &str) -> Result<Value, String> {
 
 /// Go's time.ParseDuration for the forms people write: `30s`, `1m30s`, `500ms`, `2h`.
 pub(crate) fn go_duration(s: &str) -> Result<u64, String> {
-    let bad = || format!("time: invalid duration \"{s}\"");
-    let mut total = 0f64;
-    let mut rest = s.trim();
-    if rest == "0" {
-        return Ok(0);
-    }
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let v: f64 = rest[..n].parse().map_err(|_| bad())?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let mul = match &rest[..u] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(bad()),
-        };
-        total += v * mul;
-        rest = &rest[u..];
-    }
-    Ok(total as u64)
+    berth_types::time::go_duration(s)
 }
 
 fn healthcheck(a: &RunArgs) -> Result<Value, String> {
@@ -1218,54 +1217,104 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             target,
             quiet,
             no_cache,
+            pull,
+            label,
+            iidfile,
+            progress,
+            network: _,
             path,
         } => {
-            // The context as a tar, made in a blocking task (it may be large).
-            let dir = path.clone();
-            let tarball = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-                let mut out = Vec::new();
-                {
-                    let mut b = tar::Builder::new(&mut out);
-                    b.follow_symlinks(false);
-                    b.append_dir_all(".", &dir)
-                        .map_err(|e| format!("reading the context {}: {e}", dir.display()))?;
-                    b.finish().map_err(|e| e.to_string())?;
+            let quiet = quiet || progress.as_deref() == Some("quiet");
+            if let Some(p) = progress.as_deref() {
+                if !matches!(p, "auto" | "plain" | "tty" | "quiet") {
+                    return Err(Error::Other(format!(
+                        "invalid --progress {p:?}: expected auto, plain, tty or quiet"
+                    )));
                 }
-                Ok(out)
-            })
-            .await
-            .map_err(|e| Error::Other(e.to_string()))?
-            .map_err(Error::Other)?;
-            let mut query = vec![format!("q={quiet}"), format!("nocache={no_cache}")];
+            }
+            let (dockerfile, extra) = dockerfile_of(file.as_deref(), &path)?;
+            // The context as a tar, without what .dockerignore leaves out (the Dockerfile
+            // and .dockerignore go anyway: the daemon needs them).
+            let dir = path.clone();
+            let keep: Vec<String> = [
+                dockerfile.clone().unwrap_or_else(|| "Dockerfile".into()),
+                ".dockerignore".into(),
+            ]
+            .to_vec();
+            let tarball = tokio::task::spawn_blocking(move || context_tar(&dir, &keep, extra))
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?
+                .map_err(Error::Other)?;
+            let mut query = vec![
+                format!("q={quiet}"),
+                format!("nocache={no_cache}"),
+                format!("pull={pull}"),
+            ];
             for t in &tag {
                 query.push(format!("t={}", q(t)));
             }
-            if let Some(f) = &file {
+            if let Some(f) = &dockerfile {
                 query.push(format!("dockerfile={}", q(f)));
             }
             if let Some(t) = &target {
                 query.push(format!("target={}", q(t)));
             }
-            if !build_arg.is_empty() {
-                let args: BTreeMap<String, String> = build_arg
-                    .iter()
+            let pairs = |list: &[String], from_env: bool| -> BTreeMap<String, String> {
+                list.iter()
                     .map(|a| match a.split_once('=') {
                         Some((k, v)) => (k.to_string(), v.to_string()),
-                        None => (a.clone(), std::env::var(a).unwrap_or_default()),
+                        None if from_env => (a.clone(), std::env::var(a).unwrap_or_default()),
+                        None => (a.clone(), String::new()),
                     })
-                    .collect();
-                query.push(format!("buildargs={}", q(&json!(args).to_string())));
+                    .collect()
+            };
+            if !build_arg.is_empty() {
+                query.push(format!(
+                    "buildargs={}",
+                    q(&json!(pairs(&build_arg, true)).to_string())
+                ));
             }
+            if !label.is_empty() {
+                query.push(format!(
+                    "labels={}",
+                    q(&json!(pairs(&label, false)).to_string())
+                ));
+            }
+            let auth = dockercfg::all_credentials();
+            let headers = if auth.is_empty() {
+                Vec::new()
+            } else {
+                vec![(
+                    "X-Registry-Config",
+                    berth_types::auth::configs_to_header(&auth),
+                )]
+            };
             let resp = c
-                .send(
+                .send_with(
                     Method::POST,
                     &format!("/build?{}", query.join("&")),
                     client::full(tarball),
                     Some("application/x-tar"),
                     false,
+                    &headers,
                 )
                 .await?;
-            print_json_stream(resp.into_body()).await
+            let (status, id) = progress_stream_with_id(resp.into_body(), false, false).await?;
+            if let (Some(f), Some(id), 0) = (&iidfile, &id, status) {
+                std::fs::write(f, id).map_err(|e| Error::Other(format!("{}: {e}", f.display())))?;
+            }
+            Ok(status)
+        }
+        Cmd::BuilderPrune { all: _, force } => {
+            if !force && !confirm("WARNING! This will remove all dangling build cache.") {
+                return Ok(0);
+            }
+            let v = c.json(Method::POST, "/build/prune", None).await?;
+            println!(
+                "Total reclaimed space: {}",
+                human_size(v["SpaceReclaimed"].as_f64().unwrap_or(0.0))
+            );
+            Ok(0)
         }
         Cmd::Run(a) => run_container(c, a).await,
         Cmd::Create(a) => {
@@ -2601,7 +2650,7 @@ async fn run_container(c: &Client, a: RunArgs) -> Result<i32, Error> {
 }
 
 /// attach, wait, start, pump, and the container's exit status.
-async fn attach_start_wait(
+pub(crate) async fn attach_start_wait(
     c: &Client,
     id: &str,
     tty: bool,
@@ -3068,10 +3117,19 @@ async fn print_json_stream(body: hyper::body::Incoming) -> Result<i32, Error> {
 /// one line per layer with a progress bar, redrawn in place as Docker does; otherwise the
 /// milestones as plain lines. With `quiet` only errors. Exit status 1 after an error.
 async fn progress_stream(
-    mut body: hyper::body::Incoming,
+    body: hyper::body::Incoming,
     quiet: bool,
     to_stderr: bool,
 ) -> Result<i32, Error> {
+    Ok(progress_stream_with_id(body, quiet, to_stderr).await?.0)
+}
+
+/// [`progress_stream`], with the image ID a build's `aux` message gave.
+async fn progress_stream_with_id(
+    mut body: hyper::body::Incoming,
+    quiet: bool,
+    to_stderr: bool,
+) -> Result<(i32, Option<String>), Error> {
     use http_body_util::BodyExt;
     let tty = !quiet
         && if to_stderr {
@@ -3092,11 +3150,14 @@ async fn progress_stream(
         }
     }
     view.line(&String::from_utf8_lossy(&buf));
-    Ok(view.finish())
+    let id = view.aux_id.take();
+    Ok((view.finish(), id))
 }
 
 /// The state of [`progress_stream`]'s output.
 struct Progress {
+    /// `{"aux": {"ID": ...}}`: the image a build made.
+    aux_id: Option<String>,
     bars: Option<indicatif::MultiProgress>,
     layers: Vec<(String, indicatif::ProgressBar)>,
     quiet: bool,
@@ -3115,6 +3176,7 @@ impl Progress {
             indicatif::MultiProgress::with_draw_target(target)
         });
         Progress {
+            aux_id: None,
             bars,
             layers: Vec::new(),
             quiet,
@@ -3145,6 +3207,10 @@ impl Progress {
             }
             return;
         };
+        if let Some(id) = v["aux"]["ID"].as_str() {
+            self.aux_id = Some(id.to_string());
+            return;
+        }
         if let Some(e) = v["error"].as_str() {
             match &self.bars {
                 Some(b) => b.suspend(|| eprintln!("{e}")),
@@ -3208,6 +3274,111 @@ impl Progress {
         }
         self.status
     }
+}
+
+/// A file added to a build context: (its name there, its bytes).
+type ExtraFile = (String, Vec<u8>);
+
+/// The Dockerfile a build names, as the daemon finds it in the context: `-f` is read
+/// from the current directory; one inside the context is named by its path there, one
+/// from stdin (`-`) or from outside goes into the context tar under a name of its own.
+fn dockerfile_of(
+    file: Option<&str>,
+    context: &std::path::Path,
+) -> Result<(Option<String>, Option<ExtraFile>), Error> {
+    let generated = || format!(".dockerfile.{}", berth_types::random_hex(20));
+    let Some(f) = file else {
+        return Ok((None, None));
+    };
+    if f == "-" {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut text)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        let name = generated();
+        return Ok((Some(name.clone()), Some((name, text))));
+    }
+    let canon = |p: &std::path::Path| {
+        std::fs::canonicalize(p).map_err(|e| Error::Other(format!("{}: {e}", p.display())))
+    };
+    let file = canon(std::path::Path::new(f))?;
+    match file.strip_prefix(canon(context)?) {
+        Ok(rel) => Ok((Some(rel.to_string_lossy().into_owned()), None)),
+        Err(_) => {
+            let text = std::fs::read(&file).map_err(|e| Error::Other(format!("{f}: {e}")))?;
+            let name = generated();
+            Ok((Some(name.clone()), Some((name, text))))
+        }
+    }
+}
+
+/// A build context as a tar: the directory's files in name order, without what its
+/// `.dockerignore` leaves out (except `keep`: the Dockerfile and .dockerignore), plus
+/// `extra` (a Dockerfile from stdin or from outside the context).
+fn context_tar(
+    dir: &std::path::Path,
+    keep: &[String],
+    extra: Option<ExtraFile>,
+) -> Result<Vec<u8>, String> {
+    let ignore = match std::fs::read_to_string(dir.join(".dockerignore")) {
+        Ok(t) => berth_types::ignore::Ignore::parse(&t),
+        Err(_) => Default::default(),
+    };
+    let mut out = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut out);
+        b.follow_symlinks(false);
+        let mut stack = vec![String::new()];
+        while let Some(rel) = stack.pop() {
+            let abs = if rel.is_empty() {
+                dir.to_path_buf()
+            } else {
+                dir.join(&rel)
+            };
+            let mut names: Vec<String> = std::fs::read_dir(&abs)
+                .map_err(|e| format!("reading the context {}: {e}", abs.display()))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            let mut dirs = Vec::new();
+            for name in names {
+                let path = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let full = dir.join(&path);
+                let meta = std::fs::symlink_metadata(&full)
+                    .map_err(|e| format!("{}: {e}", full.display()))?;
+                let excluded = ignore.excludes(&path) && !keep.contains(&path);
+                if meta.is_dir() {
+                    if !excluded {
+                        b.append_dir(&path, &full)
+                            .map_err(|e| format!("{path}: {e}"))?;
+                    }
+                    // An exception may name something below an excluded directory.
+                    if !excluded || ignore.has_exceptions() {
+                        dirs.push(path);
+                    }
+                } else if !excluded {
+                    b.append_path_with_name(&full, &path)
+                        .map_err(|e| format!("{path}: {e}"))?;
+                }
+            }
+            // Depth first, in name order.
+            stack.extend(dirs.into_iter().rev());
+        }
+        if let Some((name, data)) = extra {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, &data[..])
+                .map_err(|e| e.to_string())?;
+        }
+        b.finish().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
 }
 
 /// The `X-Registry-Auth` header for the registry of `image`, from the docker CLI's

@@ -168,6 +168,32 @@ pub fn credentials(server: &str) -> Result<AuthConfig, String> {
     Ok(a)
 }
 
+/// The credentials of every registry config.json names (for a build's
+/// `X-Registry-Config`), keyed as config.json keys them.
+pub fn all_credentials() -> std::collections::HashMap<String, AuthConfig> {
+    let Ok(cfg) = load() else {
+        return Default::default();
+    };
+    let mut keys: Vec<String> = cfg["auths"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.extend(
+        cfg["credHelpers"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|k| {
+            let a = credentials(&k).ok()?;
+            (!a.is_empty()).then_some((k, a))
+        })
+        .collect()
+}
+
 /// Stores credentials for `server` (where `docker login` would).
 pub fn store(server: &str, user: &str, password: &str, identity_token: &str) -> Result<(), String> {
     let mut cfg = load()?;

@@ -70,6 +70,7 @@ fn rewrite(mut args: Vec<String>) -> Vec<String> {
         ("network", "connect") => Some("network-connect"),
         ("network", "disconnect") => Some("network-disconnect"),
         ("manifest", "inspect") => Some("manifest-inspect"),
+        ("builder", "prune") => Some("builder-prune"),
         ("system", "info") => Some("info"),
         ("system", "events") => Some("events"),
         ("system", "df") => Some("system-df"),

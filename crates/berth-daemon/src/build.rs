@@ -1,42 +1,66 @@
 //! `POST /build` (the classic builder's API, which `docker build` uses without BuildKit
 //! and `berth build` uses): the context tar is unpacked into a scratch directory, the
-//! Dockerfile parsed by berth-build, and each stage run step by step: RUN in a container
-//! of the current image, then committed; COPY/ADD through the layer applier into a
-//! container's root filesystem, then committed; the rest as configuration changes
-//! carried to the next commit. Output streams as Docker's JSON lines.
+//! Dockerfile parsed by berth-build, and each stage run step by step. Every instruction
+//! makes an image: metadata steps a new config on the same layers (`empty_layer` in the
+//! history), RUN a container of the current image committed, COPY/ADD the sources
+//! extracted through the layer applier into a container and committed. Each step is
+//! looked up first in the build cache, by a key of its parent image, the instruction as
+//! expanded, the build arguments it sees and, for COPY/ADD, a checksum of what it copies
+//! (contents, names, modes; not mtimes). Output streams as Docker's JSON lines.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_build::parse::{self, Command, Instruction};
+use berth_types::auth::AuthConfig;
+use berth_types::{Digest, Reference};
 use serde_json::{json, Value};
-use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::images::{param, params, truthy};
 use crate::{ApiError, ApiResult, Shared};
 
-type Out = Sender<Bytes>;
+type Out = UnboundedSender<Bytes>;
 
-async fn say(out: &Out, text: impl AsRef<str>) {
-    let line = json!({"stream": text.as_ref()}).to_string() + "\r\n";
-    let _ = out.send(Bytes::from(line)).await;
+fn say(out: &Out, text: impl AsRef<str>) {
+    send(out, &json!({"stream": text.as_ref()}));
+}
+
+fn send(out: &Out, v: &Value) {
+    let _ = out.send(Bytes::from(v.to_string() + "\r\n"));
+}
+
+fn short(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+/// The cache key of a step: its parent image and what it does.
+fn step_key(parent: &str, what: &Value) -> String {
+    Digest::sha256(
+        json!({"parent": parent, "step": what})
+            .to_string()
+            .as_bytes(),
+    )
+    .hex()
+    .to_string()
 }
 
 /// What one stage carries from step to step.
 struct StageState {
+    /// The image the last step made (its ID).
     image: String,
-    /// Configuration changes (`--change` syntax) for the next commit.
-    pending: Vec<String>,
     env: BTreeMap<String, String>,
     args: BTreeMap<String, String>,
     workdir: String,
     user: String,
     shell: Vec<String>,
+    /// CMD was set in this stage (ENTRYPOINT then keeps it, as Docker does).
+    cmd_set: bool,
 }
 
 impl StageState {
@@ -45,16 +69,126 @@ impl StageState {
         v.extend(self.env.clone());
         v
     }
+
+    /// The state of a stage that starts from `image` with config `cfg`.
+    fn from_image(image: String, cfg: &Value) -> StageState {
+        StageState {
+            image,
+            env: cfg["Env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    e.as_str()?
+                        .split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect(),
+            args: BTreeMap::new(),
+            workdir: cfg["WorkingDir"].as_str().unwrap_or("").to_string(),
+            user: cfg["User"].as_str().unwrap_or("").to_string(),
+            shell: cfg["Shell"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]),
+            cmd_set: false,
+        }
+    }
 }
 
-fn short(id: &str) -> String {
-    id.trim_start_matches("sha256:").chars().take(12).collect()
+/// A metadata step's change to the image config.
+#[derive(Debug, Clone, serde::Serialize)]
+enum Edit {
+    Env(Vec<(String, String)>),
+    Label(Vec<(String, String)>),
+    Workdir(String),
+    User(String),
+    Expose(Vec<String>),
+    Cmd(Vec<String>),
+    /// The entrypoint, and whether CMD goes (it came from the base image).
+    Entrypoint(Vec<String>, bool),
+    Shell(Vec<String>),
+    StopSignal(String),
+    Volume(Vec<String>),
+    Author(String),
+    Onbuild(String),
+    /// A stage's first image: its base's ONBUILD triggers ran and are not inherited.
+    ClearOnbuild,
+    Healthcheck(Value),
+    /// ARG: a history entry, no change to the config.
+    Arg(String),
+}
+
+impl Edit {
+    fn apply(&self, image: &mut Value) -> Result<(), String> {
+        let c = &mut image["config"];
+        match self {
+            Edit::Env(pairs) => {
+                if !c["Env"].is_array() {
+                    c["Env"] = json!([]);
+                }
+                let env = c["Env"].as_array_mut().expect("an array");
+                for (k, v) in pairs {
+                    env.retain(|e| {
+                        e.as_str().and_then(|e| e.split_once('=')).map(|(ek, _)| ek)
+                            != Some(k.as_str())
+                    });
+                    env.push(json!(format!("{k}={v}")));
+                }
+            }
+            Edit::Label(pairs) => {
+                for (k, v) in pairs {
+                    c["Labels"][k] = json!(v);
+                }
+            }
+            Edit::Workdir(w) => c["WorkingDir"] = json!(w),
+            Edit::User(u) => c["User"] = json!(u),
+            Edit::Expose(ports) => {
+                for p in ports {
+                    let p = if p.contains('/') {
+                        p.clone()
+                    } else {
+                        format!("{p}/tcp")
+                    };
+                    c["ExposedPorts"][p] = json!({});
+                }
+            }
+            Edit::Cmd(argv) => c["Cmd"] = json!(argv),
+            Edit::Entrypoint(argv, reset_cmd) => {
+                c["Entrypoint"] = json!(argv);
+                if *reset_cmd {
+                    c["Cmd"] = Value::Null;
+                }
+            }
+            Edit::Shell(v) => c["Shell"] = json!(v),
+            Edit::StopSignal(s) => c["StopSignal"] = json!(s),
+            Edit::Volume(list) => {
+                for v in list {
+                    c["Volumes"][v] = json!({});
+                }
+            }
+            Edit::Author(a) => image["author"] = json!(a),
+            Edit::Onbuild(t) => match c["OnBuild"].as_array_mut() {
+                Some(list) => list.push(json!(t)),
+                None => c["OnBuild"] = json!([t]),
+            },
+            Edit::ClearOnbuild => c["OnBuild"] = Value::Null,
+            Edit::Healthcheck(h) => c["Healthcheck"] = h.clone(),
+            Edit::Arg(_) => {}
+        }
+        Ok(())
+    }
 }
 
 /// `POST /build`.
 pub async fn build(
     State(d): State<Shared>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let ps = params(q.as_deref());
@@ -68,19 +202,33 @@ pub async fn build(
     let mut tag_refs = Vec::new();
     for t in &tags {
         tag_refs.push(
-            t.parse::<berth_types::Reference>()
+            t.parse::<Reference>()
                 .map_err(|e| ApiError::bad_request(format!("invalid tag {t:?}: {e}")))?,
         );
     }
-    let build_args: BTreeMap<String, Option<String>> = match param(&ps, "buildargs") {
-        Some(b) if !b.is_empty() => serde_json::from_str(b)
-            .map_err(|e| ApiError::bad_request(format!("invalid buildargs: {e}")))?,
-        _ => BTreeMap::new(),
+    let json_param = |key: &str| -> ApiResult<BTreeMap<String, Option<String>>> {
+        match param(&ps, key) {
+            Some(b) if !b.is_empty() => serde_json::from_str(b)
+                .map_err(|e| ApiError::bad_request(format!("invalid {key}: {e}"))),
+            _ => Ok(BTreeMap::new()),
+        }
     };
+    let build_args = json_param("buildargs")?;
+    let labels: Vec<(String, String)> = json_param("labels")?
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or_default()))
+        .collect();
     let target = param(&ps, "target")
         .filter(|t| !t.is_empty())
         .map(String::from);
+    let auth = match headers.get("x-registry-config").map(|v| v.to_str()) {
+        None => HashMap::new(),
+        Some(Ok(v)) => berth_types::auth::configs_from_header(v).map_err(ApiError::bad_request)?,
+        Some(Err(_)) => return Err(ApiError::bad_request("X-Registry-Config is not text")),
+    };
     let quiet = truthy(param(&ps, "q"));
+    let no_cache = truthy(param(&ps, "nocache"));
+    let pull = truthy(param(&ps, "pull"));
     let spooled = crate::images::body_to_file(&d, body).await?;
     let context = d
         .data_root
@@ -99,51 +247,50 @@ pub async fn build(
         .await?;
     }
     let _ = std::fs::remove_file(&spooled);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
     let d2 = d.clone();
     tokio::spawn(async move {
-        let result = run(
-            &d2,
-            &context,
-            &dockerfile,
-            &build_args,
-            target.as_deref(),
+        let mut b = Build {
+            d: &d2,
+            context: &context,
+            build_args: &build_args,
+            global: BTreeMap::new(),
             quiet,
-            &tx,
-        )
-        .await;
+            no_cache,
+            pull,
+            auth: &auth,
+            out: &tx,
+            stages: Vec::new(),
+        };
+        let result = b.run(&dockerfile, target.as_deref(), &labels).await;
         let _ = tokio::fs::remove_dir_all(&context).await;
         match result {
-            Ok(id) => {
+            Ok(img) => {
+                let id = img.config.to_string();
+                let _ = d2.store.keep_result(&img);
                 for (t, r) in tags.iter().zip(&tag_refs) {
                     if let Err(e) = d2.store.tag(&id, r) {
                         let msg = e.to_string();
-                        let line =
-                            json!({"errorDetail": {"message": msg}, "error": msg}).to_string();
-                        let _ = tx.send(Bytes::from(line + "\r\n")).await;
+                        send(&tx, &json!({"errorDetail": {"message": msg}, "error": msg}));
                         return;
                     }
                     d2.image_event("tag", &id, t);
                 }
-                let aux = json!({"aux": {"ID": id}}).to_string() + "\r\n";
-                let _ = tx.send(Bytes::from(aux)).await;
+                send(&tx, &json!({"aux": {"ID": id}}));
                 if quiet {
-                    say(&tx, format!("{id}\n")).await;
+                    say(&tx, format!("{id}\n"));
                 } else {
-                    say(&tx, format!("Successfully built {}\n", short(&id))).await;
+                    say(&tx, format!("Successfully built {}\n", short(&id)));
                     for t in &tags {
                         let shown = t
-                            .parse::<berth_types::Reference>()
+                            .parse::<Reference>()
                             .map(|r| r.familiar())
                             .unwrap_or_else(|_| t.clone());
-                        say(&tx, format!("Successfully tagged {shown}\n")).await;
+                        say(&tx, format!("Successfully tagged {shown}\n"));
                     }
                 }
             }
-            Err(msg) => {
-                let line = json!({"errorDetail": {"message": msg}, "error": msg}).to_string();
-                let _ = tx.send(Bytes::from(line + "\r\n")).await;
-            }
+            Err(msg) => send(&tx, &json!({"errorDetail": {"message": msg}, "error": msg})),
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -157,120 +304,867 @@ pub async fn build(
         .into_response())
 }
 
-/// Runs the build; returns the final image's id.
-async fn run(
-    d: &Shared,
-    context: &Path,
-    dockerfile: &str,
-    build_args: &BTreeMap<String, Option<String>>,
-    target: Option<&str>,
+/// `POST /build/prune`: the build cache and the images builds made along the way.
+pub async fn prune(State(d): State<Shared>) -> ApiResult<Json<Value>> {
+    let store = d.store.clone();
+    let (entries, freed) =
+        crate::blocking(move || store.prune_build_cache().map_err(ApiError::from)).await?;
+    let _ = entries;
+    Ok(Json(json!({"CachesDeleted": [], "SpaceReclaimed": freed})))
+}
+
+/// One build: where its steps read from and report to.
+struct Build<'a> {
+    d: &'a Shared,
+    context: &'a Path,
+    build_args: &'a BTreeMap<String, Option<String>>,
+    /// Global ARGs (before the first FROM), after --build-arg.
+    global: BTreeMap<String, String>,
     quiet: bool,
-    out: &Out,
-) -> Result<String, String> {
-    let path = context.join(dockerfile);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("Cannot locate specified Dockerfile: {dockerfile} ({e})"))?;
-    let df = parse::parse(&text).map_err(|e| e.to_string())?;
-    let last = match target {
-        Some(t) => df
-            .stage(t)
-            .ok_or_else(|| format!("failed to reach build target {t} in Dockerfile"))?,
-        None => df.stages.len() - 1,
-    };
-    // Global ARGs: their defaults, overridden by --build-arg.
-    let mut global: BTreeMap<String, String> = BTreeMap::new();
-    for (k, v) in &df.global_args {
-        let val = build_args.get(k).cloned().flatten().or_else(|| v.clone());
-        if let Some(val) = val {
-            global.insert(k.clone(), val);
+    no_cache: bool,
+    /// Pull base images even when they are here.
+    pull: bool,
+    auth: &'a HashMap<String, AuthConfig>,
+    out: &'a Out,
+    /// The images of the stages built so far.
+    stages: Vec<String>,
+}
+
+impl Build<'_> {
+    fn say(&self, text: impl AsRef<str>) {
+        if !self.quiet {
+            say(self.out, text);
         }
     }
-    let total: usize = df.stages[..=last].iter().map(|s| s.steps.len() + 1).sum();
-    let mut n = 0;
-    let mut stage_images: Vec<String> = Vec::new();
-    for stage in &df.stages[..=last] {
-        n += 1;
-        let base = parse::expand(&stage.base, &global, df.escape)?;
-        if !quiet {
-            say(
-                out,
-                format!(
-                    "Step {n}/{total} : FROM {base}{}\n",
-                    stage
-                        .name
-                        .as_ref()
-                        .map(|a| format!(" AS {a}"))
-                        .unwrap_or_default()
-                ),
-            )
-            .await;
-        }
-        let image = base_image(d, &df, &stage_images, &base).await?;
-        let cfg = image_config(d, &image)?;
-        let env: BTreeMap<String, String> = cfg["Env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| {
-                e.as_str()?
-                    .split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-            })
-            .collect();
-        let mut st = StageState {
-            image,
-            pending: Vec::new(),
-            env,
-            args: BTreeMap::new(),
-            workdir: cfg["WorkingDir"].as_str().unwrap_or("").to_string(),
-            user: cfg["User"].as_str().unwrap_or("").to_string(),
-            shell: cfg["Shell"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]),
+
+    /// Runs the Dockerfile up to `target`; returns the final image.
+    async fn run(
+        &mut self,
+        dockerfile: &str,
+        target: Option<&str>,
+        labels: &[(String, String)],
+    ) -> Result<berth_store::image::Image, String> {
+        let path = self.context.join(dockerfile);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("Cannot locate specified Dockerfile: {dockerfile} ({e})"))?;
+        let df = parse::parse(&text).map_err(|e| e.to_string())?;
+        let last = match target {
+            Some(t) => df
+                .stage(t)
+                .ok_or_else(|| format!("failed to reach build target {t} in Dockerfile"))?,
+            None => df.stages.len() - 1,
         };
-        if !quiet {
-            say(out, format!(" ---> {}\n", short(&st.image))).await;
+        for (k, v) in &df.global_args {
+            let val = self
+                .build_args
+                .get(k)
+                .cloned()
+                .flatten()
+                .or_else(|| v.clone());
+            if let Some(val) = val {
+                self.global.insert(k.clone(), val);
+            }
         }
-        for step in &stage.steps {
+        let total: usize = df.stages[..=last].iter().map(|s| s.steps.len() + 1).sum();
+        let mut n = 0;
+        let mut st = None;
+        for stage in &df.stages[..=last] {
             n += 1;
-            if !quiet {
-                say(
-                    out,
-                    format!("Step {n}/{total} : {} {}\n", step.keyword, step.original),
-                )
-                .await;
+            let base = parse::expand(&stage.base, &self.global, df.escape)?;
+            let alias = stage
+                .name
+                .as_ref()
+                .map(|a| format!(" AS {a}"))
+                .unwrap_or_default();
+            self.say(format!("Step {n}/{total} : FROM {base}{alias}\n"));
+            let image = self.base_image(&df, &base).await?;
+            let cfg = image_config(self.d, &image)?;
+            let mut s = StageState::from_image(image, &cfg);
+            self.say(format!(" ---> {}\n", short(&s.image)));
+            let triggers: Vec<String> = cfg["OnBuild"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect();
+            if !triggers.is_empty() {
+                self.say(format!("# Executing {} build trigger(s)\n", triggers.len()));
+                for t in &triggers {
+                    let step = parse::parse(&format!("FROM scratch\n{t}\n"))
+                        .map_err(|e| format!("ONBUILD {t}: {e}"))?
+                        .stages
+                        .remove(0)
+                        .steps
+                        .remove(0);
+                    self.step(&df, &mut s, &step).await?;
+                }
+                self.configure(&mut s, "".into(), Edit::ClearOnbuild)
+                    .await?;
             }
-            step_run(
-                d,
-                context,
-                &df,
-                &stage_images,
+            for step in &stage.steps {
+                n += 1;
+                self.say(format!(
+                    "Step {n}/{total} : {} {}\n",
+                    step.keyword, step.original
+                ));
+                self.step(&df, &mut s, step)
+                    .await
+                    .map_err(|e| format!("{e} (Dockerfile line {})", step.line))?;
+                self.say(format!(" ---> {}\n", short(&s.image)));
+            }
+            self.stages.push(s.image.clone());
+            st = Some(s);
+        }
+        let mut st = st.ok_or_else(|| "nothing was built".to_string())?;
+        if !labels.is_empty() {
+            // --label: on the final image, as Docker adds them.
+            self.configure(
                 &mut st,
-                step,
-                build_args,
-                &global,
-                quiet,
-                out,
+                format!(
+                    "/bin/sh -c #(nop) LABEL {}",
+                    labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+                Edit::Label(labels.to_vec()),
             )
-            .await
-            .map_err(|e| format!("{e} (Dockerfile line {})", step.line))?;
-            if !quiet {
-                say(out, format!(" ---> {}\n", short(&st.image))).await;
+            .await?;
+        }
+        self.d
+            .store
+            .resolve(&st.image)
+            .ok_or_else(|| format!("the built image {} is gone", st.image))
+    }
+
+    /// The image a stage starts from: an earlier stage, `scratch` (an empty image made
+    /// here), a local image, or one pulled from its registry.
+    async fn base_image(&self, df: &parse::Dockerfile, base: &str) -> Result<String, String> {
+        if let Some(i) = df.stage(base) {
+            if let Some(id) = self.stages.get(i) {
+                return Ok(id.clone());
             }
         }
-        if !st.pending.is_empty() {
-            st.image = commit(d, &st.image, None, std::mem::take(&mut st.pending)).await?;
+        if base == "scratch" {
+            let store = self.d.store.clone();
+            return crate::blocking(move || {
+                let mut empty = Vec::new();
+                tar::Builder::new(&mut empty)
+                    .finish()
+                    .map_err(ApiError::internal)?;
+                let img = store
+                    .import(std::io::Cursor::new(empty), &[], None)
+                    .map_err(ApiError::from)?;
+                Ok(img.config.to_string())
+            })
+            .await
+            .map_err(|e| e.message);
         }
-        stage_images.push(st.image);
+        if !self.pull {
+            if let Some(img) = self.d.store.resolve(base) {
+                return Ok(img.config.to_string());
+            }
+        }
+        let reference: Reference = base.parse().map_err(|e| format!("FROM {base}: {e}"))?;
+        let out = self.out.clone();
+        let quiet = self.quiet;
+        let progress: berth_distribution::client::Progress = Box::new(move |v| {
+            if !quiet {
+                send(&out, &v);
+            }
+        });
+        let img = self
+            .d
+            .registry
+            .pull(
+                self.d.store.clone(),
+                &reference,
+                &self.auth_for(&reference),
+                None,
+                progress,
+            )
+            .await?;
+        self.d
+            .image_event("pull", &img.config.to_string(), &reference.familiar());
+        Ok(img.config.to_string())
     }
-    stage_images
-        .pop()
-        .ok_or_else(|| "nothing was built".to_string())
+
+    /// The credentials the client sent for the registry of `r`.
+    fn auth_for(&self, r: &Reference) -> AuthConfig {
+        let want = if r.domain() == "docker.io" {
+            "index.docker.io".to_string()
+        } else {
+            r.domain().to_string()
+        };
+        self.auth
+            .iter()
+            .find(|(k, _)| {
+                let host = k
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://");
+                host.split('/').next() == Some(want.as_str())
+            })
+            .map(|(_, a)| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether the cache has the step `key`; the stage moves on to its image if so.
+    fn hit(&self, st: &mut StageState, key: &str) -> bool {
+        if self.no_cache {
+            return false;
+        }
+        match self.d.store.cached_step(key) {
+            Some(img) => {
+                self.say(" ---> Using cache\n");
+                st.image = img.config.to_string();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A metadata step: a new config on the same layers (or the cached one).
+    async fn configure(
+        &self,
+        st: &mut StageState,
+        created_by: String,
+        edit: Edit,
+    ) -> Result<(), String> {
+        let key = step_key(&st.image, &json!({ "configure": &edit }));
+        if self.hit(st, &key) {
+            return Ok(());
+        }
+        let store = self.d.store.clone();
+        let parent = st.image.clone();
+        let img = crate::blocking(move || {
+            store
+                .configure(&parent, &created_by, |c| edit.apply(c))
+                .map_err(ApiError::from)
+        })
+        .await
+        .map_err(|e| e.message)?;
+        self.d
+            .store
+            .remember_step(&key, &img)
+            .map_err(|e| e.to_string())?;
+        st.image = img.config.to_string();
+        Ok(())
+    }
+
+    async fn step(
+        &self,
+        df: &parse::Dockerfile,
+        st: &mut StageState,
+        step: &parse::Step,
+    ) -> Result<(), String> {
+        let esc = df.escape;
+        let x = |w: &str, st: &StageState| parse::expand(w, &st.vars(), esc);
+        let nop = |text: String| format!("/bin/sh -c #(nop) {} {text}", step.keyword);
+        match &step.instruction {
+            Instruction::Arg(list) => {
+                for (k, def) in list {
+                    let val = self
+                        .build_args
+                        .get(k)
+                        .cloned()
+                        .flatten()
+                        .or_else(|| def.as_ref().map(|v| x(v, st)).transpose().ok().flatten())
+                        .or_else(|| self.global.get(k).cloned());
+                    if let Some(v) = val {
+                        st.args.insert(k.clone(), v);
+                    }
+                }
+                // The classic builder commits ARG as it is written; the values reach the
+                // cache through the RUN steps that see them.
+                let text = list
+                    .iter()
+                    .map(|(k, def)| match def {
+                        Some(v) => format!("{k}={v}"),
+                        None => k.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                self.configure(st, nop(text.clone()), Edit::Arg(text)).await
+            }
+            Instruction::Env(pairs) => {
+                let mut out = Vec::new();
+                for (k, v) in pairs {
+                    let v = x(v, st)?;
+                    st.env.insert(k.clone(), v.clone());
+                    out.push((k.clone(), v));
+                }
+                let text = out
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                self.configure(st, nop(text), Edit::Env(out)).await
+            }
+            Instruction::Label(pairs) => {
+                let mut out = Vec::new();
+                for (k, v) in pairs {
+                    out.push((x(k, st)?, x(v, st)?));
+                }
+                let text = out
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                self.configure(st, nop(text), Edit::Label(out)).await
+            }
+            Instruction::Workdir(w) => {
+                let w = x(w, st)?;
+                let abs = if w.starts_with('/') {
+                    w
+                } else {
+                    format!("{}/{w}", st.workdir.trim_end_matches('/'))
+                };
+                st.workdir = abs.clone();
+                self.configure(st, nop(abs.clone()), Edit::Workdir(abs))
+                    .await
+            }
+            Instruction::User(u) => {
+                st.user = x(u, st)?;
+                let u = st.user.clone();
+                self.configure(st, nop(u.clone()), Edit::User(u)).await
+            }
+            Instruction::Expose(ports) => {
+                let ports: Vec<String> =
+                    ports.iter().map(|p| x(p, st)).collect::<Result<_, _>>()?;
+                self.configure(st, nop(ports.join(" ")), Edit::Expose(ports))
+                    .await
+            }
+            Instruction::Cmd(c) => {
+                let argv = exec_or_shell(c, &st.shell);
+                st.cmd_set = true;
+                self.configure(st, nop(json!(argv).to_string()), Edit::Cmd(argv))
+                    .await
+            }
+            Instruction::Entrypoint(c) => {
+                let argv = exec_or_shell(c, &st.shell);
+                let reset = !st.cmd_set;
+                self.configure(
+                    st,
+                    nop(json!(argv).to_string()),
+                    Edit::Entrypoint(argv, reset),
+                )
+                .await
+            }
+            Instruction::Shell(v) => {
+                st.shell = v.clone();
+                self.configure(st, nop(json!(v).to_string()), Edit::Shell(v.clone()))
+                    .await
+            }
+            Instruction::StopSignal(s) => {
+                let s = x(s, st)?;
+                self.configure(st, nop(s.clone()), Edit::StopSignal(s))
+                    .await
+            }
+            Instruction::Volume(v) => {
+                let v: Vec<String> = v.iter().map(|p| x(p, st)).collect::<Result<_, _>>()?;
+                self.configure(st, nop(json!(v).to_string()), Edit::Volume(v))
+                    .await
+            }
+            Instruction::Maintainer(m) => {
+                self.configure(st, nop(m.clone()), Edit::Author(m.clone()))
+                    .await
+            }
+            Instruction::Onbuild(t) => {
+                self.configure(st, nop(t.clone()), Edit::Onbuild(t.clone()))
+                    .await
+            }
+            Instruction::Healthcheck { command, flags } => {
+                let h = healthcheck(command.as_ref(), flags, &st.shell)?;
+                self.configure(st, nop(step.original.clone()), Edit::Healthcheck(h))
+                    .await
+            }
+            Instruction::From { .. } => Ok(()),
+            Instruction::Run {
+                command, heredocs, ..
+            } => self.run_step(st, command, heredocs).await,
+            Instruction::Copy {
+                sources,
+                dest,
+                flags,
+                heredocs,
+                add,
+            } => {
+                let chmod = match flags.get("chmod").and_then(|v| v.first()) {
+                    Some(m) => Some(
+                        u32::from_str_radix(m, 8)
+                            .map_err(|_| format!("--chmod={m}: expected an octal mode"))?,
+                    ),
+                    None => None,
+                };
+                let owner = self
+                    .owner(st, flags.get("chown").and_then(|v| v.first()))
+                    .await?;
+                if let Some(from) = flags.get("from").and_then(|v| v.first()) {
+                    let from = x(from, st)?;
+                    return self
+                        .copy_from(df, st, &from, sources, &x(dest, st)?, owner, chmod)
+                        .await;
+                }
+                let dest = x(dest, st)?;
+                let tarball = context_tar(self.context, st, &x, sources, &dest, heredocs, *add)?;
+                let tarball = match chmod {
+                    Some(m) => with_mode(&tarball, m)?,
+                    None => tarball,
+                };
+                let sum = tar_sum(&tarball)?;
+                let key = step_key(
+                    &st.image,
+                    &json!({"copy": dest, "sum": sum, "owner": owner, "chmod": chmod}),
+                );
+                if self.hit(st, &key) {
+                    return Ok(());
+                }
+                let created_by =
+                    format!("/bin/sh -c #(nop) {} sha256:{sum} in {dest} ", step.keyword);
+                self.copy_in(st, tarball, owner, &key, created_by).await
+            }
+        }
+    }
+
+    /// `RUN`: the command in a container of the current image, committed.
+    async fn run_step(
+        &self,
+        st: &mut StageState,
+        command: &Command,
+        heredocs: &[parse::Heredoc],
+    ) -> Result<(), String> {
+        let mut argv = exec_or_shell(command, &st.shell);
+        if let (Some(h), Command::Shell(_)) = (heredocs.first(), command) {
+            // `RUN <<EOF`: the heredoc is the script.
+            argv = st.shell.clone();
+            argv.push(h.content.clone());
+        }
+        let mut env: Vec<String> = st.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let args: Vec<String> = st
+            .args
+            .iter()
+            .filter(|(k, _)| !st.env.contains_key(*k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.extend(args.iter().cloned());
+        let key = step_key(&st.image, &json!({"run": argv, "args": args}));
+        if self.hit(st, &key) {
+            return Ok(());
+        }
+        let shown = match command {
+            Command::Shell(s) => format!("{} {s}", st.shell.join(" ")),
+            Command::Exec(v) => json!(v).to_string(),
+        };
+        let created_by = if args.is_empty() {
+            shown.clone()
+        } else {
+            format!("|{} {} {shown}", args.len(), args.join(" "))
+        };
+        let d = self.d;
+        let cid = container(
+            d,
+            &st.image,
+            json!({"Cmd": argv, "Entrypoint": [], "Env": env, "WorkingDir": st.workdir, "User": st.user}),
+        )
+        .await?;
+        self.say(format!(" ---> Running in {}\n", short(&cid)));
+        let e = d.containers.get(&cid).map_err(|e| e.message)?;
+        let seen = e.progress.borrow().exits;
+        {
+            let _g = e.op.lock().await;
+            if let Err(err) = d.containers.start(&e).await {
+                drop(_g);
+                remove(d, &cid).await;
+                return Err(err.message);
+            }
+        }
+        crate::containers::Containers::wait_exit(&e, seen, None).await;
+        // The step's output, from its log.
+        if !self.quiet {
+            let log = std::fs::read_to_string(d.containers.log_path(&cid)).unwrap_or_default();
+            for line in log.lines() {
+                if let Ok(v) = serde_json::from_str::<Value>(line) {
+                    say(self.out, v["log"].as_str().unwrap_or(""));
+                }
+            }
+        }
+        let code = e.snapshot().state.exit_code;
+        if code != 0 {
+            remove(d, &cid).await;
+            return Err(format!(
+                "The command '{shown}' returned a non-zero code: {code}"
+            ));
+        }
+        let img = commit(d, &st.image, &cid, created_by).await?;
+        self.say(format!("Removing intermediate container {}\n", short(&cid)));
+        self.d
+            .store
+            .remember_step(&key, &img)
+            .map_err(|e| e.to_string())?;
+        st.image = img.config.to_string();
+        Ok(())
+    }
+
+    /// `--chown=user:group`: numbers as they are, names through the image's
+    /// /etc/passwd and /etc/group. Root owns what is copied without it.
+    async fn owner(&self, st: &StageState, chown: Option<&String>) -> Result<(u32, u32), String> {
+        let Some(c) = chown else {
+            return Ok((0, 0));
+        };
+        let (u, g) = match c.split_once(':') {
+            Some((u, g)) => (u.to_string(), Some(g.to_string())),
+            None => (c.clone(), None),
+        };
+        let numeric = |s: &str| s.parse::<u32>().ok();
+        if numeric(&u).is_some() && g.as_deref().is_none_or(|g| numeric(g).is_some()) {
+            let uid = numeric(&u).unwrap_or(0);
+            return Ok((uid, g.as_deref().and_then(numeric).unwrap_or(uid)));
+        }
+        // Names: read the image's own files, inside its root.
+        let cid = container(self.d, &st.image, json!({"Cmd": ["true"]})).await?;
+        let e = self.d.containers.get(&cid).map_err(|e| e.message)?;
+        let files = crate::containers::with_rootfs(self.d, e.snapshot(), false, |root| {
+            let read = |f: &str| {
+                berth_store::layer::read_in_root(&root, f)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default()
+            };
+            Ok((read("etc/passwd"), read("etc/group")))
+        })
+        .await;
+        remove(self.d, &cid).await;
+        let (passwd, group) = files.map_err(|e| e.message)?;
+        let lookup = |db: &str, name: &str, field: usize| -> Option<(u32, Option<u32>)> {
+            db.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.first() == Some(&name) && f.len() > field).then(|| {
+                    (
+                        f[field].parse().ok().unwrap_or(0),
+                        f.get(field + 1).and_then(|x| x.parse().ok()),
+                    )
+                })
+            })
+        };
+        let (uid, primary) = match numeric(&u) {
+            Some(n) => (n, None),
+            None => lookup(&passwd, &u, 2).ok_or_else(|| {
+                format!("--chown={c}: unable to find user {u}: no matching entries in passwd file")
+            })?,
+        };
+        let gid = match g {
+            None => primary.unwrap_or(uid),
+            Some(g) => match numeric(&g) {
+                Some(n) => n,
+                None => lookup(&group, &g, 2).map(|(n, _)| n).ok_or_else(|| {
+                    format!(
+                        "--chown={c}: unable to find group {g}: no matching entries in group file"
+                    )
+                })?,
+            },
+        };
+        Ok((uid, gid))
+    }
+
+    /// `COPY --from=<stage|image>`: the paths out of that image's root filesystem.
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_from(
+        &self,
+        df: &parse::Dockerfile,
+        st: &mut StageState,
+        from: &str,
+        sources: &[String],
+        dest: &str,
+        owner: (u32, u32),
+        chmod: Option<u32>,
+    ) -> Result<(), String> {
+        let d = self.d;
+        let src_image = match df.stage(from).and_then(|i| self.stages.get(i)) {
+            Some(id) => id.clone(),
+            None => match d.store.resolve(from) {
+                Some(i) => i.config.to_string(),
+                None => self
+                    .base_image(df, from)
+                    .await
+                    .map_err(|e| format!("COPY --from={from}: {e}"))?,
+            },
+        };
+        // What it copies is fixed by the source image: no need to read it for the key.
+        let key = step_key(
+            &st.image,
+            &json!({"copy-from": src_image, "sources": sources, "dest": dest, "owner": owner, "chmod": chmod}),
+        );
+        if self.hit(st, &key) {
+            return Ok(());
+        }
+        let src_cid = container(d, &src_image, json!({"Cmd": ["true"]})).await?;
+        let e = d.containers.get(&src_cid).map_err(|e| e.message)?;
+        let rec = e.snapshot();
+        let target = resolve_dest(&st.workdir, dest);
+        let many = sources.len() > 1 || dest.ends_with('/');
+        let srcs = sources.to_vec();
+        let tarball = crate::containers::with_rootfs(d, rec, false, move |root| {
+            let mut out = Vec::new();
+            {
+                let mut b = tar::Builder::new(&mut out);
+                b.follow_symlinks(false);
+                for s in &srcs {
+                    // Inside the source root; `..` cannot climb out of it.
+                    let rel: PathBuf = Path::new(s)
+                        .components()
+                        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                        .collect();
+                    let p = root.join(&rel);
+                    let meta = std::fs::symlink_metadata(&p).map_err(|_| {
+                        ApiError::bad_request(format!("COPY --from: {s} not found"))
+                    })?;
+                    if meta.is_dir() {
+                        b.append_dir_all(target.trim_start_matches('/'), &p)
+                            .map_err(ApiError::internal)?;
+                    } else {
+                        let name = if many {
+                            format!(
+                                "{}/{}",
+                                target.trim_end_matches('/'),
+                                rel.file_name()
+                                    .map(|f| f.to_string_lossy().into_owned())
+                                    .unwrap_or_default()
+                            )
+                        } else {
+                            target.clone()
+                        };
+                        b.append_path_with_name(&p, name.trim_start_matches('/'))
+                            .map_err(ApiError::internal)?;
+                    }
+                }
+                b.finish().map_err(ApiError::internal)?;
+            }
+            Ok(out)
+        })
+        .await;
+        remove(d, &src_cid).await;
+        let tarball = tarball.map_err(|e| e.message)?;
+        let tarball = match chmod {
+            Some(m) => with_mode(&tarball, m)?,
+            None => tarball,
+        };
+        let created_by = format!(
+            "/bin/sh -c #(nop) COPY --from={from} {} in {dest} ",
+            sources.join(" ")
+        );
+        self.copy_in(st, tarball, owner, &key, created_by).await
+    }
+
+    /// Extracts `tarball` into a fresh container of the stage's image (with the layer
+    /// applier's path safety; `owner` replaces the entries' owners) and commits it.
+    async fn copy_in(
+        &self,
+        st: &mut StageState,
+        tarball: Vec<u8>,
+        owner: (u32, u32),
+        key: &str,
+        created_by: String,
+    ) -> Result<(), String> {
+        let d = self.d;
+        let cid = container(d, &st.image, json!({"Cmd": ["true"]})).await?;
+        let e = d.containers.get(&cid).map_err(|e| e.message)?;
+        let rec = e.snapshot();
+        let applied = crate::containers::with_rootfs(d, rec, false, move |root| {
+            berth_store::layer::extract(&root, std::io::Cursor::new(tarball), Some(owner))
+                .map(|_| ())
+                .map_err(|e| ApiError::bad_request(e.to_string()))
+        })
+        .await;
+        if let Err(e) = applied {
+            remove(d, &cid).await;
+            return Err(e.message);
+        }
+        let img = commit(d, &st.image, &cid, created_by).await?;
+        d.store
+            .remember_step(key, &img)
+            .map_err(|e| e.to_string())?;
+        st.image = img.config.to_string();
+        Ok(())
+    }
+}
+
+/// HEALTHCHECK as the image config holds it (durations in nanoseconds).
+fn healthcheck(
+    command: Option<&Command>,
+    flags: &BTreeMap<String, Vec<String>>,
+    shell: &[String],
+) -> Result<Value, String> {
+    let Some(c) = command else {
+        return Ok(json!({"Test": ["NONE"]}));
+    };
+    let test = match c {
+        Command::Shell(s) => {
+            if shell == ["/bin/sh", "-c"] {
+                json!(["CMD-SHELL", s])
+            } else {
+                let mut v = vec!["CMD".to_string()];
+                v.extend(shell.iter().cloned());
+                v.push(s.clone());
+                json!(v)
+            }
+        }
+        Command::Exec(v) => {
+            let mut all = vec!["CMD".to_string()];
+            all.extend(v.iter().cloned());
+            json!(all)
+        }
+    };
+    let mut h = json!({"Test": test});
+    for (flag, field) in [
+        ("interval", "Interval"),
+        ("timeout", "Timeout"),
+        ("start-period", "StartPeriod"),
+        ("start-interval", "StartInterval"),
+    ] {
+        if let Some(v) = flags.get(flag).and_then(|v| v.last()) {
+            h[field] = json!(berth_types::time::go_duration(v)
+                .map_err(|e| format!("HEALTHCHECK --{flag}: {e}"))?);
+        }
+    }
+    if let Some(r) = flags.get("retries").and_then(|v| v.last()) {
+        h["Retries"] = json!(r
+            .parse::<u64>()
+            .map_err(|_| format!("HEALTHCHECK --retries={r}: expected a number"))?);
+    }
+    Ok(h)
+}
+
+/// What COPY/ADD copies from the context, as a tar of its entries at their destination.
+#[allow(clippy::too_many_arguments)]
+fn context_tar(
+    context: &Path,
+    st: &StageState,
+    x: &dyn Fn(&str, &StageState) -> Result<String, String>,
+    sources: &[String],
+    dest: &str,
+    heredocs: &[parse::Heredoc],
+    add: bool,
+) -> Result<Vec<u8>, String> {
+    let mut tarball = Vec::new();
+    let mut b = tar::Builder::new(&mut tarball);
+    b.follow_symlinks(false);
+    let target = resolve_dest(&st.workdir, dest);
+    let many = sources.len() > 1 || dest.ends_with('/');
+    if !heredocs.is_empty() {
+        for h in heredocs {
+            let name = if many {
+                format!("{}/{}", target, h.name)
+            } else {
+                target.clone()
+            };
+            add_bytes(&mut b, &name, h.content.as_bytes())?;
+        }
+    } else {
+        for s in sources {
+            let s = x(s, st)?;
+            let matches = glob_context(context, &s)?;
+            if matches.is_empty() {
+                return Err(format!("COPY failed: file not found in build context: {s}"));
+            }
+            for m in matches {
+                let src = context.join(&m);
+                let meta = std::fs::symlink_metadata(&src).map_err(|e| e.to_string())?;
+                if meta.is_dir() {
+                    // A directory's contents, not the directory itself.
+                    b.append_dir_all(target.trim_start_matches('/'), &src)
+                        .map_err(|e| e.to_string())?;
+                } else if add && is_tar(&src) {
+                    let mut inner = tar::Archive::new(open_maybe_gz(&src)?);
+                    for entry in inner.entries().map_err(|e| e.to_string())? {
+                        let mut entry = entry.map_err(|e| e.to_string())?;
+                        let p = entry.path().map_err(|e| e.to_string())?.into_owned();
+                        let mut h = entry.header().clone();
+                        let name = format!("{}/{}", target.trim_start_matches('/'), p.display());
+                        b.append_data(&mut h, name, &mut entry)
+                            .map_err(|e| e.to_string())?;
+                    }
+                } else {
+                    let name = if many {
+                        format!(
+                            "{}/{}",
+                            target.trim_end_matches('/'),
+                            Path::new(&m)
+                                .file_name()
+                                .map(|f| f.to_string_lossy().into_owned())
+                                .unwrap_or_default()
+                        )
+                    } else {
+                        target.clone()
+                    };
+                    b.append_path_with_name(&src, name.trim_start_matches('/'))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+    b.finish().map_err(|e| e.to_string())?;
+    drop(b);
+    Ok(tarball)
+}
+
+/// A checksum of what a tar holds: names, kinds, modes, link targets and contents, not
+/// mtimes or owners (COPY sets the owner; a touched file with the same bytes is the same).
+fn tar_sum(tarball: &[u8]) -> Result<String, String> {
+    use std::io::Read;
+    let mut h = berth_types::Hasher::new(berth_types::digest::Algorithm::Sha256);
+    let mut a = tar::Archive::new(tarball);
+    for entry in a.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let head = entry.header().clone();
+        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let link = entry
+            .link_name()
+            .ok()
+            .flatten()
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        h.update(
+            format!(
+                "{}\0{:?}\0{:o}\0{link}\0{}\0",
+                path.display(),
+                head.entry_type(),
+                head.mode().unwrap_or(0),
+                head.size().unwrap_or(0)
+            )
+            .as_bytes(),
+        );
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finish().hex().to_string())
+}
+
+/// The tar with every entry's permission bits set to `mode` (COPY --chmod).
+fn with_mode(tarball: &[u8], mode: u32) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut out);
+        let mut a = tar::Archive::new(tarball);
+        for entry in a.entries().map_err(|e| e.to_string())? {
+            let mut entry = entry.map_err(|e| e.to_string())?;
+            let mut head = entry.header().clone();
+            if head.entry_type() != tar::EntryType::Symlink {
+                head.set_mode(mode);
+                head.set_cksum();
+            }
+            let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+            b.append_data(&mut head, path, &mut entry)
+                .map_err(|e| e.to_string())?;
+        }
+        b.finish().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
 }
 
 fn image_config(d: &Shared, id: &str) -> Result<Value, String> {
@@ -279,42 +1173,6 @@ fn image_config(d: &Shared, id: &str) -> Result<Value, String> {
         .resolve(id)
         .ok_or_else(|| format!("no such image: {id}"))?;
     crate::containers::api::image_config(d, &img).map_err(|e| e.message)
-}
-
-/// The image a stage starts from: an earlier stage, `scratch` (an empty image made
-/// here), or a local image.
-async fn base_image(
-    d: &Shared,
-    df: &parse::Dockerfile,
-    done: &[String],
-    base: &str,
-) -> Result<String, String> {
-    if let Some(i) = df.stage(base) {
-        if let Some(id) = done.get(i) {
-            return Ok(id.clone());
-        }
-    }
-    if base == "scratch" {
-        let store = d.store.clone();
-        return crate::blocking(move || {
-            let mut empty = Vec::new();
-            tar::Builder::new(&mut empty)
-                .finish()
-                .map_err(ApiError::internal)?;
-            let img = store
-                .import(std::io::Cursor::new(empty), &[], None)
-                .map_err(ApiError::from)?;
-            Ok(img.config.to_string())
-        })
-        .await
-        .map_err(|e| e.message);
-    }
-    match d.store.resolve(base) {
-        Some(img) => Ok(img.config.to_string()),
-        None => Err(format!(
-            "pull access denied for {base}: the image is not here (pull it first: berth pull {base})"
-        )),
-    }
 }
 
 /// Makes a container of `image` (not started), for commits and copies.
@@ -339,35 +1197,26 @@ async fn remove(d: &Shared, id: &str) {
     }
 }
 
-/// Commits container `cid` (or, without one, a fresh container of `image`) with the
-/// pending changes; returns the new image.
+/// Commits container `cid` (made from `image`) as a new image and removes it.
 async fn commit(
     d: &Shared,
     image: &str,
-    cid: Option<&str>,
-    changes: Vec<String>,
-) -> Result<String, String> {
-    let made;
-    let cid = match cid {
-        Some(c) => c.to_string(),
-        None => {
-            made = container(d, image, json!({"Cmd": ["true"]})).await?;
-            made.clone()
-        }
-    };
-    let e = d.containers.get(&cid).map_err(|e| e.message)?;
+    cid: &str,
+    created_by: String,
+) -> Result<berth_store::image::Image, String> {
+    let e = d.containers.get(cid).map_err(|e| e.message)?;
     let rec = e.snapshot();
     let store = d.store.clone();
     let (id, parent) = (rec.id.clone(), image.to_string());
     let img = crate::containers::with_rootfs(d, rec, false, move |_| {
         store
-            .commit(&id, &parent, &changes, "", None)
+            .commit(&id, &parent, &[], &created_by, None)
             .map_err(ApiError::from)
     })
     .await
     .map_err(|e| e.message)?;
-    remove(d, &cid).await;
-    Ok(img.config.to_string())
+    remove(d, cid).await;
+    Ok(img)
 }
 
 /// A command's argv: exec form as is, shell form through the stage's SHELL.
@@ -382,324 +1231,6 @@ fn exec_or_shell(c: &Command, shell: &[String]) -> Vec<String> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn step_run(
-    d: &Shared,
-    context: &Path,
-    df: &parse::Dockerfile,
-    stage_images: &[String],
-    st: &mut StageState,
-    step: &parse::Step,
-    build_args: &BTreeMap<String, Option<String>>,
-    global: &BTreeMap<String, String>,
-    quiet: bool,
-    out: &Out,
-) -> Result<(), String> {
-    let esc = df.escape;
-    let x = |w: &str, st: &StageState| parse::expand(w, &st.vars(), esc);
-    match &step.instruction {
-        Instruction::Arg(list) => {
-            for (k, def) in list {
-                let val = build_args
-                    .get(k)
-                    .cloned()
-                    .flatten()
-                    .or_else(|| def.as_ref().map(|v| x(v, st)).transpose().ok().flatten())
-                    .or_else(|| global.get(k).cloned());
-                if let Some(v) = val {
-                    st.args.insert(k.clone(), v);
-                }
-            }
-        }
-        Instruction::Env(pairs) => {
-            for (k, v) in pairs {
-                let v = x(v, st)?;
-                st.pending.push(format!("ENV {k}={v}"));
-                st.env.insert(k.clone(), v);
-            }
-        }
-        Instruction::Label(pairs) => {
-            for (k, v) in pairs {
-                st.pending
-                    .push(format!("LABEL {}={}", x(k, st)?, x(v, st)?));
-            }
-        }
-        Instruction::Workdir(w) => {
-            let w = x(w, st)?;
-            let abs = if w.starts_with('/') {
-                w
-            } else {
-                format!("{}/{w}", st.workdir.trim_end_matches('/'))
-            };
-            st.workdir = abs.clone();
-            st.pending.push(format!("WORKDIR {abs}"));
-        }
-        Instruction::User(u) => {
-            st.user = x(u, st)?;
-            st.pending.push(format!("USER {}", st.user));
-        }
-        Instruction::Expose(ports) => {
-            let ports: Vec<String> = ports.iter().map(|p| x(p, st)).collect::<Result<_, _>>()?;
-            st.pending.push(format!("EXPOSE {}", ports.join(" ")));
-        }
-        Instruction::Cmd(c) | Instruction::Entrypoint(c) => {
-            let argv = exec_or_shell(c, &st.shell);
-            st.pending.push(format!("{} {}", step.keyword, json!(argv)));
-        }
-        Instruction::Shell(v) => {
-            st.shell = v.clone();
-            st.pending.push(format!("SHELL {}", json!(v)));
-        }
-        Instruction::StopSignal(s) => st.pending.push(format!("STOPSIGNAL {}", x(s, st)?)),
-        Instruction::Volume(v) => st.pending.push(format!("VOLUME {}", json!(v))),
-        Instruction::Maintainer(_) | Instruction::Onbuild(_) | Instruction::Healthcheck { .. } => {
-            say(
-                out,
-                format!(
-                    " ---> {} is not applied by this builder yet\n",
-                    step.keyword
-                ),
-            )
-            .await;
-        }
-        Instruction::From { .. } => {}
-        Instruction::Run {
-            command, heredocs, ..
-        } => {
-            let mut argv = exec_or_shell(command, &st.shell);
-            if let (Some(h), Command::Shell(_)) = (heredocs.first(), command) {
-                // `RUN <<EOF`: the heredoc is the script.
-                argv = st.shell.clone();
-                argv.push(h.content.clone());
-            }
-            let mut env: Vec<String> = st.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            env.extend(
-                st.args
-                    .iter()
-                    .filter(|(k, _)| !st.env.contains_key(*k))
-                    .map(|(k, v)| format!("{k}={v}")),
-            );
-            let cid = container(
-                d,
-                &st.image,
-                json!({"Cmd": argv, "Entrypoint": [], "Env": env, "WorkingDir": st.workdir, "User": st.user}),
-            )
-            .await?;
-            let e = d.containers.get(&cid).map_err(|e| e.message)?;
-            let seen = e.progress.borrow().exits;
-            {
-                let _g = e.op.lock().await;
-                if let Err(err) = d.containers.start(&e).await {
-                    drop(_g);
-                    remove(d, &cid).await;
-                    return Err(err.message);
-                }
-            }
-            crate::containers::Containers::wait_exit(&e, seen, None).await;
-            // The step's output, from its log.
-            if !quiet {
-                let log = std::fs::read_to_string(d.containers.log_path(&cid)).unwrap_or_default();
-                for line in log.lines() {
-                    if let Ok(v) = serde_json::from_str::<Value>(line) {
-                        say(out, v["log"].as_str().unwrap_or("")).await;
-                    }
-                }
-            }
-            let code = e.snapshot().state.exit_code;
-            if code != 0 {
-                remove(d, &cid).await;
-                let shown = match command {
-                    Command::Shell(s) => format!("{} {s}", st.shell.join(" ")),
-                    Command::Exec(v) => json!(v).to_string(),
-                };
-                return Err(format!(
-                    "The command '{shown}' returned a non-zero code: {code}"
-                ));
-            }
-            st.image = commit(d, &st.image, Some(&cid), std::mem::take(&mut st.pending)).await?;
-        }
-        Instruction::Copy {
-            sources,
-            dest,
-            flags,
-            heredocs,
-            add,
-        } => {
-            if flags.contains_key("from") {
-                let from = flags["from"][0].clone();
-                return copy_from(d, df, stage_images, st, &from, sources, dest, out).await;
-            }
-            let dest = x(dest, st)?;
-            let owner = owner(flags.get("chown").and_then(|v| v.first()))?;
-            let mut tarball = Vec::new();
-            {
-                let mut b = tar::Builder::new(&mut tarball);
-                b.follow_symlinks(false);
-                let target = resolve_dest(&st.workdir, &dest);
-                let many = sources.len() > 1 || dest.ends_with('/');
-                if !heredocs.is_empty() {
-                    for h in heredocs {
-                        let name = if many {
-                            format!("{}/{}", target, h.name)
-                        } else {
-                            target.clone()
-                        };
-                        add_bytes(&mut b, &name, h.content.as_bytes())?;
-                    }
-                } else {
-                    for s in sources {
-                        let s = x(s, st)?;
-                        let matches = glob_context(context, &s)?;
-                        if matches.is_empty() {
-                            return Err(format!(
-                                "COPY failed: file not found in build context: {s}"
-                            ));
-                        }
-                        for m in matches {
-                            let src = context.join(&m);
-                            let meta =
-                                std::fs::symlink_metadata(&src).map_err(|e| e.to_string())?;
-                            if meta.is_dir() {
-                                // A directory's contents, not the directory itself.
-                                b.append_dir_all(target.trim_start_matches('/'), &src)
-                                    .map_err(|e| e.to_string())?;
-                            } else if *add && is_tar(&src) {
-                                let mut inner = tar::Archive::new(open_maybe_gz(&src)?);
-                                for entry in inner.entries().map_err(|e| e.to_string())? {
-                                    let mut entry = entry.map_err(|e| e.to_string())?;
-                                    let p = entry.path().map_err(|e| e.to_string())?.into_owned();
-                                    let mut h = entry.header().clone();
-                                    let name = format!(
-                                        "{}/{}",
-                                        target.trim_start_matches('/'),
-                                        p.display()
-                                    );
-                                    b.append_data(&mut h, name, &mut entry)
-                                        .map_err(|e| e.to_string())?;
-                                }
-                            } else {
-                                let name = if many || sources.len() > 1 {
-                                    format!(
-                                        "{}/{}",
-                                        target.trim_end_matches('/'),
-                                        Path::new(&m)
-                                            .file_name()
-                                            .map(|f| f.to_string_lossy().into_owned())
-                                            .unwrap_or_default()
-                                    )
-                                } else {
-                                    target.clone()
-                                };
-                                b.append_path_with_name(&src, name.trim_start_matches('/'))
-                                    .map_err(|e| e.to_string())?;
-                            }
-                        }
-                    }
-                }
-                b.finish().map_err(|e| e.to_string())?;
-            }
-            copy_in(d, st, tarball, owner).await?;
-        }
-    }
-    Ok(())
-}
-
-/// `COPY --from=<stage|image>`: the paths out of that image's root filesystem.
-#[allow(clippy::too_many_arguments)]
-async fn copy_from(
-    d: &Shared,
-    df: &parse::Dockerfile,
-    stage_images: &[String],
-    st: &mut StageState,
-    from: &str,
-    sources: &[String],
-    dest: &str,
-    _out: &Out,
-) -> Result<(), String> {
-    let src_image = match df.stage(from).and_then(|i| stage_images.get(i)) {
-        Some(id) => id.clone(),
-        None => d
-            .store
-            .resolve(from)
-            .map(|i| i.config.to_string())
-            .ok_or_else(|| format!("COPY --from={from}: no such stage or image"))?,
-    };
-    // Read the sources out of a container of the source image.
-    let src_cid = container(d, &src_image, json!({"Cmd": ["true"]})).await?;
-    let e = d.containers.get(&src_cid).map_err(|e| e.message)?;
-    let rec = e.snapshot();
-    let target = resolve_dest(&st.workdir, dest);
-    let many = sources.len() > 1 || dest.ends_with('/');
-    let srcs = sources.to_vec();
-    let tarball = crate::containers::with_rootfs(d, rec, false, move |root| {
-        let mut out = Vec::new();
-        {
-            let mut b = tar::Builder::new(&mut out);
-            b.follow_symlinks(false);
-            for s in &srcs {
-                // Inside the source root; `..` cannot climb out of it.
-                let rel: PathBuf = Path::new(s)
-                    .components()
-                    .filter(|c| matches!(c, std::path::Component::Normal(_)))
-                    .collect();
-                let p = root.join(&rel);
-                let meta = std::fs::symlink_metadata(&p)
-                    .map_err(|_| ApiError::bad_request(format!("COPY --from: {s} not found")))?;
-                if meta.is_dir() {
-                    b.append_dir_all(target.trim_start_matches('/'), &p)
-                        .map_err(ApiError::internal)?;
-                } else {
-                    let name = if many {
-                        format!(
-                            "{}/{}",
-                            target.trim_end_matches('/'),
-                            rel.file_name()
-                                .map(|f| f.to_string_lossy().into_owned())
-                                .unwrap_or_default()
-                        )
-                    } else {
-                        target.clone()
-                    };
-                    b.append_path_with_name(&p, name.trim_start_matches('/'))
-                        .map_err(ApiError::internal)?;
-                }
-            }
-            b.finish().map_err(ApiError::internal)?;
-        }
-        Ok(out)
-    })
-    .await;
-    remove(d, &src_cid).await;
-    let tarball = tarball.map_err(|e| e.message)?;
-    // Root owns what is copied, as with any COPY without --chown.
-    copy_in(d, st, tarball, Some((0, 0))).await
-}
-
-/// Extracts `tarball` into a fresh container of the stage's image (with the layer
-/// applier's path safety; `owner` replaces the entries' owners) and commits it.
-async fn copy_in(
-    d: &Shared,
-    st: &mut StageState,
-    tarball: Vec<u8>,
-    owner: Option<(u32, u32)>,
-) -> Result<(), String> {
-    let cid = container(d, &st.image, json!({"Cmd": ["true"]})).await?;
-    let e = d.containers.get(&cid).map_err(|e| e.message)?;
-    let rec = e.snapshot();
-    let applied = crate::containers::with_rootfs(d, rec, false, move |root| {
-        berth_store::layer::extract(&root, std::io::Cursor::new(tarball), owner)
-            .map(|_| ())
-            .map_err(|e| ApiError::bad_request(e.to_string()))
-    })
-    .await;
-    if let Err(e) = applied {
-        remove(d, &cid).await;
-        return Err(e.message);
-    }
-    st.image = commit(d, &st.image, Some(&cid), std::mem::take(&mut st.pending)).await?;
-    Ok(())
-}
-
 fn resolve_dest(workdir: &str, dest: &str) -> String {
     if dest.starts_with('/') {
         dest.to_string()
@@ -712,20 +1243,6 @@ fn resolve_dest(workdir: &str, dest: &str) -> String {
                 workdir.trim_end_matches('/')
             }
         )
-    }
-}
-
-fn owner(chown: Option<&String>) -> Result<Option<(u32, u32)>, String> {
-    match chown {
-        None => Ok(Some((0, 0))),
-        Some(c) => {
-            let (u, g) = c.split_once(':').unwrap_or((c, c));
-            let n = |s: &str| {
-                s.parse::<u32>()
-                    .map_err(|_| format!("--chown={c}: only numeric uid:gid is supported so far"))
-            };
-            Ok(Some((n(u)?, n(g)?)))
-        }
     }
 }
 

@@ -151,9 +151,14 @@ pub async fn list(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<J
                 .iter()
                 .find(|(k, _)| k == "dangling")
                 .map(|(_, v)| v.iter().any(|x| matches!(x.as_str(), "true" | "1")));
+            // Images a build made along the way show with -a only; a dangling image (a
+            // rebuild's old result, say) shows, as with Docker.
+            let intermediate = d.store.is_intermediate(&img.manifest);
+            if intermediate && !all {
+                continue;
+            }
             match wants_dangling {
-                Some(w) if w != dangling => continue,
-                None if dangling && !all => continue, // dangling images show with -a only
+                Some(w) if w != (dangling && !intermediate) => continue,
                 _ => {}
             }
             let mut familiar_tags: Vec<String> = tags.iter().map(|t| familiar(t)).collect();

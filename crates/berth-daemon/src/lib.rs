@@ -194,6 +194,7 @@ pub fn router(daemon: Shared) -> Router {
             get(volumes::inspect).delete(volumes::remove),
         )
         .route("/build", post(build::build))
+        .route("/build/prune", post(build::prune))
         .route("/networks", get(networks::list))
         .route("/networks/create", post(networks::create))
         .route("/networks/prune", post(networks::prune))

@@ -122,6 +122,14 @@ struct Meta {
     /// diffID of an uncompressed layer -> its gzip blob, made once for pushes.
     #[serde(default)]
     compressed: BTreeMap<String, (Digest, u64)>,
+    /// The build cache: a step's key (its parent, instruction and inputs) -> the manifest
+    /// digest of the image the step made.
+    #[serde(default)]
+    build_cache: BTreeMap<String, String>,
+    /// Images a build made along the way (manifest digests): listed only with `-a`, kept
+    /// by dangling prunes, removed by `builder prune`.
+    #[serde(default)]
+    intermediate: BTreeSet<String>,
 }
 
 pub struct ImageStore {
@@ -481,7 +489,10 @@ impl ImageStore {
             let doomed: Vec<String> = meta
                 .images
                 .iter()
-                .filter(|(m, img)| (all || !tagged.contains(*m)) && !used.contains(&img.config))
+                .filter(|(m, img)| {
+                    (all || (!tagged.contains(*m) && !meta.intermediate.contains(*m)))
+                        && !used.contains(&img.config)
+                })
                 .map(|(m, _)| m.clone())
                 .collect();
             let mut ids = Vec::new();
@@ -568,6 +579,8 @@ impl ImageStore {
         meta.layers.retain(|c| chains.contains(c));
         let images: BTreeSet<String> = meta.images.keys().cloned().collect();
         meta.repo_digests.retain(|m, _| images.contains(m));
+        meta.build_cache.retain(|_, m| images.contains(m));
+        meta.intermediate.retain(|m| images.contains(m));
         self.persist(&meta)?;
         Ok(stats)
     }
@@ -842,6 +855,107 @@ impl ImageStore {
         }
         self.persist(&meta)?;
         Ok(image)
+    }
+
+    /// A new image from `parent` whose image config (the whole document: `config`,
+    /// `author`, ...) `edit` changes, with no new layer (a Dockerfile's metadata step):
+    /// its history entry is an `empty_layer` one.
+    pub fn configure(
+        &self,
+        parent: &str,
+        created_by: &str,
+        edit: impl FnOnce(&mut Value) -> std::result::Result<(), String>,
+    ) -> Result<Image> {
+        let parent_img = self
+            .resolve(parent)
+            .ok_or_else(|| ImageError::NotFound(parent.into()))?;
+        let mut config: Value = serde_json::from_slice(&self.content.read(&parent_img.config)?)
+            .map_err(|e| ImageError::Archive(format!("config of {parent}: {e}")))?;
+        if !config["config"].is_object() {
+            config["config"] = json!({});
+        }
+        edit(&mut config).map_err(|e| ImageError::Change(created_by.into(), e))?;
+        let created = crate::content::now_rfc3339();
+        config["created"] = json!(created);
+        let entry = json!({"created": created, "created_by": created_by, "empty_layer": true});
+        match config["history"].as_array_mut() {
+            Some(h) => h.push(entry),
+            None => config["history"] = json!([entry]),
+        }
+        let config = self.content.write_blob(config.to_string().as_bytes())?;
+        self.commit_image(config, parent_img.layers.clone(), created, &[])
+    }
+
+    /// The image a build step with this `key` made before, if it is still here.
+    pub fn cached_step(&self, key: &str) -> Option<Image> {
+        let meta = self.meta.lock().expect("meta lock");
+        let m = meta.build_cache.get(key)?;
+        meta.images.get(m).cloned()
+    }
+
+    /// Remembers the image a build step made, as an intermediate image.
+    pub fn remember_step(&self, key: &str, img: &Image) -> Result<()> {
+        let mut meta = self.meta.lock().expect("meta lock");
+        let m = img.manifest.to_string();
+        if !meta.tags.values().any(|t| *t == m) {
+            meta.intermediate.insert(m.clone());
+        }
+        meta.build_cache.insert(key.to_string(), m);
+        self.persist(&meta)
+    }
+
+    /// A build's result: no longer an intermediate image (listed, pruned when dangling).
+    pub fn keep_result(&self, img: &Image) -> Result<()> {
+        let mut meta = self.meta.lock().expect("meta lock");
+        if meta.intermediate.remove(&img.manifest.to_string()) {
+            self.persist(&meta)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the image with this manifest is one a build made along the way.
+    pub fn is_intermediate(&self, manifest: &Digest) -> bool {
+        self.meta
+            .lock()
+            .expect("meta lock")
+            .intermediate
+            .contains(&manifest.to_string())
+    }
+
+    /// `builder prune`: the build cache forgotten and its intermediate images removed
+    /// (those no tag names and no container uses). Returns (entries, bytes freed).
+    pub fn prune_build_cache(&self) -> Result<(usize, u64)> {
+        let entries = {
+            let mut meta = self.meta.lock().expect("meta lock");
+            let used: BTreeSet<Digest> = self
+                .in_use
+                .lock()
+                .expect("in_use lock")
+                .values()
+                .cloned()
+                .collect();
+            let tagged: BTreeSet<String> = meta.tags.values().cloned().collect();
+            let entries = meta.build_cache.len();
+            meta.build_cache.clear();
+            let doomed: Vec<String> = meta
+                .intermediate
+                .iter()
+                .filter(|m| !tagged.contains(*m))
+                .filter(|m| {
+                    meta.images
+                        .get(*m)
+                        .is_some_and(|i| !used.contains(&i.config))
+                })
+                .cloned()
+                .collect();
+            for m in &doomed {
+                meta.images.remove(m);
+            }
+            meta.intermediate.clear();
+            self.persist(&meta)?;
+            entries
+        };
+        Ok((entries, self.gc()?.bytes_freed))
     }
 
     /// Records an image whose config and layer blobs are stored, writing its manifest.

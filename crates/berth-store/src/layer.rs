@@ -355,6 +355,20 @@ fn join(parts: &[OsString]) -> String {
         .join("/")
 }
 
+/// Reads the file `rel` of the tree at `root`, resolved inside it (`..` and symlinks stay
+/// in the tree): a build reading an image's `/etc/passwd`, say.
+pub fn read_in_root(root: &Path, rel: &str) -> io::Result<Vec<u8>> {
+    let root_fd: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_dir()
+        .open(root)?
+        .into();
+    let fd = open_in_root(&root_fd, rel.trim_start_matches('/'), OFlags::RDONLY)?;
+    let mut out = Vec::new();
+    File::from(fd).read_to_end(&mut out)?;
+    Ok(out)
+}
+
 fn open_in_root(root: &OwnedFd, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
     rustix::fs::openat2(
         root,

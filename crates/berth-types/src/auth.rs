@@ -66,6 +66,33 @@ impl AuthConfig {
     }
 }
 
+/// An `X-Registry-Config` value for `configs`.
+pub fn configs_to_header(configs: &std::collections::HashMap<String, AuthConfig>) -> String {
+    base64::engine::general_purpose::URL_SAFE
+        .encode(serde_json::to_vec(configs).unwrap_or_default())
+}
+
+/// Reads an `X-Registry-Config` value (builds): the credentials of every registry the
+/// client knows, keyed as config.json keys them (`host:port`, Docker Hub's
+/// `https://index.docker.io/v1/`).
+pub fn configs_from_header(
+    value: &str,
+) -> Result<std::collections::HashMap<String, AuthConfig>, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(Default::default());
+    }
+    let json = if value.starts_with('{') {
+        value.as_bytes().to_vec()
+    } else {
+        decode_any(value).ok_or("X-Registry-Config is not base64")?
+    };
+    if json.iter().all(u8::is_ascii_whitespace) || json == b"null" {
+        return Ok(Default::default());
+    }
+    serde_json::from_slice(&json).map_err(|e| format!("X-Registry-Config: {e}"))
+}
+
 /// `base64(user:pass)` as config.json's `auth` field holds it.
 pub fn encode_basic(user: &str, pass: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
@@ -105,6 +132,21 @@ mod tests {
         assert!(AuthConfig::from_header("").unwrap().is_empty());
         assert!(AuthConfig::from_header("e30=").unwrap().is_empty());
         assert!(AuthConfig::from_header("%%%").is_err());
+    }
+
+    #[test]
+    fn registry_configs_of_builds() {
+        let a = AuthConfig {
+            username: "u".into(),
+            password: "p".into(),
+            ..Default::default()
+        };
+        let map = std::collections::HashMap::from([("127.0.0.1:5000".to_string(), a.clone())]);
+        let h = configs_to_header(&map);
+        assert_eq!(configs_from_header(&h).unwrap()["127.0.0.1:5000"], a);
+        assert!(configs_from_header("").unwrap().is_empty());
+        assert!(configs_from_header("e30=").unwrap().is_empty());
+        assert!(configs_from_header("%%").is_err());
     }
 
     #[test]

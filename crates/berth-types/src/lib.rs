@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod digest;
 pub mod fs;
+pub mod ignore;
 pub mod reference;
 pub mod time;
 

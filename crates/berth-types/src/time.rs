@@ -90,6 +90,38 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(days * 86400 + h * 3600 + mi * 60 + sec - offset)
 }
 
+/// A Go duration (`1m30s`, `500ms`, `2h`) in nanoseconds, with Go's error wording.
+pub fn go_duration(s: &str) -> Result<u64, String> {
+    let bad = || format!("time: invalid duration \"{s}\"");
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest == "0" {
+        return Ok(0);
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let v: f64 = rest[..n].parse().map_err(|_| bad())?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mul = match &rest[..u] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        total += v * mul;
+        rest = &rest[u..];
+    }
+    Ok(total as u64)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

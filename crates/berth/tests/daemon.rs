@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::daemon::{busybox_archive, docker_cli, raw_request, Daemon};
+use common::daemon::{busybox_archive, daemon_with_busybox, docker_cli, raw_request, Daemon};
 use common::{capture, wait_for};
 
 #[test]
@@ -160,18 +160,6 @@ fn daemon_removes_its_socket_on_sigterm_and_refuses_a_second_instance() {
         d.dir.path().join("root/content/oci-layout").exists(),
         "the data root stays"
     );
-}
-
-/// A daemon with busybox loaded, for the container tests.
-fn daemon_with_busybox() -> Option<Daemon> {
-    if !common::is_root() || !docker_cli() {
-        eprintln!("skipped: needs root and the docker CLI");
-        return None;
-    }
-    let d = Daemon::start();
-    let archive = busybox_archive(d.dir.path());
-    d.ok(&["load", "-i", archive.to_str().unwrap()]);
-    Some(d)
 }
 
 fn post_json(d: &Daemon, path: &str, body: &str) -> (u16, String) {

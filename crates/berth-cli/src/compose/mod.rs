@@ -649,12 +649,10 @@ pub async fn run(c: &Client, a: ComposeArgs) -> Result<i32, Error> {
                 println!("{cname}");
                 return Ok(0);
             }
-            let mut args = vec!["start".to_string(), "-a".to_string()];
-            if !no_tty {
-                args.push("-i".into());
-            }
-            args.push(id);
-            crate::commands::run_args(c, &args).await
+            // Waiting for "removed" (as docker run --rm does) means the one-off is gone
+            // when compose run returns.
+            let cond = if rm { "removed" } else { "next-exit" };
+            crate::commands::attach_start_wait(c, &id, tty, !no_tty, cond).await
         }
         ComposeCmd::Build { services } => {
             build_images(c, &p, &services, true).await?;

@@ -260,3 +260,15 @@ pub fn raw_request(d: &Daemon, req: &[u8]) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// A daemon with busybox loaded, for the container tests.
+pub fn daemon_with_busybox() -> Option<Daemon> {
+    if !super::is_root() || !docker_cli() {
+        eprintln!("skipped: needs root and the docker CLI");
+        return None;
+    }
+    let d = Daemon::start();
+    let archive = busybox_archive(d.dir.path());
+    d.ok(&["load", "-i", archive.to_str().unwrap()]);
+    Some(d)
+}
