@@ -1,6 +1,5 @@
-//! Dockerfile parser, stage planner, executor and cache keys.
-//!
-//! Built so far: the parser (`parse`). The planner, executor and cache come next; see
-//! docs/STATUS.md.
+//! Dockerfile parser and stage planner. The executor lives in the daemon (`build.rs`),
+//! built on the daemon's own container and image operations.
 
 pub mod parse;
+pub mod plan;

@@ -63,9 +63,22 @@ enum Cmd {
         /// Output: "plain", "tty", "auto" (the step lines) or "quiet" (like -q)
         #[arg(long)]
         progress: Option<String>,
-        /// Accepted for compatibility: RUN steps use the default network
+        /// The network of RUN steps (default, none, host or a network's name)
         #[arg(long)]
         network: Option<String>,
+        /// A secret for RUN --mount=type=secret: id=NAME[,src=FILE|,env=VAR]
+        #[arg(long)]
+        secret: Vec<String>,
+        /// Export the result: DIR, type=local,dest=DIR, type=tar|oci|docker,dest=FILE (- for
+        /// stdout), type=image[,push=true], type=registry
+        #[arg(short = 'o', long = "output")]
+        output: Vec<String>,
+        /// Push the tagged image after it is built
+        #[arg(long)]
+        push: bool,
+        /// Set the target platform (only the host's can run)
+        #[arg(long)]
+        platform: Option<String>,
         path: PathBuf,
     },
     /// Remove build cache
@@ -1221,9 +1234,24 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             label,
             iidfile,
             progress,
-            network: _,
+            network,
+            secret,
+            output,
+            push,
+            platform,
             path,
         } => {
+            let secrets = build_secrets(&secret)?;
+            let outputs = output
+                .iter()
+                .map(|o| BuildOutput::parse(o))
+                .collect::<Result<Vec<_>, _>>()?;
+            let push = push || outputs.iter().any(|o| matches!(o, BuildOutput::Push));
+            if push && tag.is_empty() {
+                return Err(Error::Other(
+                    "--push needs a tag (-t) to push the image as".into(),
+                ));
+            }
             let quiet = quiet || progress.as_deref() == Some("quiet");
             if let Some(p) = progress.as_deref() {
                 if !matches!(p, "auto" | "plain" | "tty" | "quiet") {
@@ -1259,6 +1287,12 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             if let Some(t) = &target {
                 query.push(format!("target={}", q(t)));
             }
+            if let Some(n) = &network {
+                query.push(format!("networkmode={}", q(n)));
+            }
+            if let Some(p) = &platform {
+                query.push(format!("platform={}", q(p)));
+            }
             let pairs = |list: &[String], from_env: bool| -> BTreeMap<String, String> {
                 list.iter()
                     .map(|a| match a.split_once('=') {
@@ -1281,14 +1315,19 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
                 ));
             }
             let auth = dockercfg::all_credentials();
-            let headers = if auth.is_empty() {
-                Vec::new()
-            } else {
-                vec![(
+            let mut headers = Vec::new();
+            if !auth.is_empty() {
+                headers.push((
                     "X-Registry-Config",
                     berth_types::auth::configs_to_header(&auth),
-                )]
-            };
+                ));
+            }
+            if !secrets.is_empty() {
+                headers.push((
+                    berth_types::auth::BUILD_SECRETS_HEADER,
+                    berth_types::auth::secrets_to_header(&secrets),
+                ));
+            }
             let resp = c
                 .send_with(
                     Method::POST,
@@ -1303,7 +1342,21 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             if let (Some(f), Some(id), 0) = (&iidfile, &id, status) {
                 std::fs::write(f, id).map_err(|e| Error::Other(format!("{}: {e}", f.display())))?;
             }
-            Ok(status)
+            let (0, Some(id)) = (status, id) else {
+                return Ok(status);
+            };
+            for o in &outputs {
+                export_build(c, &id, tag.first(), o).await?;
+            }
+            if push {
+                for t in &tag {
+                    let code = run_args(c, &["push".to_string(), t.clone()]).await?;
+                    if code != 0 {
+                        return Ok(code);
+                    }
+                }
+            }
+            Ok(0)
         }
         Cmd::BuilderPrune { all: _, force } => {
             if !force && !confirm("WARNING! This will remove all dangling build cache.") {
@@ -2003,6 +2056,24 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
                     "0B".into(),
                     String::new(),
                 ],
+                {
+                    let cache = v["BuildCache"].as_array().cloned().unwrap_or_default();
+                    let size = |keep: &dyn Fn(&Value) -> bool| -> f64 {
+                        cache
+                            .iter()
+                            .filter(|e| keep(e))
+                            .map(|e| e["Size"].as_f64().unwrap_or(0.0))
+                            .sum()
+                    };
+                    let active = cache.iter().filter(|e| e["InUse"] == true).count();
+                    vec![
+                        "Build Cache".into(),
+                        cache.len().to_string(),
+                        active.to_string(),
+                        human_size(size(&|_| true)),
+                        human_size(size(&|e| e["InUse"] != true && e["Shared"] != true)),
+                    ]
+                },
             ];
             print!("{}", format::table(&rows));
             Ok(0)
@@ -3066,6 +3137,177 @@ async fn prune_volumes(c: &Client, all: bool) -> Result<f64, Error> {
 }
 
 /// A tar from the daemon to `-o FILE` or to stdout (never to a terminal).
+/// `--secret id=NAME[,src=FILE|,env=VAR]` (`source`, `type=file|env` too); with only an
+/// id, the variable of that name if set, else the file of that name, as buildx reads it.
+fn build_secrets(specs: &[String]) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let mut id = None;
+        let mut src = None;
+        let mut env = None;
+        let mut kind = None;
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_string()),
+                Some(("src" | "source", v)) => src = Some(v.to_string()),
+                Some(("env", v)) => env = Some(v.to_string()),
+                Some(("type", v)) => kind = Some(v.to_string()),
+                _ => {
+                    return Err(Error::Other(format!(
+                        "--secret {spec}: expected id=NAME[,src=FILE|,env=VAR]"
+                    )))
+                }
+            }
+        }
+        let id = id
+            .or_else(|| src.clone())
+            .or_else(|| env.clone())
+            .ok_or_else(|| Error::Other(format!("--secret {spec}: no id")))?;
+        if kind.as_deref() == Some("env") && env.is_none() {
+            env = src.take().or_else(|| Some(id.clone()));
+        }
+        let bytes = match (env, src) {
+            (Some(v), _) => std::env::var_os(&v)
+                .map(|x| x.into_encoded_bytes())
+                .ok_or_else(|| Error::Other(format!("--secret {spec}: ${v} is not set")))?,
+            (None, Some(f)) => {
+                std::fs::read(&f).map_err(|e| Error::Other(format!("--secret {spec}: {f}: {e}")))?
+            }
+            (None, None) => match std::env::var_os(&id) {
+                Some(v) => v.into_encoded_bytes(),
+                None => std::fs::read(&id)
+                    .map_err(|e| Error::Other(format!("--secret {spec}: {id}: {e}")))?,
+            },
+        };
+        out.insert(id, bytes);
+    }
+    Ok(out)
+}
+
+/// Where `berth build -o` puts the result.
+#[derive(Debug, PartialEq)]
+enum BuildOutput {
+    /// The image's files in a directory.
+    Local(PathBuf),
+    /// Its files as one tar (None: stdout).
+    Tar(Option<PathBuf>),
+    /// `docker save`'s archive, an OCI layout and a docker archive at once.
+    Archive(Option<PathBuf>),
+    /// Kept as an image (what a build does anyway).
+    Image,
+    /// Kept and pushed.
+    Push,
+}
+
+impl BuildOutput {
+    fn parse(spec: &str) -> Result<BuildOutput, Error> {
+        if !spec.contains('=') {
+            return Ok(match spec {
+                "-" => BuildOutput::Tar(None),
+                dir => BuildOutput::Local(PathBuf::from(dir)),
+            });
+        }
+        let mut kv = BTreeMap::new();
+        for part in spec.split(',') {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            kv.insert(k.to_string(), v.to_string());
+        }
+        let dest = || -> Option<PathBuf> {
+            kv.get("dest")
+                .filter(|d| d.as_str() != "-")
+                .map(PathBuf::from)
+        };
+        let truthy = |k: &str| kv.get(k).is_some_and(|v| v == "true" || v.is_empty());
+        match kv.get("type").map(String::as_str) {
+            Some("local") => dest()
+                .map(BuildOutput::Local)
+                .ok_or_else(|| Error::Other(format!("--output {spec}: dest= is required"))),
+            Some("tar") => Ok(BuildOutput::Tar(dest())),
+            Some("oci" | "docker") => Ok(BuildOutput::Archive(dest())),
+            Some("image") if truthy("push") => Ok(BuildOutput::Push),
+            Some("image") => Ok(BuildOutput::Image),
+            Some("registry") => Ok(BuildOutput::Push),
+            Some(o) => Err(Error::Other(format!(
+                "--output {spec}: unknown type {o:?} (local, tar, oci, docker, image, registry)"
+            ))),
+            None => Err(Error::Other(format!("--output {spec}: type= is required"))),
+        }
+    }
+}
+
+/// Writes a built image where `-o` says.
+async fn export_build(
+    c: &Client,
+    id: &str,
+    tag: Option<&String>,
+    o: &BuildOutput,
+) -> Result<(), Error> {
+    let files = |out: &Option<PathBuf>| -> Option<PathBuf> { out.clone() };
+    match o {
+        BuildOutput::Image | BuildOutput::Push => Ok(()),
+        BuildOutput::Archive(dest) => {
+            let name = tag.cloned().unwrap_or_else(|| id.to_string());
+            let path = format!("/images/get?names={}", q(&name));
+            download(c, &path, files(dest).as_deref(), "exporting the image:").await?;
+            Ok(())
+        }
+        BuildOutput::Tar(dest) => {
+            with_image_files(c, id, |path| async move {
+                download(c, &path, files(dest).as_deref(), "exporting the image:").await?;
+                Ok(())
+            })
+            .await
+        }
+        BuildOutput::Local(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
+            let tmp = dir.join(format!(".berth-export-{}", std::process::id()));
+            let t = tmp.clone();
+            with_image_files(c, id, |path| async move {
+                download(c, &path, Some(&t), "exporting the image:").await?;
+                Ok(())
+            })
+            .await?;
+            let d = dir.clone();
+            let t = tmp.clone();
+            let unpacked = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let f = std::fs::File::open(&t).map_err(|e| e.to_string())?;
+                let mut a = tar::Archive::new(f);
+                a.set_preserve_permissions(true);
+                // `unpack` keeps every entry (and what links point through) inside `d`.
+                a.unpack(&d).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?;
+            let _ = std::fs::remove_file(&tmp);
+            unpacked.map_err(|e| Error::Other(format!("exporting to {}: {e}", dir.display())))
+        }
+    }
+}
+
+/// Runs `f` with the export path of a container made (not started) from `image`, then
+/// removes the container.
+async fn with_image_files<'a, F, Fut>(c: &'a Client, image: &str, f: F) -> Result<(), Error>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>> + 'a,
+{
+    let body = json!({"Image": image, "Cmd": ["/"], "Labels": {"org.berth.build": "true"}});
+    let v = c
+        .json(Method::POST, "/containers/create", Some(&body))
+        .await?;
+    let cid = v["Id"].as_str().unwrap_or("").to_string();
+    let r = f(format!("/containers/{cid}/export")).await;
+    let _ = c
+        .json(
+            Method::DELETE,
+            &format!("/containers/{cid}?force=true"),
+            None,
+        )
+        .await;
+    r
+}
+
 async fn download(
     c: &Client,
     path: &str,

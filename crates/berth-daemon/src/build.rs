@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
@@ -17,6 +18,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_build::parse::{self, Command, Instruction};
+use berth_build::plan;
+
+mod mounts;
 use berth_types::auth::AuthConfig;
 use berth_types::{Digest, Reference};
 use serde_json::{json, Value};
@@ -52,6 +56,8 @@ fn step_key(parent: &str, what: &Value) -> String {
 
 /// What one stage carries from step to step.
 struct StageState {
+    /// The stage's index in the Dockerfile.
+    stage: usize,
     /// The image the last step made (its ID).
     image: String,
     env: BTreeMap<String, String>,
@@ -71,9 +77,10 @@ impl StageState {
     }
 
     /// The state of a stage that starts from `image` with config `cfg`.
-    fn from_image(image: String, cfg: &Value) -> StageState {
+    fn from_image(image: String, cfg: &Value, stage: usize) -> StageState {
         StageState {
             image,
+            stage,
             env: cfg["Env"]
                 .as_array()
                 .into_iter()
@@ -226,6 +233,17 @@ pub async fn build(
         Some(Ok(v)) => berth_types::auth::configs_from_header(v).map_err(ApiError::bad_request)?,
         Some(Err(_)) => return Err(ApiError::bad_request("X-Registry-Config is not text")),
     };
+    if let Some(p) = param(&ps, "platform") {
+        check_platform(p).map_err(ApiError::bad_request)?;
+    }
+    let secrets = match headers.get(berth_types::auth::BUILD_SECRETS_HEADER) {
+        None => HashMap::new(),
+        Some(v) => berth_types::auth::secrets_from_header(v.to_str().unwrap_or(""))
+            .map_err(ApiError::bad_request)?,
+    };
+    let network = param(&ps, "networkmode")
+        .filter(|n| !n.is_empty() && *n != "default")
+        .map(String::from);
     let quiet = truthy(param(&ps, "q"));
     let no_cache = truthy(param(&ps, "nocache"));
     let pull = truthy(param(&ps, "pull"));
@@ -247,6 +265,20 @@ pub async fn build(
         .await?;
     }
     let _ = std::fs::remove_file(&spooled);
+    let unique = berth_store::content::unique();
+    let scratch = d
+        .data_root
+        .join("tmp")
+        .join(format!("build-{unique}-scratch"));
+    let secret_dir = secret_root(&d.data_root)
+        .map(|r| r.join(format!("build-{unique}")))
+        .unwrap_or_else(|| scratch.join("secrets"));
+    for dir in [&scratch, &secret_dir] {
+        std::fs::create_dir_all(dir).map_err(ApiError::internal)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(ApiError::internal)?;
+    }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
     let d2 = d.clone();
     tokio::spawn(async move {
@@ -259,11 +291,19 @@ pub async fn build(
             no_cache,
             pull,
             auth: &auth,
-            out: &tx,
-            stages: Vec::new(),
+            out: tx.clone(),
+            network,
+            scratch: &scratch,
+            secret_dir: &secret_dir,
+            secrets: &secrets,
+            stages: Arc::default(),
+            planned: Arc::default(),
         };
         let result = b.run(&dockerfile, target.as_deref(), &labels).await;
-        let _ = tokio::fs::remove_dir_all(&context).await;
+        drop(b);
+        for dir in [&context, &scratch, &secret_dir] {
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
         match result {
             Ok(img) => {
                 let id = img.config.to_string();
@@ -304,6 +344,30 @@ pub async fn build(
         .into_response())
 }
 
+/// Where this daemon's builds keep secrets: a tmpfs (/dev/shm) when the host has one, so
+/// they never touch a disk; one directory per data root.
+fn secret_root(data_root: &Path) -> Option<PathBuf> {
+    let shm = Path::new("/dev/shm");
+    shm.is_dir().then(|| {
+        let tag = Digest::sha256(data_root.as_os_str().as_encoded_bytes()).hex()[..16].to_string();
+        shm.join(format!("berth-{tag}"))
+    })
+}
+
+/// What builds of a daemon that died left behind: their scratch directories and secrets.
+pub fn clean_leftovers(data_root: &Path) {
+    if let Some(r) = secret_root(data_root) {
+        let _ = std::fs::remove_dir_all(r);
+    }
+    if let Ok(rd) = std::fs::read_dir(data_root.join("tmp")) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("build-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// `POST /build/prune`: the build cache and the images builds made along the way.
 pub async fn prune(State(d): State<Shared>) -> ApiResult<Json<Value>> {
     let store = d.store.clone();
@@ -313,7 +377,11 @@ pub async fn prune(State(d): State<Shared>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"CachesDeleted": [], "SpaceReclaimed": freed})))
 }
 
+/// A stage's image, or why it failed, once it has finished.
+type StageDone = tokio::sync::watch::Sender<Option<Result<String, String>>>;
+
 /// One build: where its steps read from and report to.
+#[derive(Clone)]
 struct Build<'a> {
     d: &'a Shared,
     context: &'a Path,
@@ -325,19 +393,30 @@ struct Build<'a> {
     /// Pull base images even when they are here.
     pull: bool,
     auth: &'a HashMap<String, AuthConfig>,
-    out: &'a Out,
-    /// The images of the stages built so far.
-    stages: Vec<String>,
+    out: Out,
+    /// `networkmode`: the network of RUN steps.
+    network: Option<String>,
+    /// Scratch space for this build (copies for binds), removed with it.
+    scratch: &'a Path,
+    /// Where secrets are written for their binds (a tmpfs when there is one).
+    secret_dir: &'a Path,
+    secrets: &'a HashMap<String, Vec<u8>>,
+    /// Each stage's image (or failure) once it is built.
+    stages: Arc<Vec<StageDone>>,
+    /// The stages the target needs.
+    planned: Arc<Vec<bool>>,
 }
 
 impl Build<'_> {
     fn say(&self, text: impl AsRef<str>) {
         if !self.quiet {
-            say(self.out, text);
+            say(&self.out, text);
         }
     }
 
-    /// Runs the Dockerfile up to `target`; returns the final image.
+    /// Runs the stages `target` needs, independent ones at once; returns the final image.
+    /// Each stage reports through a channel of its own, relayed in stage order, so the
+    /// output reads as if the stages ran one after another.
     async fn run(
         &mut self,
         dockerfile: &str,
@@ -354,68 +433,63 @@ impl Build<'_> {
                 .ok_or_else(|| format!("failed to reach build target {t} in Dockerfile"))?,
             None => df.stages.len() - 1,
         };
+        self.global = platform_args();
         for (k, v) in &df.global_args {
             let val = self
                 .build_args
                 .get(k)
                 .cloned()
                 .flatten()
-                .or_else(|| v.clone());
+                .or_else(|| v.clone())
+                .or_else(|| self.global.get(k).cloned());
             if let Some(val) = val {
                 self.global.insert(k.clone(), val);
             }
         }
-        let total: usize = df.stages[..=last].iter().map(|s| s.steps.len() + 1).sum();
-        let mut n = 0;
-        let mut st = None;
-        for stage in &df.stages[..=last] {
-            n += 1;
-            let base = parse::expand(&stage.base, &self.global, df.escape)?;
-            let alias = stage
-                .name
-                .as_ref()
-                .map(|a| format!(" AS {a}"))
-                .unwrap_or_default();
-            self.say(format!("Step {n}/{total} : FROM {base}{alias}\n"));
-            let image = self.base_image(&df, &base).await?;
-            let cfg = image_config(self.d, &image)?;
-            let mut s = StageState::from_image(image, &cfg);
-            self.say(format!(" ---> {}\n", short(&s.image)));
-            let triggers: Vec<String> = cfg["OnBuild"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t.as_str().map(String::from))
-                .collect();
-            if !triggers.is_empty() {
-                self.say(format!("# Executing {} build trigger(s)\n", triggers.len()));
-                for t in &triggers {
-                    let step = parse::parse(&format!("FROM scratch\n{t}\n"))
-                        .map_err(|e| format!("ONBUILD {t}: {e}"))?
-                        .stages
-                        .remove(0)
-                        .steps
-                        .remove(0);
-                    self.step(&df, &mut s, &step).await?;
-                }
-                self.configure(&mut s, "".into(), Edit::ClearOnbuild)
-                    .await?;
-            }
-            for step in &stage.steps {
-                n += 1;
-                self.say(format!(
-                    "Step {n}/{total} : {} {}\n",
-                    step.keyword, step.original
+        let expand = |w: &str| parse::expand(w, &self.global, df.escape).unwrap_or_default();
+        let need = plan::needed(&df, last, &expand);
+        let order: Vec<usize> = (0..=last).filter(|&i| need[i]).collect();
+        let total: usize = order.iter().map(|&i| df.stages[i].steps.len() + 1).sum();
+        self.planned = Arc::new(need);
+        self.stages = Arc::new(
+            (0..df.stages.len())
+                .map(|_| tokio::sync::watch::channel(None).0)
+                .collect(),
+        );
+        let mut relays = Vec::new();
+        let mut stages = Vec::new();
+        let mut first = 0;
+        for &i in &order {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            relays.push(rx);
+            let b = Build {
+                out: tx,
+                ..self.clone()
+            };
+            let df = &df;
+            stages.push(async move {
+                let r = b.stage(df, i, first, total).await;
+                b.stages[i].send_replace(Some(
+                    r.as_ref().map(|s| s.image.clone()).map_err(Clone::clone),
                 ));
-                self.step(&df, &mut s, step)
-                    .await
-                    .map_err(|e| format!("{e} (Dockerfile line {})", step.line))?;
-                self.say(format!(" ---> {}\n", short(&s.image)));
-            }
-            self.stages.push(s.image.clone());
-            st = Some(s);
+                r
+            });
+            first += df.stages[i].steps.len() + 1;
         }
-        let mut st = st.ok_or_else(|| "nothing was built".to_string())?;
+        let out = self.out.clone();
+        let relay = async move {
+            for mut rx in relays {
+                while let Some(b) = rx.recv().await {
+                    let _ = out.send(b);
+                }
+            }
+        };
+        let (results, ()) = tokio::join!(futures_util::future::join_all(stages), relay);
+        let mut final_state = None;
+        for r in results {
+            final_state = Some(r?);
+        }
+        let mut st = final_state.ok_or_else(|| "nothing was built".to_string())?;
         if !labels.is_empty() {
             // --label: on the final image, as Docker adds them.
             self.configure(
@@ -438,13 +512,92 @@ impl Build<'_> {
             .ok_or_else(|| format!("the built image {} is gone", st.image))
     }
 
+    /// One stage, its steps numbered from `first`.
+    async fn stage(
+        &self,
+        df: &parse::Dockerfile,
+        i: usize,
+        first: usize,
+        total: usize,
+    ) -> Result<StageState, String> {
+        let stage = &df.stages[i];
+        let mut n = first + 1;
+        let base = parse::expand(&stage.base, &self.global, df.escape)?;
+        if let Some(p) = &stage.platform {
+            check_platform(&parse::expand(p, &self.global, df.escape)?)?;
+        }
+        let alias = stage
+            .name
+            .as_ref()
+            .map(|a| format!(" AS {a}"))
+            .unwrap_or_default();
+        self.say(format!("Step {n}/{total} : FROM {base}{alias}\n"));
+        let image = self.base_image(df, &base, i).await?;
+        let cfg = image_config(self.d, &image)?;
+        let mut s = StageState::from_image(image, &cfg, i);
+        self.say(format!(" ---> {}\n", short(&s.image)));
+        let triggers: Vec<String> = cfg["OnBuild"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(String::from))
+            .collect();
+        if !triggers.is_empty() {
+            self.say(format!("# Executing {} build trigger(s)\n", triggers.len()));
+            for t in &triggers {
+                let step = parse::parse(&format!("FROM scratch\n{t}\n"))
+                    .map_err(|e| format!("ONBUILD {t}: {e}"))?
+                    .stages
+                    .remove(0)
+                    .steps
+                    .remove(0);
+                self.step(df, &mut s, &step).await?;
+            }
+            self.configure(&mut s, "".into(), Edit::ClearOnbuild)
+                .await?;
+        }
+        for step in &stage.steps {
+            n += 1;
+            self.say(format!(
+                "Step {n}/{total} : {} {}\n",
+                step.keyword, step.original
+            ));
+            self.step(df, &mut s, step)
+                .await
+                .map_err(|e| format!("{e} (Dockerfile line {})", step.line))?;
+            self.say(format!(" ---> {}\n", short(&s.image)));
+        }
+        Ok(s)
+    }
+
+    /// The image of stage `i`, once it is built.
+    async fn stage_image(&self, i: usize) -> Result<String, String> {
+        if !self.planned.get(i).copied().unwrap_or(false) {
+            return Err(format!(
+                "stage {i} is named through a variable set inside a stage; name it directly or with a global ARG"
+            ));
+        }
+        let mut rx = self.stages[i].subscribe();
+        let v = rx
+            .wait_for(|v| v.is_some())
+            .await
+            .map_err(|_| format!("stage {i} did not finish"))?;
+        match v.clone() {
+            Some(Ok(id)) => Ok(id),
+            Some(Err(_)) | None => Err(format!("stage {i} failed")),
+        }
+    }
+
     /// The image a stage starts from: an earlier stage, `scratch` (an empty image made
     /// here), a local image, or one pulled from its registry.
-    async fn base_image(&self, df: &parse::Dockerfile, base: &str) -> Result<String, String> {
-        if let Some(i) = df.stage(base) {
-            if let Some(id) = self.stages.get(i) {
-                return Ok(id.clone());
-            }
+    async fn base_image(
+        &self,
+        df: &parse::Dockerfile,
+        base: &str,
+        before: usize,
+    ) -> Result<String, String> {
+        if let Some(i) = df.stage(base).filter(|&i| i < before) {
+            return self.stage_image(i).await;
         }
         if base == "scratch" {
             let store = self.d.store.clone();
@@ -681,8 +834,10 @@ impl Build<'_> {
             }
             Instruction::From { .. } => Ok(()),
             Instruction::Run {
-                command, heredocs, ..
-            } => self.run_step(st, command, heredocs).await,
+                command,
+                heredocs,
+                flags,
+            } => self.run_step(df, st, command, heredocs, flags).await,
             Instruction::Copy {
                 sources,
                 dest,
@@ -707,7 +862,35 @@ impl Build<'_> {
                         .await;
                 }
                 let dest = x(dest, st)?;
-                let tarball = context_tar(self.context, st, &x, sources, &dest, heredocs, *add)?;
+                let mut fetched = Vec::new();
+                let mut local = Vec::new();
+                for src in sources {
+                    let src = x(src, st)?;
+                    if *add && (src.starts_with("http://") || src.starts_with("https://")) {
+                        let sum = flags.get("checksum").and_then(|v| v.first());
+                        fetched.push(self.fetch_url(&src, sum.map(String::as_str)).await?);
+                    } else if src.starts_with("http://") || src.starts_with("https://") {
+                        return Err(format!(
+                            "COPY {src}: source can't be a URL for COPY (use ADD)"
+                        ));
+                    } else {
+                        local.push(src);
+                    }
+                }
+                if flags.contains_key("checksum") && fetched.is_empty() {
+                    return Err("ADD --checksum needs a URL source".into());
+                }
+                let many = sources.len() > 1;
+                let tarball = context_tar(
+                    self.context,
+                    st,
+                    &local,
+                    &fetched,
+                    many,
+                    &dest,
+                    heredocs,
+                    *add,
+                )?;
                 let tarball = match chmod {
                     Some(m) => with_mode(&tarball, m)?,
                     None => tarball,
@@ -730,10 +913,41 @@ impl Build<'_> {
     /// `RUN`: the command in a container of the current image, committed.
     async fn run_step(
         &self,
+        df: &parse::Dockerfile,
         st: &mut StageState,
         command: &Command,
         heredocs: &[parse::Heredoc],
+        flags: &BTreeMap<String, Vec<String>>,
     ) -> Result<(), String> {
+        let mut run_mounts = Vec::new();
+        for m in flags.get("mount").into_iter().flatten() {
+            let m = parse::expand(m, &st.vars(), df.escape)?;
+            run_mounts.push(plan::RunMount::parse(&m)?);
+        }
+        let network = match flags
+            .get("network")
+            .and_then(|v| v.first())
+            .map(String::as_str)
+        {
+            None | Some("default") => self.network.clone(),
+            Some(n @ ("none" | "host")) => Some(n.to_string()),
+            Some(o) => return Err(format!("RUN --network={o}: expected default, none or host")),
+        };
+        if let Some(sec) = flags.get("security").and_then(|v| v.first()) {
+            if sec != "sandbox" {
+                return Err(format!(
+                    "RUN --security={sec}: Berth runs build steps sandboxed only"
+                ));
+            }
+        }
+        let mut from_ids = HashMap::new();
+        for (n, m) in run_mounts.iter().enumerate() {
+            if let (plan::MountKind::Bind, Some(f)) = (m.kind, &m.from) {
+                let f = parse::expand(f, &st.vars(), df.escape)?;
+                from_ids.insert(n, self.source_image(df, st, &f).await?);
+            }
+        }
+        let mount_key = mounts::key(&run_mounts, self.context, &from_ids).await?;
         let mut argv = exec_or_shell(command, &st.shell);
         if let (Some(h), Command::Shell(_)) = (heredocs.first(), command) {
             // `RUN <<EOF`: the heredoc is the script.
@@ -748,10 +962,36 @@ impl Build<'_> {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         env.extend(args.iter().cloned());
-        let key = step_key(&st.image, &json!({"run": argv, "args": args}));
+        // The predefined proxy ARGs reach RUN without an ARG line and stay out of the
+        // history and the cache key, as Docker keeps them.
+        for (k, v) in self.build_args {
+            if PROXY_ARGS.contains(&k.as_str()) && !st.args.contains_key(k) {
+                if let Some(v) = v {
+                    env.push(format!("{k}={v}"));
+                }
+            }
+        }
+        let key = step_key(
+            &st.image,
+            &json!({"run": argv, "args": args, "mounts": mount_key, "network": network}),
+        );
         if self.hit(st, &key) {
             return Ok(());
         }
+        let mut from_dirs = HashMap::new();
+        for (n, image) in &from_ids {
+            let source = run_mounts[*n].source.as_deref().unwrap_or(".");
+            from_dirs.insert(*n, self.export_path(image, source).await?);
+        }
+        let sources = mounts::Sources {
+            data_root: &self.d.data_root,
+            context: self.context,
+            scratch: self.scratch,
+            secret_dir: self.secret_dir,
+            secrets: self.secrets,
+        };
+        let prepared = mounts::prepare(&run_mounts, &sources, &from_dirs).await?;
+        env.extend(prepared.env.iter().cloned());
         let shown = match command {
             Command::Shell(s) => format!("{} {s}", st.shell.join(" ")),
             Command::Exec(v) => json!(v).to_string(),
@@ -765,11 +1005,23 @@ impl Build<'_> {
         let cid = container(
             d,
             &st.image,
-            json!({"Cmd": argv, "Entrypoint": [], "Env": env, "WorkingDir": st.workdir, "User": st.user}),
+            json!({"Cmd": argv, "Entrypoint": [], "Env": env, "WorkingDir": st.workdir, "User": st.user,
+                "HostConfig": {"Binds": prepared.binds, "Tmpfs": prepared.tmpfs, "NetworkMode": network}}),
         )
         .await?;
         self.say(format!(" ---> Running in {}\n", short(&cid)));
         let e = d.containers.get(&cid).map_err(|e| e.message)?;
+        // The mount points the container will have to create, to take away again.
+        let tops = if prepared.targets.is_empty() {
+            Vec::new()
+        } else {
+            let targets = prepared.targets.clone();
+            crate::containers::with_rootfs(d, e.snapshot(), false, move |root| {
+                Ok(mounts::missing_tops(&root, &targets))
+            })
+            .await
+            .unwrap_or_default()
+        };
         let seen = e.progress.borrow().exits;
         {
             let _g = e.op.lock().await;
@@ -779,14 +1031,21 @@ impl Build<'_> {
                 return Err(err.message);
             }
         }
-        crate::containers::Containers::wait_exit(&e, seen, None).await;
-        // The step's output, from its log.
-        if !self.quiet {
-            let log = std::fs::read_to_string(d.containers.log_path(&cid)).unwrap_or_default();
-            for line in log.lines() {
-                if let Ok(v) = serde_json::from_str::<Value>(line) {
-                    say(self.out, v["log"].as_str().unwrap_or(""));
-                }
+        // The step's output as it comes, from its log.
+        let log = d.containers.log_path(&cid);
+        let mut shown_upto = 0;
+        let exited = crate::containers::Containers::wait_exit(&e, seen, None);
+        tokio::pin!(exited);
+        loop {
+            let done = tokio::select! {
+                _ = &mut exited => true,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => false,
+            };
+            if !self.quiet {
+                shown_upto = self.relay_log(&log, shown_upto).await;
+            }
+            if done {
+                break;
             }
         }
         let code = e.snapshot().state.exit_code;
@@ -796,7 +1055,17 @@ impl Build<'_> {
                 "The command '{shown}' returned a non-zero code: {code}"
             ));
         }
+        if !tops.is_empty() {
+            let _ = crate::containers::with_rootfs(d, e.snapshot(), false, move |root| {
+                for (top, target) in &tops {
+                    mounts::remove_mount_point(&root, top, target);
+                }
+                Ok(())
+            })
+            .await;
+        }
         let img = commit(d, &st.image, &cid, created_by).await?;
+        drop(prepared);
         self.say(format!("Removing intermediate container {}\n", short(&cid)));
         self.d
             .store
@@ -804,6 +1073,125 @@ impl Build<'_> {
             .map_err(|e| e.to_string())?;
         st.image = img.config.to_string();
         Ok(())
+    }
+
+    /// The image a `--from=` names: an earlier stage, a local image, or a pulled one.
+    async fn source_image(
+        &self,
+        df: &parse::Dockerfile,
+        st: &StageState,
+        from: &str,
+    ) -> Result<String, String> {
+        match df.stage(from).filter(|&i| i < st.stage) {
+            Some(i) => self.stage_image(i).await,
+            None => match self.d.store.resolve(from) {
+                Some(i) => Ok(i.config.to_string()),
+                None => self.base_image(df, from, st.stage).await,
+            },
+        }
+    }
+
+    /// `ADD <url>`: the file fetched into the scratch directory (mode 0600, as Docker
+    /// writes it), checked against `--checksum` when given; its name is the URL's last
+    /// path segment.
+    async fn fetch_url(
+        &self,
+        url: &str,
+        checksum: Option<&str>,
+    ) -> Result<(String, PathBuf), String> {
+        use tokio::io::AsyncWriteExt;
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("ADD {url}: {e}"))?;
+        let name = parsed
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .filter(|n| !n.is_empty())
+            .unwrap_or("__unnamed__")
+            .to_string();
+        let want = match checksum {
+            Some(c) => Some(
+                c.parse::<Digest>()
+                    .map_err(|e| format!("ADD --checksum={c}: {e}"))?,
+            ),
+            None => None,
+        };
+        self.say(format!("Downloading {url}\n"));
+        let mut resp = reqwest::Client::new()
+            .get(parsed)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("ADD {url}: {e}"))?;
+        let path = self
+            .scratch
+            .join(format!("url-{}", berth_store::content::unique()));
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            let std_f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| e.to_string())?;
+            tokio::fs::File::from_std(std_f)
+        };
+        let mut h = berth_types::Hasher::new(berth_types::digest::Algorithm::Sha256);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("ADD {url}: {e}"))? {
+            h.update(&chunk);
+            f.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        f.flush().await.map_err(|e| e.to_string())?;
+        let got = h.finish();
+        if let Some(w) = want {
+            if w != got {
+                return Err(format!(
+                    "ADD {url}: checksum mismatch: expected {w}, got {got}"
+                ));
+            }
+        }
+        Ok((name, path))
+    }
+
+    /// A copy of `source` out of `image`, in the build's scratch directory.
+    async fn export_path(&self, image: &str, source: &str) -> Result<PathBuf, String> {
+        let cid = container(self.d, image, json!({"Cmd": ["true"]})).await?;
+        let e = self.d.containers.get(&cid).map_err(|e| e.message)?;
+        let dest = self
+            .scratch
+            .join(format!("from-{}", berth_store::content::unique()));
+        let src = source.to_string();
+        let r = crate::containers::with_rootfs(self.d, e.snapshot(), false, move |root| {
+            let path = mounts::inside(&root, &src).map_err(ApiError::bad_request)?;
+            mounts::copy_tree(&path, &dest).map_err(ApiError::internal)?;
+            Ok(dest)
+        })
+        .await;
+        remove(self.d, &cid).await;
+        r.map_err(|e| e.message)
+    }
+
+    /// Sends the complete lines of a JSON log written after `from`; returns where the
+    /// next read starts.
+    async fn relay_log(&self, log: &Path, from: u64) -> u64 {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let Ok(mut f) = tokio::fs::File::open(log).await else {
+            return from;
+        };
+        if f.seek(std::io::SeekFrom::Start(from)).await.is_err() {
+            return from;
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).await.is_err() {
+            return from;
+        }
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+            return from;
+        };
+        for line in buf[..end].split(|&b| b == b'\n') {
+            if let Ok(v) = serde_json::from_slice::<Value>(line) {
+                say(&self.out, v["log"].as_str().unwrap_or(""));
+            }
+        }
+        from + end as u64 + 1
     }
 
     /// `--chown=user:group`: numbers as they are, names through the image's
@@ -879,16 +1267,10 @@ impl Build<'_> {
         chmod: Option<u32>,
     ) -> Result<(), String> {
         let d = self.d;
-        let src_image = match df.stage(from).and_then(|i| self.stages.get(i)) {
-            Some(id) => id.clone(),
-            None => match d.store.resolve(from) {
-                Some(i) => i.config.to_string(),
-                None => self
-                    .base_image(df, from)
-                    .await
-                    .map_err(|e| format!("COPY --from={from}: {e}"))?,
-            },
-        };
+        let src_image = self
+            .source_image(df, st, from)
+            .await
+            .map_err(|e| format!("COPY --from={from}: {e}"))?;
         // What it copies is fixed by the source image: no need to read it for the key.
         let key = step_key(
             &st.image,
@@ -988,6 +1370,57 @@ impl Build<'_> {
     }
 }
 
+const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// The host's platform as Go names it: the only one a build can run.
+fn host_platform() -> (&'static str, &'static str) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    ("linux", arch)
+}
+
+/// The automatic platform ARGs (BuildKit's `TARGETPLATFORM` family), all the host's.
+fn platform_args() -> BTreeMap<String, String> {
+    let (os, arch) = host_platform();
+    let mut m = BTreeMap::new();
+    for side in ["BUILD", "TARGET"] {
+        m.insert(format!("{side}PLATFORM"), format!("{os}/{arch}"));
+        m.insert(format!("{side}OS"), os.to_string());
+        m.insert(format!("{side}ARCH"), arch.to_string());
+        m.insert(format!("{side}VARIANT"), String::new());
+    }
+    m
+}
+
+/// `--platform`: Berth runs what the host runs and says so for anything else.
+fn check_platform(p: &str) -> Result<(), String> {
+    let (os, arch) = host_platform();
+    let mut parts = p.split('/');
+    let (want_os, want_arch) = (parts.next().unwrap_or(""), parts.next().unwrap_or(arch));
+    if p.is_empty() || (want_os == os && want_arch == arch) {
+        return Ok(());
+    }
+    Err(format!(
+        "platform {p} cannot run here: Berth builds only for the host's platform {os}/{arch} (no emulation)"
+    ))
+}
+
 /// HEALTHCHECK as the image config holds it (durations in nanoseconds).
 fn healthcheck(
     command: Option<&Command>,
@@ -1039,8 +1472,9 @@ fn healthcheck(
 fn context_tar(
     context: &Path,
     st: &StageState,
-    x: &dyn Fn(&str, &StageState) -> Result<String, String>,
     sources: &[String],
+    fetched: &[(String, PathBuf)],
+    many: bool,
     dest: &str,
     heredocs: &[parse::Heredoc],
     add: bool,
@@ -1049,7 +1483,16 @@ fn context_tar(
     let mut b = tar::Builder::new(&mut tarball);
     b.follow_symlinks(false);
     let target = resolve_dest(&st.workdir, dest);
-    let many = sources.len() > 1 || dest.ends_with('/');
+    let many = many || dest.ends_with('/');
+    for (name, file) in fetched {
+        let entry = if many {
+            format!("{}/{name}", target.trim_end_matches('/'))
+        } else {
+            target.clone()
+        };
+        b.append_path_with_name(file, entry.trim_start_matches('/'))
+            .map_err(|e| e.to_string())?;
+    }
     if !heredocs.is_empty() {
         for h in heredocs {
             let name = if many {
@@ -1061,8 +1504,7 @@ fn context_tar(
         }
     } else {
         for s in sources {
-            let s = x(s, st)?;
-            let matches = glob_context(context, &s)?;
+            let matches = glob_context(context, s)?;
             if matches.is_empty() {
                 return Err(format!("COPY failed: file not found in build context: {s}"));
             }

@@ -417,6 +417,8 @@ async fn serve(settings: config::Settings, flags: config::Flags) -> Result<(), S
         }
         listeners.push(listener);
     }
+    // The sockets are ours now, so no other daemon works in this data root.
+    build::clean_leftovers(&settings.data_root);
     let store = Arc::new(ImageStore::open(&settings.data_root).map_err(|e| e.to_string())?);
     let networks = Arc::new(
         networks::Networks::open(

@@ -272,6 +272,42 @@ pub async fn disk_usage(State(d): State<Shared>) -> Json<Value> {
             crate::containers::api::summary(&d.containers, &r, now)
         }).collect::<Vec<_>>(),
         "Volumes": [],
-        "BuildCache": []
+        "BuildCache": build_cache_usage(&d)
     }))
+}
+
+/// The build cache as `system df` counts it: one record per layer that cached build steps
+/// made. A layer some listed image also has is shared (builder prune would not free it).
+fn build_cache_usage(d: &Shared) -> Vec<Value> {
+    let kept: std::collections::BTreeSet<String> = d
+        .store
+        .list()
+        .into_iter()
+        .filter(|(img, _)| !d.store.is_intermediate(&img.manifest))
+        .flat_map(|(img, _)| img.layers.into_iter().map(|l| l.chain_id.to_string()))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for img in d.store.build_cache_images() {
+        // Layers the base image brought are not the cache's.
+        let Some(l) = img.layers.last() else { continue };
+        if !seen.insert(l.chain_id.to_string()) {
+            continue;
+        }
+        let shared = kept.contains(&l.chain_id.to_string());
+        out.push(json!({
+            "ID": l.chain_id.hex()[..12].to_string(),
+            "Parent": "",
+            "Parents": [],
+            "Type": "regular",
+            "Description": format!("layer of {}", &img.config.hex()[..12]),
+            "InUse": false,
+            "Shared": shared,
+            "Size": l.size,
+            "CreatedAt": img.created,
+            "LastUsedAt": img.created,
+            "UsageCount": 1
+        }));
+    }
+    out
 }

@@ -904,6 +904,16 @@ impl ImageStore {
         self.persist(&meta)
     }
 
+    /// The images the build cache names, with when each was made.
+    pub fn build_cache_images(&self) -> Vec<Image> {
+        let meta = self.meta.lock().expect("meta lock");
+        let names: BTreeSet<&String> = meta.build_cache.values().collect();
+        names
+            .into_iter()
+            .filter_map(|m| meta.images.get(m).cloned())
+            .collect()
+    }
+
     /// A build's result: no longer an intermediate image (listed, pruned when dangling).
     pub fn keep_result(&self, img: &Image) -> Result<()> {
         let mut meta = self.meta.lock().expect("meta lock");

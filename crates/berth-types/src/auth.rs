@@ -98,6 +98,33 @@ pub fn encode_basic(user: &str, pass: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
 }
 
+/// The header Berth's CLI sends build secrets in (`berth build --secret`): a base64 JSON
+/// map from id to the secret's base64 bytes. Docker's classic build API has no secrets.
+pub const BUILD_SECRETS_HEADER: &str = "x-berth-build-secrets";
+
+pub fn secrets_to_header(secrets: &std::collections::BTreeMap<String, Vec<u8>>) -> String {
+    let m: std::collections::BTreeMap<&String, String> = secrets
+        .iter()
+        .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
+        .collect();
+    base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&m).unwrap_or_default())
+}
+
+pub fn secrets_from_header(
+    value: &str,
+) -> Result<std::collections::HashMap<String, Vec<u8>>, String> {
+    let json = decode_any(value.trim()).ok_or("build secrets: not base64")?;
+    let m: std::collections::HashMap<String, String> =
+        serde_json::from_slice(&json).map_err(|e| format!("build secrets: {e}"))?;
+    m.into_iter()
+        .map(|(k, v)| {
+            decode_any(&v)
+                .map(|b| (k.clone(), b))
+                .ok_or(format!("build secret {k}: not base64"))
+        })
+        .collect()
+}
+
 fn decode_any(s: &str) -> Option<Vec<u8>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     [STANDARD, URL_SAFE, STANDARD_NO_PAD, URL_SAFE_NO_PAD]
@@ -108,6 +135,15 @@ fn decode_any(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_secrets_round_trip() {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("tok".to_string(), b"s3cr\0t\n".to_vec());
+        let back = secrets_from_header(&secrets_to_header(&m)).unwrap();
+        assert_eq!(back["tok"], b"s3cr\0t\n");
+        assert!(secrets_from_header("!!").is_err());
+    }
 
     #[test]
     fn header_round_trip_and_every_alphabet() {

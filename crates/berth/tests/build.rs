@@ -144,8 +144,24 @@ fn the_cache_follows_contents_not_mtimes() {
     );
     let out = build(&d, &["-t", "app:1", cs]);
     assert_eq!(out.matches("Using cache").count(), 7, "{out}");
+    // system df counts the cache, through both CLIs.
+    let cache_row = |out: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.starts_with("Build Cache"))
+            .unwrap_or_else(|| panic!("{out}"))
+            .split_whitespace()
+            .skip(2)
+            .map(String::from)
+            .collect()
+    };
+    let row = cache_row(&d.berth_ok(&["system", "df"]));
+    assert!(row[0].parse::<u32>().unwrap() >= 3, "{row:?}");
+    let (code, out, err) = d.docker(&["system", "df"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(cache_row(&out)[0], row[0], "{out}");
     let out = d.berth_ok(&["builder", "prune", "-f"]);
     assert!(out.starts_with("Total reclaimed space: "), "{out}");
+    assert_eq!(cache_row(&d.berth_ok(&["system", "df"]))[0], "0");
     let out = build(&d, &["-t", "app:1", cs]);
     assert!(
         !out.contains("Using cache") && out.contains("ran world"),
@@ -303,4 +319,214 @@ fn from_pulls_a_missing_base_image() {
         "on-a-pulled-base\n"
     );
     assert_eq!(d.docker(&["image", "inspect", &base]).0, 0);
+}
+
+const MOUNTS: &str = r#"FROM busybox AS left
+ARG TOKEN
+# Each of the two stages waits for the other's mark: they finish only if they run at once.
+RUN --mount=type=cache,id=rendezvous,target=/r touch /r/left-$TOKEN && i=0; while [ ! -e /r/right-$TOKEN ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; test -e /r/right-$TOKEN
+RUN mkdir /out && echo from-left > /out/file
+
+FROM busybox AS right
+ARG TOKEN
+RUN --mount=type=cache,id=rendezvous,target=/r touch /r/right-$TOKEN && i=0; while [ ! -e /r/left-$TOKEN ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; test -e /r/left-$TOKEN
+
+FROM busybox
+ARG TOKEN
+ARG TARGETARCH
+COPY --from=right /etc/hostname /right-was-built
+RUN --mount=type=cache,target=/cache,sharing=locked echo $TOKEN >> /cache/log && wc -l < /cache/log > /runs
+RUN --mount=type=secret,id=tok grep -q "^s3cret-" /run/secrets/tok && echo secret-seen
+RUN --mount=type=secret,id=tok,env=TOK test "${TOK%-value}" = s3cret && echo "$TARGETARCH" > /arch
+RUN --mount=type=bind,source=data,target=/data cat /data/x > /copied
+RUN --mount=type=bind,from=left,source=/out,target=/left cat /left/file > /from-left
+RUN --mount=type=tmpfs,target=/scratch grep -q " /scratch tmpfs" /proc/mounts && echo marker-in-a-layer > /visible
+"#;
+
+/// RUN `--mount` (cache kept across builds, secrets by file and env and in no layer,
+/// binds of the context and of a stage, tmpfs), independent stages at once, the
+/// platform ARGs, and `-o` exports.
+#[test]
+fn run_mounts_secrets_parallel_stages_and_exports() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let ctx = tempfile::tempdir().unwrap();
+    let c = ctx.path();
+    write(c, &[("Dockerfile", MOUNTS), ("data/x", "bound\n")]);
+    let secret = c.join("secret.txt");
+    std::fs::write(&secret, "s3cret-value").unwrap();
+    let secret_arg = format!("id=tok,src={}", secret.display());
+    let out_dir = c.join("exported");
+    let out_tar = c.join("files.tar");
+    let out_oci = c.join("image.tar");
+    let build_with = |token: &str, extra: &[&str]| {
+        let mut a = vec![
+            "build",
+            "--build-arg",
+            token,
+            "--secret",
+            &secret_arg,
+            "-t",
+            "mounts:1",
+        ];
+        a.extend_from_slice(extra);
+        a.push(c.to_str().unwrap());
+        d.berth(&a)
+    };
+    let (code, out, err) = build_with(
+        "TOKEN=one",
+        &[
+            "-o",
+            &format!("type=local,dest={}", out_dir.display()),
+            "-o",
+            &format!("type=tar,dest={}", out_tar.display()),
+            "-o",
+            &format!("type=oci,dest={}", out_oci.display()),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("secret-seen"), "{out}");
+    // The output reads stage by stage although they ran at once.
+    let left = out.find("FROM busybox AS left").unwrap();
+    let right = out.find("FROM busybox AS right").unwrap();
+    assert!(left < right, "{out}");
+    let run = |args: &[&str]| {
+        let mut a = vec!["run", "--rm", "mounts:1"];
+        a.extend_from_slice(args);
+        d.ok(&a)
+    };
+    assert_eq!(
+        run(&["cat", "/runs", "/copied", "/from-left"]),
+        "1\nbound\nfrom-left\n"
+    );
+    let arch = run(&["cat", "/arch"]);
+    assert!(["amd64\n", "arm64\n"].contains(&arch.as_str()), "{arch}");
+    // Mount points the steps needed are gone; nothing of the secret is in the image.
+    assert_eq!(
+        run(&["sh", "-c", "ls -d /cache /data /left /scratch /run/secrets 2>&1 | wc -l; ls /run 2>/dev/null | wc -l"]),
+        "5\n0\n"
+    );
+
+    // The exports: the files, the files as a tar, and an image archive.
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("copied")).unwrap(),
+        "bound\n"
+    );
+    assert!(out_dir.join("bin/busybox").exists());
+    let names = Command::new("tar")
+        .arg("tf")
+        .arg(&out_tar)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&names.stdout)
+        .lines()
+        .any(|l| l == "from-left"));
+    let (code, _, err) = d.berth(&["load", "-i", out_oci.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // Every layer of the saved image, searched: the marker is found, the secret is not.
+    let layers = tempfile::tempdir().unwrap();
+    let st = Command::new("tar")
+        .arg("xf")
+        .arg(&out_oci)
+        .arg("-C")
+        .arg(layers.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let grep = |needle: &str| {
+        Command::new("grep")
+            .args(["-r", "-a", "-l", "-z", needle])
+            .arg(layers.path())
+            .output()
+            .unwrap()
+            .stdout
+    };
+    assert!(
+        !grep("marker-in-a-layer").is_empty(),
+        "the search finds what is there"
+    );
+    assert!(grep("s3cret-value").is_empty(), "the secret is in no layer");
+
+    // Again with another token: the cache mount kept its file, so it has two lines now;
+    // a changed bound file reruns its step.
+    std::fs::write(c.join("data/x"), "bound again\n").unwrap();
+    let (code, out, err) = build_with("TOKEN=two", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(run(&["cat", "/runs", "/copied"]), "2\nbound again\n");
+
+    // A required secret that is not given, and a platform that cannot run here.
+    let (code, _, err) = d.berth(&["build", "--build-arg", "TOKEN=three", c.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("secret-seen") || err.contains("returned a non-zero code"),
+        "{err}"
+    );
+    let (code, _, err) = d.berth(&["build", "--platform", "linux/s390x", c.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("platform linux/s390x cannot run here"),
+        "{err}"
+    );
+}
+
+/// `ADD <url>`: fetched by the daemon (from a server in its network namespace), named
+/// by the URL, mode 0600, checked with `--checksum`.
+#[test]
+fn add_fetches_urls_with_checksums() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let body = b"served over http\n".to_vec();
+    let sum = format!("sha256:{}", berth_types::Digest::sha256(&body).hex());
+    let served = body.clone();
+    let server = common::http::serve(
+        Some(&d.netns()),
+        std::sync::Arc::new(move |r: &common::http::Request| {
+            if r.path.starts_with("/files/notes.txt") {
+                common::http::Reply::new(200, served.clone())
+            } else {
+                common::http::Reply::new(404, "no")
+            }
+        }),
+    );
+    let url = format!("http://127.0.0.1:{}/files/notes.txt", server.port);
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nADD --checksum={sum} {url} /srv/\nADD {url} /renamed.txt\n"),
+        )],
+    );
+    build(&d, &["-t", "fetched:1", ctx.path().to_str().unwrap()]);
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "fetched:1",
+            "sh",
+            "-c",
+            "cat /srv/notes.txt /renamed.txt; stat -c %a /srv/notes.txt"
+        ]),
+        "served over http\nserved over http\n600\n"
+    );
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    write(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nADD --checksum={wrong} {url} /srv/\n"),
+        )],
+    );
+    let (code, _, err) = d.berth(&["build", ctx.path().to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("checksum mismatch"), "{err}");
+    write(
+        ctx.path(),
+        &[("Dockerfile", &format!("FROM busybox\nCOPY {url} /x\n"))],
+    );
+    let (code, _, err) = d.berth(&["build", ctx.path().to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("source can't be a URL for COPY"), "{err}");
 }
