@@ -591,7 +591,7 @@ fn instruction(
                     command: None,
                     flags,
                 }
-            } else if w.len() >= 3 && w[..3].eq_ignore_ascii_case("CMD") {
+            } else if w.get(..3).is_some_and(|h| h.eq_ignore_ascii_case("CMD")) {
                 let cmd = w[3..].trim();
                 if cmd.is_empty() {
                     return Err(err(line, 13, "HEALTHCHECK CMD requires a command"));

@@ -1261,6 +1261,7 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
                 }
             }
             let (dockerfile, extra) = dockerfile_of(file.as_deref(), &path)?;
+            let extra_beside = extra.clone();
             // The context as a tar, without what .dockerignore leaves out (the Dockerfile
             // and .dockerignore go anyway: the daemon needs them).
             let dir = path.clone();
@@ -1269,10 +1270,31 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
                 ".dockerignore".into(),
             ]
             .to_vec();
-            let tarball = tokio::task::spawn_blocking(move || context_tar(&dir, &keep, extra))
-                .await
-                .map_err(|e| Error::Other(e.to_string()))?
-                .map_err(Error::Other)?;
+            let full_tar = move || async move {
+                tokio::task::spawn_blocking(move || context_tar(&dir, &keep, extra))
+                    .await
+                    .map_err(|e| Error::Other(e.to_string()))?
+                    .map_err(Error::Other)
+            };
+            // The daemon on this host reads the directory in place; the tar is for one
+            // that cannot see it.
+            let in_place = if std::env::var_os("BERTH_BUILD_SEND_CONTEXT").is_some() {
+                None
+            } else {
+                use std::os::unix::fs::MetadataExt;
+                let canon = std::fs::canonicalize(&path)
+                    .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+                let m = std::fs::metadata(&canon)
+                    .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+                if !m.is_dir() {
+                    return Err(Error::Other(format!(
+                        "unable to prepare context: path {:?} is not a directory",
+                        path.display()
+                    )));
+                }
+                let extras = context_tar_of(extra_beside.as_slice()).map_err(Error::Other)?;
+                Some((canon, format!("{}:{}", m.dev(), m.ino()), extras))
+            };
             let mut query = vec![
                 format!("q={quiet}"),
                 format!("nocache={no_cache}"),
@@ -1328,16 +1350,33 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
                     berth_types::auth::secrets_to_header(&secrets),
                 ));
             }
-            let resp = c
-                .send_with(
-                    Method::POST,
-                    &format!("/build?{}", query.join("&")),
-                    client::full(tarball),
-                    Some("application/x-tar"),
-                    false,
-                    &headers,
-                )
-                .await?;
+            let url = format!("/build?{}", query.join("&"));
+            let send = |body: Vec<u8>, headers: Vec<(&'static str, String)>| {
+                let url = url.clone();
+                async move {
+                    c.send_with(
+                        Method::POST,
+                        &url,
+                        client::full(body),
+                        Some("application/x-tar"),
+                        false,
+                        &headers,
+                    )
+                    .await
+                }
+            };
+            let resp = match in_place {
+                Some((dir, stat, extras)) => {
+                    let mut h = headers.clone();
+                    h.push(("X-Berth-Context-Dir", dir.to_string_lossy().into_owned()));
+                    h.push(("X-Berth-Context-Stat", stat));
+                    match send(extras, h).await {
+                        Err(Error::Daemon(412, _)) => send(full_tar().await?, headers).await?,
+                        r => r?,
+                    }
+                }
+                None => send(full_tar().await?, headers).await?,
+            };
             let (status, id) = progress_stream_with_id(resp.into_body(), false, false).await?;
             if let (Some(f), Some(id), 0) = (&iidfile, &id, status) {
                 std::fs::write(f, id).map_err(|e| Error::Other(format!("{}: {e}", f.display())))?;
@@ -3551,6 +3590,24 @@ fn dockerfile_of(
             Ok((Some(name.clone()), Some((name, text))))
         }
     }
+}
+
+/// A tar of just these files (what goes beside a context the daemon reads in place).
+fn context_tar_of(files: &[ExtraFile]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut out);
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+        b.finish().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
 }
 
 /// A build context as a tar: the directory's files in name order, without what its

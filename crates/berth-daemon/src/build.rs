@@ -20,6 +20,7 @@ use axum::Json;
 use berth_build::parse::{self, Command, Instruction};
 use berth_build::plan;
 
+mod copy;
 mod mounts;
 use berth_types::auth::AuthConfig;
 use berth_types::{Digest, Reference};
@@ -247,24 +248,51 @@ pub async fn build(
     let quiet = truthy(param(&ps, "q"));
     let no_cache = truthy(param(&ps, "nocache"));
     let pull = truthy(param(&ps, "pull"));
-    let spooled = crate::images::body_to_file(&d, body).await?;
-    let context = d
+    let in_place = match headers.get(CONTEXT_DIR_HEADER) {
+        Some(dir) => Some(context_in_place(
+            dir.to_str().unwrap_or(""),
+            headers
+                .get(CONTEXT_STAT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        )?),
+        None => None,
+    };
+    let unpacked = d
         .data_root
         .join("tmp")
         .join(format!("build-{}", berth_store::content::unique()));
     {
-        let (spooled, context) = (spooled.clone(), context.clone());
+        // Unpacked as it arrives; `unpack` keeps every entry inside the directory.
+        use futures_util::TryStreamExt;
+        let stream = body.into_data_stream().map_err(std::io::Error::other);
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+        let dir = unpacked.clone();
         crate::blocking(move || {
-            std::fs::create_dir_all(&context).map_err(ApiError::internal)?;
-            let f = std::fs::File::open(&spooled).map_err(ApiError::internal)?;
-            // `unpack` keeps every entry inside the context directory.
-            tar::Archive::new(f)
-                .unpack(&context)
+            std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
+            tar::Archive::new(reader)
+                .unpack(&dir)
                 .map_err(|e| ApiError::bad_request(format!("reading the build context: {e}")))
         })
         .await?;
     }
-    let _ = std::fs::remove_file(&spooled);
+    let ctx = match in_place {
+        Some(root) => {
+            let ignore = std::fs::read_to_string(root.join(".dockerignore"))
+                .map(|t| berth_types::ignore::Ignore::parse(&t))
+                .ok();
+            copy::Context {
+                root,
+                ignore,
+                extras: Some(unpacked.clone()),
+            }
+        }
+        None => copy::Context {
+            root: unpacked.clone(),
+            ignore: None,
+            extras: None,
+        },
+    };
     let unique = berth_store::content::unique();
     let scratch = d
         .data_root
@@ -284,7 +312,7 @@ pub async fn build(
     tokio::spawn(async move {
         let mut b = Build {
             d: &d2,
-            context: &context,
+            ctx: Arc::new(ctx),
             build_args: &build_args,
             global: BTreeMap::new(),
             quiet,
@@ -301,7 +329,7 @@ pub async fn build(
         };
         let result = b.run(&dockerfile, target.as_deref(), &labels).await;
         drop(b);
-        for dir in [&context, &scratch, &secret_dir] {
+        for dir in [&unpacked, &scratch, &secret_dir] {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
         match result {
@@ -344,6 +372,31 @@ pub async fn build(
         .into_response())
 }
 
+/// Berth's CLI on the daemon's host names its context directory instead of sending it
+/// (`berth build` reads nothing twice, and the cache sees unchanged files by their
+/// inodes); the directory's device and inode, as the client sees them, prove that the
+/// daemon sees the same directory. A tar in the body then holds only what the client
+/// adds (a Dockerfile from stdin).
+pub const CONTEXT_DIR_HEADER: &str = "x-berth-context-dir";
+pub const CONTEXT_STAT_HEADER: &str = "x-berth-context-stat";
+
+/// The in-place context `dir`, if the daemon sees the same directory as the client
+/// (`stat` is its `dev:ino`); 412 otherwise, and the client sends a tar instead.
+fn context_in_place(dir: &str, stat: &str) -> ApiResult<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let p = PathBuf::from(dir);
+    let same = p.is_absolute()
+        && std::fs::metadata(&p)
+            .is_ok_and(|m| m.is_dir() && format!("{}:{}", m.dev(), m.ino()) == stat);
+    if !same {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            format!("the build context {dir} is not visible to the daemon"),
+        ));
+    }
+    Ok(p)
+}
+
 /// Where this daemon's builds keep secrets: a tmpfs (/dev/shm) when the host has one, so
 /// they never touch a disk; one directory per data root.
 fn secret_root(data_root: &Path) -> Option<PathBuf> {
@@ -384,7 +437,7 @@ type StageDone = tokio::sync::watch::Sender<Option<Result<String, String>>>;
 #[derive(Clone)]
 struct Build<'a> {
     d: &'a Shared,
-    context: &'a Path,
+    ctx: Arc<copy::Context>,
     build_args: &'a BTreeMap<String, Option<String>>,
     /// Global ARGs (before the first FROM), after --build-arg.
     global: BTreeMap<String, String>,
@@ -423,8 +476,9 @@ impl Build<'_> {
         target: Option<&str>,
         labels: &[(String, String)],
     ) -> Result<berth_store::image::Image, String> {
-        let path = self.context.join(dockerfile);
-        let text = std::fs::read_to_string(&path)
+        let text = self
+            .ctx
+            .read(dockerfile)
             .map_err(|e| format!("Cannot locate specified Dockerfile: {dockerfile} ({e})"))?;
         let df = parse::parse(&text).map_err(|e| e.to_string())?;
         let last = match target {
@@ -880,22 +934,21 @@ impl Build<'_> {
                 if flags.contains_key("checksum") && fetched.is_empty() {
                     return Err("ADD --checksum needs a URL source".into());
                 }
-                let many = sources.len() > 1;
-                let tarball = context_tar(
-                    self.context,
-                    st,
-                    &local,
-                    &fetched,
-                    many,
-                    &dest,
-                    heredocs,
-                    *add,
-                )?;
-                let tarball = match chmod {
-                    Some(m) => with_mode(&tarball, m)?,
-                    None => tarball,
-                };
-                let sum = tar_sum(&tarball)?;
+                let many = sources.len() > 1 || dest.ends_with('/');
+                let target = resolve_dest(&st.workdir, &dest);
+                let docs: Vec<(String, Vec<u8>)> = heredocs
+                    .iter()
+                    .map(|h| (h.name.clone(), h.content.clone().into_bytes()))
+                    .collect();
+                let ctx = self.ctx.clone();
+                let add = *add;
+                let (entries, sum) = tokio::task::spawn_blocking(move || {
+                    let entries = copy::plan(&ctx, &local, &fetched, &docs, &target, many, add)?;
+                    let sum = copy::sum(&entries, chmod)?;
+                    Ok::<_, String>((entries, sum))
+                })
+                .await
+                .map_err(|e| e.to_string())??;
                 let key = step_key(
                     &st.image,
                     &json!({"copy": dest, "sum": sum, "owner": owner, "chmod": chmod}),
@@ -905,6 +958,14 @@ impl Build<'_> {
                 }
                 let created_by =
                     format!("/bin/sh -c #(nop) {} sha256:{sum} in {dest} ", step.keyword);
+                let t0 = std::time::Instant::now();
+                let tarball = tokio::task::spawn_blocking(move || {
+                    let mut t = Vec::new();
+                    copy::write_tar(&entries, chmod, &mut t).map(|()| t)
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                tracing::debug!(tar = ?t0.elapsed(), "build: copy step");
                 self.copy_in(st, tarball, owner, &key, created_by).await
             }
         }
@@ -947,7 +1008,7 @@ impl Build<'_> {
                 from_ids.insert(n, self.source_image(df, st, &f).await?);
             }
         }
-        let mount_key = mounts::key(&run_mounts, self.context, &from_ids).await?;
+        let mount_key = mounts::key(&run_mounts, &self.ctx, &from_ids).await?;
         let mut argv = exec_or_shell(command, &st.shell);
         if let (Some(h), Command::Shell(_)) = (heredocs.first(), command) {
             // `RUN <<EOF`: the heredoc is the script.
@@ -985,7 +1046,7 @@ impl Build<'_> {
         }
         let sources = mounts::Sources {
             data_root: &self.d.data_root,
-            context: self.context,
+            context: &self.ctx,
             scratch: self.scratch,
             secret_dir: self.secret_dir,
             secrets: self.secrets,
@@ -1348,9 +1409,11 @@ impl Build<'_> {
         created_by: String,
     ) -> Result<(), String> {
         let d = self.d;
+        let t0 = std::time::Instant::now();
         let cid = container(d, &st.image, json!({"Cmd": ["true"]})).await?;
         let e = d.containers.get(&cid).map_err(|e| e.message)?;
         let rec = e.snapshot();
+        let t1 = t0.elapsed();
         let applied = crate::containers::with_rootfs(d, rec, false, move |root| {
             berth_store::layer::extract(&root, std::io::Cursor::new(tarball), Some(owner))
                 .map(|_| ())
@@ -1361,7 +1424,14 @@ impl Build<'_> {
             remove(d, &cid).await;
             return Err(e.message);
         }
+        let t2 = t0.elapsed();
         let img = commit(d, &st.image, &cid, created_by).await?;
+        tracing::debug!(
+            create = ?t1,
+            extract = ?(t2 - t1),
+            commit = ?(t0.elapsed() - t2),
+            "build: copy step"
+        );
         d.store
             .remember_step(key, &img)
             .map_err(|e| e.to_string())?;
@@ -1467,126 +1537,6 @@ fn healthcheck(
     Ok(h)
 }
 
-/// What COPY/ADD copies from the context, as a tar of its entries at their destination.
-#[allow(clippy::too_many_arguments)]
-fn context_tar(
-    context: &Path,
-    st: &StageState,
-    sources: &[String],
-    fetched: &[(String, PathBuf)],
-    many: bool,
-    dest: &str,
-    heredocs: &[parse::Heredoc],
-    add: bool,
-) -> Result<Vec<u8>, String> {
-    let mut tarball = Vec::new();
-    let mut b = tar::Builder::new(&mut tarball);
-    b.follow_symlinks(false);
-    let target = resolve_dest(&st.workdir, dest);
-    let many = many || dest.ends_with('/');
-    for (name, file) in fetched {
-        let entry = if many {
-            format!("{}/{name}", target.trim_end_matches('/'))
-        } else {
-            target.clone()
-        };
-        b.append_path_with_name(file, entry.trim_start_matches('/'))
-            .map_err(|e| e.to_string())?;
-    }
-    if !heredocs.is_empty() {
-        for h in heredocs {
-            let name = if many {
-                format!("{}/{}", target, h.name)
-            } else {
-                target.clone()
-            };
-            add_bytes(&mut b, &name, h.content.as_bytes())?;
-        }
-    } else {
-        for s in sources {
-            let matches = glob_context(context, s)?;
-            if matches.is_empty() {
-                return Err(format!("COPY failed: file not found in build context: {s}"));
-            }
-            for m in matches {
-                let src = context.join(&m);
-                let meta = std::fs::symlink_metadata(&src).map_err(|e| e.to_string())?;
-                if meta.is_dir() {
-                    // A directory's contents, not the directory itself.
-                    b.append_dir_all(target.trim_start_matches('/'), &src)
-                        .map_err(|e| e.to_string())?;
-                } else if add && is_tar(&src) {
-                    let mut inner = tar::Archive::new(open_maybe_gz(&src)?);
-                    for entry in inner.entries().map_err(|e| e.to_string())? {
-                        let mut entry = entry.map_err(|e| e.to_string())?;
-                        let p = entry.path().map_err(|e| e.to_string())?.into_owned();
-                        let mut h = entry.header().clone();
-                        let name = format!("{}/{}", target.trim_start_matches('/'), p.display());
-                        b.append_data(&mut h, name, &mut entry)
-                            .map_err(|e| e.to_string())?;
-                    }
-                } else {
-                    let name = if many {
-                        format!(
-                            "{}/{}",
-                            target.trim_end_matches('/'),
-                            Path::new(&m)
-                                .file_name()
-                                .map(|f| f.to_string_lossy().into_owned())
-                                .unwrap_or_default()
-                        )
-                    } else {
-                        target.clone()
-                    };
-                    b.append_path_with_name(&src, name.trim_start_matches('/'))
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-        }
-    }
-    b.finish().map_err(|e| e.to_string())?;
-    drop(b);
-    Ok(tarball)
-}
-
-/// A checksum of what a tar holds: names, kinds, modes, link targets and contents, not
-/// mtimes or owners (COPY sets the owner; a touched file with the same bytes is the same).
-fn tar_sum(tarball: &[u8]) -> Result<String, String> {
-    use std::io::Read;
-    let mut h = berth_types::Hasher::new(berth_types::digest::Algorithm::Sha256);
-    let mut a = tar::Archive::new(tarball);
-    for entry in a.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        let head = entry.header().clone();
-        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
-        let link = entry
-            .link_name()
-            .ok()
-            .flatten()
-            .map(|l| l.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        h.update(
-            format!(
-                "{}\0{:?}\0{:o}\0{link}\0{}\0",
-                path.display(),
-                head.entry_type(),
-                head.mode().unwrap_or(0),
-                head.size().unwrap_or(0)
-            )
-            .as_bytes(),
-        );
-        let mut buf = [0u8; 64 << 10];
-        loop {
-            let n = entry.read(&mut buf).map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-    }
-    Ok(h.finish().hex().to_string())
-}
-
 /// The tar with every entry's permission bits set to `mode` (COPY --chmod).
 fn with_mode(tarball: &[u8], mode: u32) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
@@ -1650,12 +1600,22 @@ async fn commit(
     let rec = e.snapshot();
     let store = d.store.clone();
     let (id, parent) = (rec.id.clone(), image.to_string());
-    let img = crate::containers::with_rootfs(d, rec, false, move |_| {
-        store
-            .commit(&id, &parent, &[], &created_by, None)
-            .map_err(ApiError::from)
-    })
-    .await
+    let img = if rec.state.running {
+        crate::containers::with_rootfs(d, rec, false, move |_| {
+            store
+                .commit(&id, &parent, &[], &created_by, None)
+                .map_err(ApiError::from)
+        })
+        .await
+    } else {
+        // The step's container has exited and goes next: its changes become the layer.
+        crate::blocking(move || {
+            store
+                .commit_taking(&id, &parent, &created_by)
+                .map_err(ApiError::from)
+        })
+        .await
+    }
     .map_err(|e| e.message)?;
     remove(d, cid).await;
     Ok(img)
@@ -1686,72 +1646,4 @@ fn resolve_dest(workdir: &str, dest: &str) -> String {
             }
         )
     }
-}
-
-fn add_bytes(b: &mut tar::Builder<&mut Vec<u8>>, name: &str, data: &[u8]) -> Result<(), String> {
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append_data(&mut h, name.trim_start_matches('/'), data)
-        .map_err(|e| e.to_string())
-}
-
-fn is_tar(p: &Path) -> bool {
-    let n = p.to_string_lossy();
-    n.ends_with(".tar") || n.ends_with(".tar.gz") || n.ends_with(".tgz")
-}
-
-fn open_maybe_gz(p: &Path) -> Result<Box<dyn std::io::Read>, String> {
-    let f = std::fs::File::open(p).map_err(|e| e.to_string())?;
-    let n = p.to_string_lossy();
-    Ok(if n.ends_with(".gz") || n.ends_with(".tgz") {
-        Box::new(flate2::read::GzDecoder::new(f))
-    } else {
-        Box::new(f)
-    })
-}
-
-/// Context paths matching `pattern` (`*` and `?` within one path segment), relative.
-fn glob_context(context: &Path, pattern: &str) -> Result<Vec<String>, String> {
-    let clean: Vec<&str> = pattern
-        .split('/')
-        .filter(|s| !s.is_empty() && *s != ".")
-        .collect();
-    if clean.contains(&"..") {
-        return Err(format!(
-            "COPY failed: forbidden path outside the build context: {pattern}"
-        ));
-    }
-    if clean.is_empty() {
-        return Ok(vec![".".into()]);
-    }
-    let mut found = vec![String::new()];
-    for seg in clean {
-        let mut next = Vec::new();
-        for base in &found {
-            let dir = context.join(base);
-            if seg.contains(['*', '?']) {
-                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if parse::wildcard(seg, &name) {
-                        next.push(if base.is_empty() {
-                            name
-                        } else {
-                            format!("{base}/{name}")
-                        });
-                    }
-                }
-            } else if dir.join(seg).symlink_metadata().is_ok() {
-                next.push(if base.is_empty() {
-                    seg.to_string()
-                } else {
-                    format!("{base}/{seg}")
-                });
-            }
-        }
-        found = next;
-    }
-    found.sort();
-    Ok(found)
 }

@@ -1035,6 +1035,25 @@ impl ImageStore {
         comment: &str,
         tag: Option<&Reference>,
     ) -> Result<Image> {
+        self.commit_with(key, parent, changes, comment, tag, false)
+    }
+
+    /// `commit` of a container that is gone for good once committed (a build step): its
+    /// upper directory is moved into the layer store rather than copied. It must not be
+    /// mounted.
+    pub fn commit_taking(&self, key: &str, parent: &str, comment: &str) -> Result<Image> {
+        self.commit_with(key, parent, &[], comment, None, true)
+    }
+
+    fn commit_with(
+        &self,
+        key: &str,
+        parent: &str,
+        changes: &[String],
+        comment: &str,
+        tag: Option<&Reference>,
+        adopt: bool,
+    ) -> Result<Image> {
         let parent_img = self
             .resolve(parent)
             .ok_or_else(|| ImageError::NotFound(parent.into()))?;
@@ -1046,9 +1065,19 @@ impl ImageStore {
         let mut ingest = self
             .content
             .ingest(&format!("commit-{key}-{}", crate::content::unique()), None)?;
+        let t0 = std::time::Instant::now();
         layer::diff_upper(&upper, &mut ingest)?;
+        let t1 = t0.elapsed();
         let blob = ingest.commit()?;
+        tracing::debug!(diff = ?t1, ingest_commit = ?(t0.elapsed() - t1), "commit");
         let parent_chain = parent_img.layers.last().map(|l| l.chain_id.clone());
+        let chain = chain_id(parent_chain.as_ref(), &blob);
+        if adopt && !self.has_layer(&chain) && upper_is_self_contained() {
+            // The upper directory already is the layer, in the form overlay reads lower
+            // layers in (0/0 whiteouts, opaque directories): it becomes the snapshot, so
+            // the layer is not unpacked again from the blob just written.
+            self.publish_layer("", &upper, &chain)?;
+        }
         let l = self.unpack(
             parent_chain.as_ref(),
             &blob,
@@ -1424,6 +1453,18 @@ fn apply_change(cfg: &mut Value, change: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether an overlay upper directory holds everything of its files: not when overlay
+/// may keep only metadata there (metacopy) or record renames as redirects to lower
+/// layers (redirect_dir), which the module's parameters say.
+fn upper_is_self_contained() -> bool {
+    ["metacopy", "redirect_dir"].iter().all(|p| {
+        match std::fs::read_to_string(format!("/sys/module/overlay/parameters/{p}")) {
+            Ok(v) => matches!(v.trim(), "N" | "off" | "follow" | "nofollow"),
+            Err(_) => false,
+        }
+    })
 }
 
 #[cfg(test)]

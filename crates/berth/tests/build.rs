@@ -288,6 +288,54 @@ fn ignore_files_healthchecks_triggers_and_ownership() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("unable to find user nosuchuser"), "{err}");
+
+    // The same context sent as a tar (as to a daemon that cannot see the directory):
+    // the CLI leaves out the same files.
+    let mut sent = d.berth_cmd();
+    sent.env("BERTH_BUILD_SEND_CONTEXT", "1").args([
+        "build",
+        "-t",
+        "parent:2",
+        c.to_str().unwrap(),
+    ]);
+    let out = sent.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls = d.ok(&["run", "--rm", "parent:2", "find", "/ctx", "-type", "f"]);
+    let mut files: Vec<&str> = ls.lines().collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "/ctx/.dockerignore",
+            "/ctx/Dockerfile",
+            "/ctx/Dockerfile.bad",
+            "/ctx/iid",
+            "/ctx/keep.txt",
+            "/ctx/secret/public.txt"
+        ]
+    );
+
+    // A symlink in the context that leads out of it is not followed out.
+    std::os::unix::fs::symlink("/etc", c.join("hostetc")).unwrap();
+    write(
+        c,
+        &[(
+            "Dockerfile.escape",
+            "FROM busybox\nCOPY hostetc/passwd /stolen\n",
+        )],
+    );
+    let (code, _, err) = d.berth(&[
+        "build",
+        "-f",
+        c.join("Dockerfile.escape").to_str().unwrap(),
+        c.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("outside the build context"), "{err}");
 }
 
 /// `FROM` an image that is only in a registry: pulled, with the build's own progress.

@@ -75,46 +75,6 @@ pub fn inside(root: &Path, rel: &str) -> Result<PathBuf, String> {
     ))
 }
 
-/// A digest of a tree's names, types, modes, link targets and bytes (not times).
-pub fn tree_sum(p: &Path) -> Result<String, String> {
-    use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
-    let mut h = berth_types::Hasher::new(berth_types::digest::Algorithm::Sha256);
-    let mut todo = vec![(PathBuf::new(), p.to_path_buf())];
-    while let Some((rel, abs)) = todo.pop() {
-        let meta =
-            std::fs::symlink_metadata(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
-        let ft = meta.file_type();
-        h.update(format!("{}\0{:o}\0", rel.display(), meta.permissions().mode()).as_bytes());
-        if ft.is_symlink() {
-            let l = std::fs::read_link(&abs).map_err(|e| e.to_string())?;
-            h.update(format!("->{}\0", l.display()).as_bytes());
-        } else if ft.is_dir() {
-            let mut names: Vec<_> = std::fs::read_dir(&abs)
-                .map_err(|e| e.to_string())?
-                .filter_map(|e| e.ok().map(|e| e.file_name()))
-                .collect();
-            // Reversed, so popping visits them in order.
-            names.sort_unstable_by(|a, b| b.cmp(a));
-            for n in names {
-                todo.push((rel.join(&n), abs.join(&n)));
-            }
-        } else if ft.is_file() {
-            let mut f = std::fs::File::open(&abs).map_err(|e| e.to_string())?;
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = f.read(&mut buf).map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-        }
-        h.update(b"\0");
-    }
-    Ok(h.finish().hex().to_string())
-}
-
 /// Copies a tree (for rw binds, whose writes are thrown away).
 pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     let status = std::process::Command::new("cp")
@@ -133,7 +93,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
 /// What a stage's build needs from the outside for its mounts.
 pub struct Sources<'a> {
     pub data_root: &'a Path,
-    pub context: &'a Path,
+    pub context: &'a super::copy::Context,
     /// The build's scratch directory (rw copies and private caches go there).
     pub scratch: &'a Path,
     /// Where secrets are written (a tmpfs when there is one).
@@ -146,7 +106,7 @@ pub struct Sources<'a> {
 /// it, as BuildKit leaves them out. `from` holds the images of the `from=` binds.
 pub async fn key(
     mounts: &[RunMount],
-    context: &Path,
+    context: &super::copy::Context,
     from: &HashMap<usize, String>,
 ) -> Result<Vec<Value>, String> {
     let mut out = Vec::new();
@@ -163,10 +123,9 @@ pub async fn key(
         match from.get(&n) {
             Some(image) => out.push(json!({"mount": spec, "from": image})),
             None => {
-                let path = inside(context, &source)?;
-                let sum = tokio::task::spawn_blocking(move || tree_sum(&path))
-                    .await
-                    .map_err(|e| e.to_string())??;
+                inside(&context.root, &source)?;
+                let entries = super::copy::plan(context, &[source], &[], &[], "/", false, false)?;
+                let sum = super::copy::sum(&entries, None)?;
                 out.push(json!({"mount": spec, "sum": sum}));
             }
         }
@@ -240,8 +199,31 @@ pub async fn prepare(
                     // A copy already: what the step writes there goes with it.
                     copy.clone()
                 } else {
-                    let path = inside(src.context, &source)?;
-                    if m.readonly {
+                    let path = inside(&src.context.root, &source)?;
+                    let filtered = src.context.ignore.as_ref().is_some_and(|i| !i.is_empty());
+                    if filtered && path.is_dir() {
+                        // An in-place context with a .dockerignore: a copy of what the
+                        // build may see.
+                        let copy = src
+                            .scratch
+                            .join(format!("bind-{n}-{}", berth_store::content::unique()));
+                        std::fs::create_dir_all(&copy).map_err(|e| e.to_string())?;
+                        let entries = super::copy::plan(
+                            src.context,
+                            std::slice::from_ref(&source),
+                            &[],
+                            &[],
+                            "/",
+                            false,
+                            false,
+                        )?;
+                        let mut t = Vec::new();
+                        super::copy::write_tar(&entries, None, &mut t)?;
+                        berth_store::layer::extract(&copy, std::io::Cursor::new(t), None)
+                            .map_err(|e| e.to_string())?;
+                        p.scratch.push(copy.clone());
+                        copy
+                    } else if m.readonly {
                         path
                     } else {
                         let copy = src
@@ -356,7 +338,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sources_stay_inside_and_sums_ignore_times() {
+    fn sources_stay_inside_the_context() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("ctx/sub")).unwrap();
         std::fs::write(d.path().join("ctx/sub/f"), "x").unwrap();
@@ -366,16 +348,6 @@ mod tests {
         assert!(inside(&ctx, "sub/f").is_ok());
         assert!(inside(&ctx, "../outside").is_err());
         assert!(inside(&ctx, "sub/esc").is_err());
-        let a = tree_sum(&ctx).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(ctx.join("sub/f"))
-            .unwrap()
-            .set_modified(std::time::SystemTime::UNIX_EPOCH)
-            .unwrap();
-        assert_eq!(tree_sum(&ctx).unwrap(), a);
-        std::fs::write(ctx.join("sub/f"), "z").unwrap();
-        assert_ne!(tree_sum(&ctx).unwrap(), a);
     }
 
     #[test]
