@@ -90,6 +90,9 @@ enum Cmd {
         /// Do not prompt for confirmation
         #[arg(short, long)]
         force: bool,
+        /// Amount of disk space to keep for cache (e.g. 512m, 2g)
+        #[arg(long = "keep-storage")]
+        keep_storage: Option<String>,
     },
     /// Create a new container
     Create(RunArgs),
@@ -1270,11 +1273,16 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
                 ".dockerignore".into(),
             ]
             .to_vec();
-            let full_tar = move || async move {
-                tokio::task::spawn_blocking(move || context_tar(&dir, &keep, extra))
-                    .await
-                    .map_err(|e| Error::Other(e.to_string()))?
-                    .map_err(Error::Other)
+            // Streamed: written on a blocking thread while it is sent.
+            let mut writer_done = None;
+            let mut full_tar = || {
+                let (rx, tx) = tokio::io::duplex(1 << 20);
+                let (dir, keep, extra) = (dir.clone(), keep.clone(), extra.clone());
+                writer_done = Some(tokio::task::spawn_blocking(move || {
+                    let w = tokio_util::io::SyncIoBridge::new(tx);
+                    context_tar(&dir, &keep, extra, w)
+                }));
+                client::reader(rx)
             };
             // The daemon on this host reads the directory in place; the tar is for one
             // that cannot see it.
@@ -1351,13 +1359,13 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
                 ));
             }
             let url = format!("/build?{}", query.join("&"));
-            let send = |body: Vec<u8>, headers: Vec<(&'static str, String)>| {
+            let send = |body: client::ReqBody, headers: Vec<(&'static str, String)>| {
                 let url = url.clone();
                 async move {
                     c.send_with(
                         Method::POST,
                         &url,
-                        client::full(body),
+                        body,
                         Some("application/x-tar"),
                         false,
                         &headers,
@@ -1370,14 +1378,20 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
                     let mut h = headers.clone();
                     h.push(("X-Berth-Context-Dir", dir.to_string_lossy().into_owned()));
                     h.push(("X-Berth-Context-Stat", stat));
-                    match send(extras, h).await {
-                        Err(Error::Daemon(412, _)) => send(full_tar().await?, headers).await?,
+                    match send(client::full(extras), h).await {
+                        Err(Error::Daemon(412, _)) => send(full_tar(), headers).await?,
                         r => r?,
                     }
                 }
-                None => send(full_tar().await?, headers).await?,
+                None => send(full_tar(), headers).await?,
             };
             let (status, id) = progress_stream_with_id(resp.into_body(), false, false).await?;
+            if let Some(w) = writer_done {
+                // A context that could not be read: that is the error to show.
+                if let Ok(Err(e)) = w.await {
+                    return Err(Error::Other(format!("sending the build context: {e}")));
+                }
+            }
             if let (Some(f), Some(id), 0) = (&iidfile, &id, status) {
                 std::fs::write(f, id).map_err(|e| Error::Other(format!("{}: {e}", f.display())))?;
             }
@@ -1397,11 +1411,22 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             }
             Ok(0)
         }
-        Cmd::BuilderPrune { all: _, force } => {
+        Cmd::BuilderPrune {
+            all: _,
+            force,
+            keep_storage,
+        } => {
+            let keep = keep_storage
+                .map(|k| ram_in_bytes(&k).map_err(Error::Other))
+                .transpose()?;
             if !force && !confirm("WARNING! This will remove all dangling build cache.") {
                 return Ok(0);
             }
-            let v = c.json(Method::POST, "/build/prune", None).await?;
+            let path = match keep {
+                Some(k) => format!("/build/prune?keep-storage={k}"),
+                None => "/build/prune".to_string(),
+            };
+            let v = c.json(Method::POST, &path, None).await?;
             println!(
                 "Total reclaimed space: {}",
                 human_size(v["SpaceReclaimed"].as_f64().unwrap_or(0.0))
@@ -3497,7 +3522,11 @@ impl Progress {
                 Some(b) => b.suspend(|| eprintln!("{e}")),
                 None => eprintln!("{e}"),
             }
-            self.status = 1;
+            // A failed build step's exit code, as the docker CLI exits with it.
+            self.status = v["errorDetail"]["code"]
+                .as_i64()
+                .filter(|c| *c > 0 && *c < 256)
+                .unwrap_or(1) as i32;
             return;
         }
         if self.quiet {
@@ -3617,14 +3646,14 @@ fn context_tar(
     dir: &std::path::Path,
     keep: &[String],
     extra: Option<ExtraFile>,
-) -> Result<Vec<u8>, String> {
+    out: impl std::io::Write,
+) -> Result<(), String> {
     let ignore = match std::fs::read_to_string(dir.join(".dockerignore")) {
         Ok(t) => berth_types::ignore::Ignore::parse(&t),
         Err(_) => Default::default(),
     };
-    let mut out = Vec::new();
     {
-        let mut b = tar::Builder::new(&mut out);
+        let mut b = tar::Builder::new(out);
         b.follow_symlinks(false);
         let mut stack = vec![String::new()];
         while let Some(rel) = stack.pop() {
@@ -3677,7 +3706,7 @@ fn context_tar(
         }
         b.finish().map_err(|e| e.to_string())?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The `X-Registry-Auth` header for the registry of `image`, from the docker CLI's

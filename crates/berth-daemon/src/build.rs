@@ -358,7 +358,22 @@ pub async fn build(
                     }
                 }
             }
-            Err(msg) => send(&tx, &json!({"errorDetail": {"message": msg}, "error": msg})),
+            Err(msg) => {
+                // A RUN that failed: its exit code, which the docker CLI exits with.
+                let code = msg
+                    .split_once("returned a non-zero code: ")
+                    .and_then(|(_, rest)| {
+                        rest.split(|c: char| !c.is_ascii_digit())
+                            .next()?
+                            .parse::<i64>()
+                            .ok()
+                    });
+                let detail = match code {
+                    Some(c) => json!({"message": msg, "code": c}),
+                    None => json!({"message": msg}),
+                };
+                send(&tx, &json!({"errorDetail": detail, "error": msg}))
+            }
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -422,10 +437,18 @@ pub fn clean_leftovers(data_root: &Path) {
 }
 
 /// `POST /build/prune`: the build cache and the images builds made along the way.
-pub async fn prune(State(d): State<Shared>) -> ApiResult<Json<Value>> {
+pub async fn prune(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let ps = params(q.as_deref());
+    let keep = match param(&ps, "keep-storage").filter(|k| !k.is_empty() && *k != "0") {
+        Some(k) => Some(
+            k.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid keep-storage {k:?}")))?,
+        ),
+        None => None,
+    };
     let store = d.store.clone();
     let (entries, freed) =
-        crate::blocking(move || store.prune_build_cache().map_err(ApiError::from)).await?;
+        crate::blocking(move || store.prune_build_cache_to(keep).map_err(ApiError::from)).await?;
     let _ = entries;
     Ok(Json(json!({"CachesDeleted": [], "SpaceReclaimed": freed})))
 }

@@ -935,8 +935,58 @@ impl ImageStore {
     /// `builder prune`: the build cache forgotten and its intermediate images removed
     /// (those no tag names and no container uses). Returns (entries, bytes freed).
     pub fn prune_build_cache(&self) -> Result<(usize, u64)> {
+        self.prune_build_cache_to(None)
+    }
+
+    /// `builder prune --keep-storage`: the oldest cached steps forgotten (and their
+    /// intermediate images removed) until what the rest's own layers take is at most
+    /// `keep` bytes; everything with `None`.
+    pub fn prune_build_cache_to(&self, keep: Option<u64>) -> Result<(usize, u64)> {
         let entries = {
             let mut meta = self.meta.lock().expect("meta lock");
+            if let Some(keep) = keep {
+                let mut cached: Vec<(String, u64, String)> = meta
+                    .build_cache
+                    .values()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .filter_map(|m| {
+                        let img = meta.images.get(m)?;
+                        let own = img.layers.last().map(|l| l.size).unwrap_or(0);
+                        Some((img.created.clone(), own, m.clone()))
+                    })
+                    .collect();
+                cached.sort();
+                let mut total: u64 = cached.iter().map(|c| c.1).sum();
+                let mut dropped = BTreeSet::new();
+                for (_, size, m) in &cached {
+                    if total <= keep {
+                        break;
+                    }
+                    total -= size;
+                    dropped.insert(m.clone());
+                }
+                let before = meta.build_cache.len();
+                meta.build_cache.retain(|_, m| !dropped.contains(m));
+                let tagged: BTreeSet<String> = meta.tags.values().cloned().collect();
+                let used: BTreeSet<Digest> = self
+                    .in_use
+                    .lock()
+                    .expect("in_use lock")
+                    .values()
+                    .cloned()
+                    .collect();
+                for m in &dropped {
+                    let busy = meta.images.get(m).is_some_and(|i| used.contains(&i.config));
+                    if !busy && !tagged.contains(m) && meta.intermediate.remove(m) {
+                        meta.images.remove(m);
+                    }
+                }
+                let n = before - meta.build_cache.len();
+                self.persist(&meta)?;
+                drop(meta);
+                return Ok((n, self.gc()?.bytes_freed));
+            }
             let used: BTreeSet<Digest> = self
                 .in_use
                 .lock()

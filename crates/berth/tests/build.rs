@@ -33,7 +33,7 @@ const APP: &str = "FROM busybox
 ARG WHO=world
 ENV GREETING=hello
 RUN echo \"ran $WHO\" && echo \"$GREETING $WHO\" > /greeting
-COPY a.txt /a.txt
+COPY --link a.txt /a.txt
 COPY dir/ /dir/
 RUN echo j\"\"oined && cat /a.txt /dir/b.txt > /both
 CMD [\"cat\", \"/both\"]
@@ -159,6 +159,14 @@ fn the_cache_follows_contents_not_mtimes() {
     let (code, out, err) = d.docker(&["system", "df"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(cache_row(&out)[0], row[0], "{out}");
+    // --keep-storage: a bound above what the cache takes keeps it all, a tiny one not.
+    d.berth_ok(&["builder", "prune", "-f", "--keep-storage", "1g"]);
+    assert_eq!(cache_row(&d.berth_ok(&["system", "df"]))[0], row[0]);
+    d.berth_ok(&["builder", "prune", "-f", "--keep-storage", "1"]);
+    let left: u32 = cache_row(&d.berth_ok(&["system", "df"]))[0]
+        .parse()
+        .unwrap();
+    assert!(left < row[0].parse::<u32>().unwrap(), "{left} {row:?}");
     let out = d.berth_ok(&["builder", "prune", "-f"]);
     assert!(out.starts_with("Total reclaimed space: "), "{out}");
     assert_eq!(cache_row(&d.berth_ok(&["system", "df"]))[0], "0");

@@ -3363,10 +3363,17 @@ CMD ["cat", "/copied/run.txt", "/copied/inner.txt"]
         ]),
         "heredoc\ninner\n"
     );
-    // A failing RUN and a bad Dockerfile: clear errors, exit 1.
+    // A failing RUN exits with its code (through both CLIs), a bad Dockerfile with 1.
     std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN exit 3\n").unwrap();
     let (code, _, err) = d.berth(&["build", ctx_s]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 3);
+    assert!(err.contains("returned a non-zero code: 3"), "{err}");
+    let mut docker = std::process::Command::new("docker");
+    docker
+        .env("DOCKER_HOST", format!("unix://{}", d.socket().display()))
+        .env("DOCKER_BUILDKIT", "0");
+    let (code, _, err) = d.client(&mut docker, &["build", ctx_s]);
+    assert_eq!(code, 3, "{err}");
     assert!(err.contains("returned a non-zero code: 3"), "{err}");
     std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUNN x\n").unwrap();
     let (code, _, err) = d.berth(&["build", ctx_s]);
