@@ -774,9 +774,19 @@ impl Build<'_> {
         })
         .await
         .map_err(|e| e.message)?;
+        self.step_made(st, &key, &img)
+    }
+
+    /// A step's image: remembered in the cache under `key`, and the stage moves on to it.
+    fn step_made(
+        &self,
+        st: &mut StageState,
+        key: &str,
+        img: &berth_store::image::Image,
+    ) -> Result<(), String> {
         self.d
             .store
-            .remember_step(&key, &img)
+            .remember_step(key, img)
             .map_err(|e| e.to_string())?;
         st.image = img.config.to_string();
         Ok(())
@@ -1151,12 +1161,7 @@ impl Build<'_> {
         let img = commit(d, &st.image, &cid, created_by).await?;
         drop(prepared);
         self.say(format!("Removing intermediate container {}\n", short(&cid)));
-        self.d
-            .store
-            .remember_step(&key, &img)
-            .map_err(|e| e.to_string())?;
-        st.image = img.config.to_string();
-        Ok(())
+        self.step_made(st, &key, &img)
     }
 
     /// The image a `--from=` names: an earlier stage, a local image, or a pulled one.
@@ -1455,11 +1460,7 @@ impl Build<'_> {
             commit = ?(t0.elapsed() - t2),
             "build: copy step"
         );
-        d.store
-            .remember_step(key, &img)
-            .map_err(|e| e.to_string())?;
-        st.image = img.config.to_string();
-        Ok(())
+        self.step_made(st, key, &img)
     }
 }
 

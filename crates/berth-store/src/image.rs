@@ -473,19 +473,23 @@ impl ImageStore {
         Ok(out)
     }
 
+    /// The configs of the images containers use.
+    fn used_configs(&self) -> BTreeSet<Digest> {
+        self.in_use
+            .lock()
+            .expect("in_use lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Removes images without tags (dangling), or with `all` every image; then collects
     /// garbage. Returns the removed image IDs and the bytes freed.
     pub fn prune(&self, all: bool) -> Result<(Vec<Digest>, u64)> {
         let removed: Vec<Digest> = {
             let mut meta = self.meta.lock().expect("meta lock");
             let tagged: BTreeSet<String> = meta.tags.values().cloned().collect();
-            let used: BTreeSet<Digest> = self
-                .in_use
-                .lock()
-                .expect("in_use lock")
-                .values()
-                .cloned()
-                .collect();
+            let used = self.used_configs();
             let doomed: Vec<String> = meta
                 .images
                 .iter()
@@ -969,13 +973,7 @@ impl ImageStore {
                 let before = meta.build_cache.len();
                 meta.build_cache.retain(|_, m| !dropped.contains(m));
                 let tagged: BTreeSet<String> = meta.tags.values().cloned().collect();
-                let used: BTreeSet<Digest> = self
-                    .in_use
-                    .lock()
-                    .expect("in_use lock")
-                    .values()
-                    .cloned()
-                    .collect();
+                let used = self.used_configs();
                 for m in &dropped {
                     let busy = meta.images.get(m).is_some_and(|i| used.contains(&i.config));
                     if !busy && !tagged.contains(m) && meta.intermediate.remove(m) {
@@ -987,13 +985,7 @@ impl ImageStore {
                 drop(meta);
                 return Ok((n, self.gc()?.bytes_freed));
             }
-            let used: BTreeSet<Digest> = self
-                .in_use
-                .lock()
-                .expect("in_use lock")
-                .values()
-                .cloned()
-                .collect();
+            let used = self.used_configs();
             let tagged: BTreeSet<String> = meta.tags.values().cloned().collect();
             let entries = meta.build_cache.len();
             meta.build_cache.clear();

@@ -25,6 +25,14 @@ fn build(d: &Daemon, args: &[&str]) -> String {
     d.berth_ok(&a)
 }
 
+/// The files under `dir` in `image`, sorted.
+fn files_in(d: &Daemon, image: &str, dir: &str) -> Vec<String> {
+    let ls = d.ok(&["run", "--rm", image, "find", dir, "-type", "f"]);
+    let mut files: Vec<String> = ls.lines().map(String::from).collect();
+    files.sort();
+    files
+}
+
 fn id_of(d: &Daemon, image: &str) -> String {
     d.ok(&["image", "inspect", "-f", "{{.Id}}", image])
 }
@@ -217,11 +225,8 @@ fn ignore_files_healthchecks_triggers_and_ownership() {
         std::fs::read_to_string(&iid).unwrap(),
         id_of(&d, "parent:1").trim()
     );
-    let ls = d.ok(&["run", "--rm", "parent:1", "find", "/ctx", "-type", "f"]);
-    let mut files: Vec<&str> = ls.lines().collect();
-    files.sort();
     assert_eq!(
-        files,
+        files_in(&d, "parent:1", "/ctx"),
         [
             "/ctx/.dockerignore",
             "/ctx/Dockerfile",
@@ -312,11 +317,8 @@ fn ignore_files_healthchecks_triggers_and_ownership() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ls = d.ok(&["run", "--rm", "parent:2", "find", "/ctx", "-type", "f"]);
-    let mut files: Vec<&str> = ls.lines().collect();
-    files.sort();
     assert_eq!(
-        files,
+        files_in(&d, "parent:2", "/ctx"),
         [
             "/ctx/.dockerignore",
             "/ctx/Dockerfile",
