@@ -1412,20 +1412,25 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
         Cmd::BuilderPrune {
-            all: _,
+            all,
             force,
             keep_storage,
         } => {
             let keep = keep_storage
                 .map(|k| ram_in_bytes(&k).map_err(Error::Other))
                 .transpose()?;
-            if !force && !confirm("WARNING! This will remove all dangling build cache.") {
+            let warning = if all {
+                "WARNING! This will remove all build cache."
+            } else {
+                "WARNING! This will remove all dangling build cache."
+            };
+            if !force && !confirm(warning) {
                 return Ok(0);
             }
-            let path = match keep {
-                Some(k) => format!("/build/prune?keep-storage={k}"),
-                None => "/build/prune".to_string(),
-            };
+            let mut path = format!("/build/prune?all={all}");
+            if let Some(k) = keep {
+                path.push_str(&format!("&keep-storage={k}"));
+            }
             let v = c.json(Method::POST, &path, None).await?;
             println!(
                 "Total reclaimed space: {}",

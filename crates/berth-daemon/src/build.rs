@@ -447,8 +447,13 @@ pub async fn prune(State(d): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<
         None => None,
     };
     let store = d.store.clone();
-    let (entries, freed) =
-        crate::blocking(move || store.prune_build_cache_to(keep).map_err(ApiError::from)).await?;
+    let all = truthy(param(&ps, "all"));
+    let (entries, freed) = crate::blocking(move || {
+        store
+            .prune_build_cache_to(keep, all)
+            .map_err(ApiError::from)
+    })
+    .await?;
     let _ = entries;
     Ok(Json(json!({"CachesDeleted": [], "SpaceReclaimed": freed})))
 }
@@ -504,6 +509,11 @@ impl Build<'_> {
             .read(dockerfile)
             .map_err(|e| format!("Cannot locate specified Dockerfile: {dockerfile} ({e})"))?;
         let df = parse::parse(&text).map_err(|e| e.to_string())?;
+        if let Some(syntax) = &df.syntax {
+            self.say(format!(
+                "# syntax={syntax}: ignored, Berth's own builder reads this Dockerfile\n"
+            ));
+        }
         let last = match target {
             Some(t) => df
                 .stage(t)

@@ -936,76 +936,95 @@ impl ImageStore {
             .contains(&manifest.to_string())
     }
 
-    /// `builder prune`: the build cache forgotten and its intermediate images removed
+    /// `builder prune -a`: the build cache forgotten and its intermediate images removed
     /// (those no tag names and no container uses). Returns (entries, bytes freed).
     pub fn prune_build_cache(&self) -> Result<(usize, u64)> {
-        self.prune_build_cache_to(None)
+        self.prune_build_cache_to(None, true)
     }
 
-    /// `builder prune --keep-storage`: the oldest cached steps forgotten (and their
-    /// intermediate images removed) until what the rest's own layers take is at most
-    /// `keep` bytes; everything with `None`.
-    pub fn prune_build_cache_to(&self, keep: Option<u64>) -> Result<(usize, u64)> {
+    /// `builder prune`: with `all`, every cached step; without, the dangling ones (whose
+    /// layer no listed image has); with `keep`, the oldest first until what the rest's
+    /// own layers take is at most `keep` bytes. Their intermediate images go too (those
+    /// no tag names and no container uses). Returns (entries, bytes freed).
+    pub fn prune_build_cache_to(&self, keep: Option<u64>, all: bool) -> Result<(usize, u64)> {
         let entries = {
             let mut meta = self.meta.lock().expect("meta lock");
-            if let Some(keep) = keep {
-                let mut cached: Vec<(String, u64, String)> = meta
-                    .build_cache
-                    .values()
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .filter_map(|m| {
-                        let img = meta.images.get(m)?;
-                        let own = img.layers.last().map(|l| l.size).unwrap_or(0);
-                        Some((img.created.clone(), own, m.clone()))
-                    })
-                    .collect();
-                cached.sort();
-                let mut total: u64 = cached.iter().map(|c| c.1).sum();
-                let mut dropped = BTreeSet::new();
-                for (_, size, m) in &cached {
-                    if total <= keep {
-                        break;
-                    }
-                    total -= size;
-                    dropped.insert(m.clone());
-                }
-                let before = meta.build_cache.len();
-                meta.build_cache.retain(|_, m| !dropped.contains(m));
-                let tagged: BTreeSet<String> = meta.tags.values().cloned().collect();
-                let used = self.used_configs();
-                for m in &dropped {
-                    let busy = meta.images.get(m).is_some_and(|i| used.contains(&i.config));
-                    if !busy && !tagged.contains(m) && meta.intermediate.remove(m) {
-                        meta.images.remove(m);
-                    }
-                }
-                let n = before - meta.build_cache.len();
-                self.persist(&meta)?;
-                drop(meta);
-                return Ok((n, self.gc()?.bytes_freed));
-            }
-            let used = self.used_configs();
-            let tagged: BTreeSet<String> = meta.tags.values().cloned().collect();
-            let entries = meta.build_cache.len();
-            meta.build_cache.clear();
-            let doomed: Vec<String> = meta
-                .intermediate
-                .iter()
-                .filter(|m| !tagged.contains(*m))
-                .filter(|m| {
-                    meta.images
-                        .get(*m)
-                        .is_some_and(|i| !used.contains(&i.config))
+            // The cached images, oldest first, with the size of their own layer.
+            let mut cached: Vec<(String, u64, String)> = meta
+                .build_cache
+                .values()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter_map(|m| {
+                    let img = meta.images.get(m)?;
+                    let own = img.layers.last().map(|l| l.size).unwrap_or(0);
+                    Some((img.created.clone(), own, m.clone()))
                 })
-                .cloned()
                 .collect();
-            for m in &doomed {
-                meta.images.remove(m);
+            cached.sort();
+            let dropped: BTreeSet<String> = match keep {
+                Some(keep) => {
+                    let mut total: u64 = cached.iter().map(|c| c.1).sum();
+                    let mut out = BTreeSet::new();
+                    for (_, size, m) in &cached {
+                        if total <= keep {
+                            break;
+                        }
+                        total -= size;
+                        out.insert(m.clone());
+                    }
+                    out
+                }
+                None if all => cached.into_iter().map(|c| c.2).collect(),
+                None => {
+                    let kept: BTreeSet<&Digest> = meta
+                        .images
+                        .iter()
+                        .filter(|(m, _)| !meta.intermediate.contains(*m))
+                        .flat_map(|(_, i)| i.layers.iter().map(|l| &l.chain_id))
+                        .collect();
+                    cached
+                        .iter()
+                        .filter(|(_, _, m)| {
+                            meta.images[m]
+                                .layers
+                                .last()
+                                .is_none_or(|l| !kept.contains(&l.chain_id))
+                        })
+                        .map(|c| c.2.clone())
+                        .collect()
+                }
+            };
+            let before = meta.build_cache.len();
+            meta.build_cache.retain(|_, m| !dropped.contains(m));
+            let tagged: BTreeSet<String> = meta.tags.values().cloned().collect();
+            let used = self.used_configs();
+            for m in &dropped {
+                let busy = meta.images.get(m).is_some_and(|i| used.contains(&i.config));
+                if !busy && !tagged.contains(m) && meta.intermediate.remove(m) {
+                    meta.images.remove(m);
+                }
             }
-            meta.intermediate.clear();
+            if meta.build_cache.is_empty() {
+                // Intermediates no cache entry names any more (an interrupted build's).
+                let orphans: Vec<String> = meta
+                    .intermediate
+                    .iter()
+                    .filter(|m| !tagged.contains(*m))
+                    .filter(|m| {
+                        meta.images
+                            .get(*m)
+                            .is_some_and(|i| !used.contains(&i.config))
+                    })
+                    .cloned()
+                    .collect();
+                for m in &orphans {
+                    meta.images.remove(m);
+                    meta.intermediate.remove(m);
+                }
+            }
             self.persist(&meta)?;
-            entries
+            before - meta.build_cache.len()
         };
         Ok((entries, self.gc()?.bytes_freed))
     }

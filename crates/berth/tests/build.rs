@@ -37,7 +37,8 @@ fn id_of(d: &Daemon, image: &str) -> String {
     d.ok(&["image", "inspect", "-f", "{{.Id}}", image])
 }
 
-const APP: &str = "FROM busybox
+const APP: &str = "# syntax=docker/dockerfile:1
+FROM busybox
 ARG WHO=world
 ENV GREETING=hello
 RUN echo \"ran $WHO\" && echo \"$GREETING $WHO\" > /greeting
@@ -64,6 +65,10 @@ fn the_cache_follows_contents_not_mtimes() {
     let out = build(&d, &["-t", "app:1", cs]);
     assert!(
         out.contains("ran world") && !out.contains("Using cache"),
+        "{out}"
+    );
+    assert!(
+        out.contains("# syntax=docker/dockerfile:1: ignored"),
         "{out}"
     );
     let first = id_of(&d, "app:1");
@@ -167,6 +172,18 @@ fn the_cache_follows_contents_not_mtimes() {
     let (code, out, err) = d.docker(&["system", "df"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(cache_row(&out)[0], row[0], "{out}");
+    // Without -a only dangling cache goes (app:2's own steps, once it is untagged); what
+    // app:1 is built from stays.
+    d.ok(&["rmi", "app:2"]);
+    d.berth_ok(&["builder", "prune", "-f"]);
+    let out = build(&d, &["-t", "app:1", cs]);
+    assert_eq!(out.matches("Using cache").count(), 7, "{out}");
+    let fewer = cache_row(&d.berth_ok(&["system", "df"]));
+    assert!(
+        fewer[0].parse::<u32>().unwrap() < row[0].parse::<u32>().unwrap(),
+        "{fewer:?} {row:?}"
+    );
+    let row = fewer;
     // --keep-storage: a bound above what the cache takes keeps it all, a tiny one not.
     d.berth_ok(&["builder", "prune", "-f", "--keep-storage", "1g"]);
     assert_eq!(cache_row(&d.berth_ok(&["system", "df"]))[0], row[0]);
@@ -175,7 +192,7 @@ fn the_cache_follows_contents_not_mtimes() {
         .parse()
         .unwrap();
     assert!(left < row[0].parse::<u32>().unwrap(), "{left} {row:?}");
-    let out = d.berth_ok(&["builder", "prune", "-f"]);
+    let out = d.berth_ok(&["builder", "prune", "-a", "-f"]);
     assert!(out.starts_with("Total reclaimed space: "), "{out}");
     assert_eq!(cache_row(&d.berth_ok(&["system", "df"]))[0], "0");
     let out = build(&d, &["-t", "app:1", cs]);
