@@ -992,19 +992,26 @@ impl Build<'_> {
                 })
                 .await
                 .map_err(|e| e.to_string())??;
-                let key = step_key(
-                    &st.image,
-                    &json!({"copy": dest, "sum": sum, "owner": owner, "chmod": chmod}),
-                );
+                let what = json!({"copy": dest, "sum": sum, "owner": owner, "chmod": chmod});
+                let created_by =
+                    format!("/bin/sh -c #(nop) {} sha256:{sum} in {dest} ", step.keyword);
+                let link = flags
+                    .get("link")
+                    .and_then(|v| v.first())
+                    .is_some_and(|v| v != "false");
+                if link {
+                    return self
+                        .copy_linked(st, entries, what, chmod, owner, created_by)
+                        .await;
+                }
+                let key = step_key(&st.image, &what);
                 if self.hit(st, &key) {
                     return Ok(());
                 }
-                let created_by =
-                    format!("/bin/sh -c #(nop) {} sha256:{sum} in {dest} ", step.keyword);
                 let t0 = std::time::Instant::now();
                 let tarball = tokio::task::spawn_blocking(move || {
                     let mut t = Vec::new();
-                    copy::write_tar(&entries, chmod, &mut t).map(|()| t)
+                    copy::write_tar(&entries, chmod, None, &mut t).map(|()| t)
                 })
                 .await
                 .map_err(|e| e.to_string())??;
@@ -1171,6 +1178,55 @@ impl Build<'_> {
         let img = commit(d, &st.image, &cid, created_by).await?;
         drop(prepared);
         self.say(format!("Removing intermediate container {}\n", short(&cid)));
+        self.step_made(st, &key, &img)
+    }
+
+    /// `COPY --link`: the files as a layer of their own, made without looking at the
+    /// parent (missing directories above them are created 0755, as BuildKit does), so the
+    /// same layer serves on any parent: a changed base reuses it rather than copying again.
+    async fn copy_linked(
+        &self,
+        st: &mut StageState,
+        entries: Vec<copy::Entry>,
+        what: Value,
+        chmod: Option<u32>,
+        owner: (u32, u32),
+        created_by: String,
+    ) -> Result<(), String> {
+        let layer_key = step_key("", &json!({ "linked": what }));
+        let key = step_key(&st.image, &json!({ "linked": what }));
+        if self.hit(st, &key) {
+            return Ok(());
+        }
+        let store = self.d.store.clone();
+        let made = (!self.no_cache)
+            .then(|| store.cached_step(&layer_key))
+            .flatten()
+            .and_then(|img| img.layers.last().cloned())
+            .filter(|l| l.media_type == berth_store::image::MEDIA_LAYER);
+        if made.is_some() {
+            self.say(" ---> Using the linked layer from the cache\n");
+        }
+        let parent = st.image.clone();
+        let img = tokio::task::spawn_blocking(move || {
+            let blob = match made {
+                Some(l) => l.blob,
+                None => {
+                    let mut t = Vec::new();
+                    copy::write_tar(&entries, chmod, Some(owner), &mut t)?;
+                    store.write_layer(&t).map_err(|e| e.to_string())?
+                }
+            };
+            store
+                .add_layer(&parent, &blob, &created_by)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.d
+            .store
+            .remember_step(&layer_key, &img)
+            .map_err(|e| e.to_string())?;
         self.step_made(st, &key, &img)
     }
 

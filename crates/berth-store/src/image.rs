@@ -1139,15 +1139,41 @@ impl ImageStore {
             // the layer is not unpacked again from the blob just written.
             self.publish_layer("", &upper, &chain)?;
         }
+        self.stack_layer(&parent_img, &blob, changes, comment, tag)
+    }
+
+    /// `COPY --link`: the image `parent` with the uncompressed layer `blob` (already in
+    /// the content store) on top, unpacked over the parent's layers.
+    pub fn add_layer(&self, parent: &str, blob: &Digest, comment: &str) -> Result<Image> {
+        let parent_img = self
+            .resolve(parent)
+            .ok_or_else(|| ImageError::NotFound(parent.into()))?;
+        self.stack_layer(&parent_img, blob, &[], comment, None)
+    }
+
+    /// Writes an uncompressed layer tar to the content store; returns its digest.
+    pub fn write_layer(&self, tar: &[u8]) -> Result<Digest> {
+        Ok(self.content.write_blob(tar)?)
+    }
+
+    fn stack_layer(
+        &self,
+        parent_img: &Image,
+        blob: &Digest,
+        changes: &[String],
+        comment: &str,
+        tag: Option<&Reference>,
+    ) -> Result<Image> {
+        let parent_chain = parent_img.layers.last().map(|l| l.chain_id.clone());
         let l = self.unpack(
             parent_chain.as_ref(),
-            &blob,
+            blob,
             MEDIA_LAYER,
             None,
             parent_img.layers.len(),
         )?;
         let mut config: Value = serde_json::from_slice(&self.content.read(&parent_img.config)?)
-            .map_err(|e| ImageError::Archive(format!("config of {parent}: {e}")))?;
+            .map_err(|e| ImageError::Archive(format!("config of {}: {e}", parent_img.config)))?;
         for c in changes {
             apply_change(&mut config["config"], c)?;
         }

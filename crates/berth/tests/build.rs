@@ -605,3 +605,52 @@ fn add_fetches_urls_with_checksums() {
     assert_ne!(code, 0);
     assert!(err.contains("source can't be a URL for COPY"), "{err}");
 }
+
+/// `COPY --link`: a layer made without the parent, so a changed parent reuses it (the
+/// same diffID on top of another base) instead of copying again.
+#[test]
+fn linked_copies_serve_any_parent() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let ctx = tempfile::tempdir().unwrap();
+    let c = ctx.path();
+    write(
+        c,
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nARG BASE\nRUN echo $BASE > /base\nCOPY --link --chown=nobody:nogroup files/ /opt/files/\nRUN cat /base /opt/files/x > /seen\n",
+            ),
+            ("files/x", "linked\n"),
+        ],
+    );
+    let cs = c.to_str().unwrap();
+    let layer = |tag: &str| d.ok(&["image", "inspect", "-f", "{{index .RootFS.Layers 2}}", tag]);
+    let out = build(&d, &["--build-arg", "BASE=one", "-t", "linked:1", cs]);
+    assert!(!out.contains("linked layer"), "{out}");
+    let out = build(&d, &["--build-arg", "BASE=two", "-t", "linked:2", cs]);
+    assert!(
+        out.contains("Using the linked layer from the cache"),
+        "{out}"
+    );
+    assert_eq!(layer("linked:1"), layer("linked:2"));
+    assert_ne!(
+        d.ok(&["image", "inspect", "-f", "{{.Id}}", "linked:1"]),
+        d.ok(&["image", "inspect", "-f", "{{.Id}}", "linked:2"])
+    );
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "linked:2",
+            "sh",
+            "-c",
+            "cat /seen; stat -c '%u:%g' /opt/files/x; stat -c %a /opt"
+        ]),
+        "two\nlinked\n65534:65534\n755\n"
+    );
+    // The same parent again: the step itself from the cache.
+    let out = build(&d, &["--build-arg", "BASE=two", "-t", "linked:2", cs]);
+    assert_eq!(out.matches("Using cache").count(), 4, "{out}");
+}

@@ -367,15 +367,23 @@ pub fn sum(entries: &[Entry], chmod: Option<u32>) -> Result<String, String> {
     Ok(h.finish().hex().to_string())
 }
 
-/// The entries as a tar (what the layer applier then extracts into the step's root).
+/// The entries as a tar (what the layer applier then extracts into the step's root, or,
+/// for `COPY --link`, the layer itself); `owner` replaces every entry's owner.
 pub fn write_tar(
     entries: &[Entry],
     chmod: Option<u32>,
+    owner: Option<(u32, u32)>,
     out: impl std::io::Write,
 ) -> Result<(), String> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     let err = |e: std::io::Error| e.to_string();
+    let own = |h: &mut tar::Header| {
+        if let Some((u, g)) = owner {
+            h.set_uid(u.into());
+            h.set_gid(g.into());
+        }
+    };
     for e in entries {
         match &e.src {
             Src::Bytes(data) => {
@@ -392,6 +400,7 @@ pub fn write_tar(
                     let mut entry = entry.map_err(err)?;
                     let path = entry.path().map_err(err)?.into_owned();
                     let mut h = entry.header().clone();
+                    own(&mut h);
                     let name = format!("{}/{}", e.name.trim_end_matches('/'), path.display());
                     b.append_data(&mut h, name, &mut entry).map_err(err)?;
                 }
@@ -401,6 +410,7 @@ pub fn write_tar(
                 let mut h = tar::Header::new_gnu();
                 h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
                 h.set_mode(mode_of(&meta, chmod));
+                own(&mut h);
                 if meta.file_type().is_symlink() {
                     let l = std::fs::read_link(p).map_err(err)?;
                     h.set_size(0);
@@ -531,7 +541,7 @@ mod tests {
         )
         .unwrap();
         entries.extend(plan(&c, &["f".into()], &[], &[], "/out/", true, false).unwrap());
-        write_tar(&entries, None, &mut t).unwrap();
+        write_tar(&entries, None, None, &mut t).unwrap();
         let mut a = tar::Archive::new(t.as_slice());
         let names: Vec<String> = a
             .entries()

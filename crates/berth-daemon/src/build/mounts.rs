@@ -218,7 +218,7 @@ pub async fn prepare(
                             false,
                         )?;
                         let mut t = Vec::new();
-                        super::copy::write_tar(&entries, None, &mut t)?;
+                        super::copy::write_tar(&entries, None, None, &mut t)?;
                         berth_store::layer::extract(&copy, std::io::Cursor::new(t), None)
                             .map_err(|e| e.to_string())?;
                         p.scratch.push(copy.clone());
