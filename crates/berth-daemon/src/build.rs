@@ -871,8 +871,15 @@ impl Build<'_> {
                     format!("{}/{w}", st.workdir.trim_end_matches('/'))
                 };
                 st.workdir = abs.clone();
-                self.configure(st, nop(abs.clone()), Edit::Workdir(abs))
-                    .await
+                let edit = Edit::Workdir(abs.clone());
+                let key = step_key(&st.image, &json!({ "configure": &edit }));
+                if self.hit(st, &key) {
+                    return Ok(());
+                }
+                if self.make_workdir(st, &abs, &key, nop(abs.clone())).await? {
+                    return Ok(());
+                }
+                self.configure(st, nop(abs), edit).await
             }
             Instruction::User(u) => {
                 st.user = x(u, st)?;
@@ -1228,6 +1235,83 @@ impl Build<'_> {
             .remember_step(&layer_key, &img)
             .map_err(|e| e.to_string())?;
         self.step_made(st, &key, &img)
+    }
+
+    /// WORKDIR of a directory the image lacks: created (root, 0755, as Docker does) in a
+    /// layer of its own, the config changed in the same step. False when it is there (a
+    /// path through a symlink counts as there: it is not followed out of the root).
+    async fn make_workdir(
+        &self,
+        st: &mut StageState,
+        dir: &str,
+        key: &str,
+        created_by: String,
+    ) -> Result<bool, String> {
+        let d = self.d;
+        let cid = container(d, &st.image, json!({"Cmd": ["true"]})).await?;
+        let e = d.containers.get(&cid).map_err(|e| e.message)?;
+        let rel: Vec<String> = dir
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .map(String::from)
+            .collect();
+        let made = crate::containers::with_rootfs(d, e.snapshot(), false, move |root| {
+            let mut cur = root.clone();
+            let mut missing = Vec::new();
+            for (i, part) in rel.iter().enumerate() {
+                cur.push(part);
+                match std::fs::symlink_metadata(&cur) {
+                    Ok(m) if m.file_type().is_symlink() || !m.is_dir() => return Ok(false),
+                    Ok(_) => {}
+                    Err(_) => {
+                        missing = rel[..=i].to_vec();
+                        break;
+                    }
+                }
+            }
+            if missing.is_empty() {
+                return Ok(false);
+            }
+            let mut t = Vec::new();
+            {
+                let mut b = tar::Builder::new(&mut t);
+                for n in missing.len()..=rel.len() {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    h.set_cksum();
+                    b.append_data(&mut h, rel[..n].join("/"), std::io::empty())
+                        .map_err(ApiError::internal)?;
+                }
+                b.finish().map_err(ApiError::internal)?;
+            }
+            berth_store::layer::extract(&root, std::io::Cursor::new(t), Some((0, 0)))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(true)
+        })
+        .await;
+        match made {
+            Ok(true) => {}
+            Ok(false) => {
+                remove(d, &cid).await;
+                return Ok(false);
+            }
+            Err(e) => {
+                remove(d, &cid).await;
+                return Err(e.message);
+            }
+        }
+        let img = commit_changing(
+            d,
+            &st.image,
+            &cid,
+            created_by,
+            vec![format!("WORKDIR {dir}")],
+        )
+        .await?;
+        self.step_made(st, key, &img)?;
+        Ok(true)
     }
 
     /// The image a `--from=` names: an earlier stage, a local image, or a pulled one.
@@ -1686,6 +1770,17 @@ async fn commit(
     cid: &str,
     created_by: String,
 ) -> Result<berth_store::image::Image, String> {
+    commit_changing(d, image, cid, created_by, Vec::new()).await
+}
+
+/// [`commit`] with Dockerfile-style config `changes` (an exited container only).
+async fn commit_changing(
+    d: &Shared,
+    image: &str,
+    cid: &str,
+    created_by: String,
+    changes: Vec<String>,
+) -> Result<berth_store::image::Image, String> {
     let e = d.containers.get(cid).map_err(|e| e.message)?;
     let rec = e.snapshot();
     let store = d.store.clone();
@@ -1693,7 +1788,7 @@ async fn commit(
     let img = if rec.state.running {
         crate::containers::with_rootfs(d, rec, false, move |_| {
             store
-                .commit(&id, &parent, &[], &created_by, None)
+                .commit(&id, &parent, &changes, &created_by, None)
                 .map_err(ApiError::from)
         })
         .await
@@ -1701,7 +1796,7 @@ async fn commit(
         // The step's container has exited and goes next: its changes become the layer.
         crate::blocking(move || {
             store
-                .commit_taking(&id, &parent, &created_by)
+                .commit_taking(&id, &parent, &changes, &created_by)
                 .map_err(ApiError::from)
         })
         .await

@@ -1102,8 +1102,14 @@ impl ImageStore {
     /// `commit` of a container that is gone for good once committed (a build step): its
     /// upper directory is moved into the layer store rather than copied. It must not be
     /// mounted.
-    pub fn commit_taking(&self, key: &str, parent: &str, comment: &str) -> Result<Image> {
-        self.commit_with(key, parent, &[], comment, None, true)
+    pub fn commit_taking(
+        &self,
+        key: &str,
+        parent: &str,
+        changes: &[String],
+        comment: &str,
+    ) -> Result<Image> {
+        self.commit_with(key, parent, changes, comment, None, true)
     }
 
     fn commit_with(

@@ -654,3 +654,48 @@ fn linked_copies_serve_any_parent() {
     let out = build(&d, &["--build-arg", "BASE=two", "-t", "linked:2", cs]);
     assert_eq!(out.matches("Using cache").count(), 4, "{out}");
 }
+
+/// WORKDIR creates the directories the image lacks (root, 0755, one layer) and leaves
+/// existing ones as they are.
+#[test]
+fn workdir_creates_what_is_missing() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM busybox\nWORKDIR /srv/app/data\nWORKDIR /tmp\nRUN pwd > /pwd\n",
+        )],
+    );
+    build(&d, &["-t", "wd:1", ctx.path().to_str().unwrap()]);
+    let tmp_before = d.ok(&["run", "--rm", "busybox", "stat", "-c", "%a %u", "/tmp"]);
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "wd:1",
+            "sh",
+            "-c",
+            "stat -c '%a %u' /srv /srv/app/data; cat /pwd"
+        ]),
+        "755 0\n755 0\n/tmp\n"
+    );
+    assert_eq!(
+        d.ok(&["run", "--rm", "wd:1", "stat", "-c", "%a %u", "/tmp"]),
+        tmp_before
+    );
+    let layers = |i: &str| {
+        d.ok(&["image", "inspect", "-f", "{{len .RootFS.Layers}}", i])
+            .trim()
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert_eq!(layers("wd:1"), layers("busybox") + 2);
+    assert_eq!(
+        d.ok(&["image", "inspect", "-f", "{{.Config.WorkingDir}}", "wd:1"]),
+        "/tmp\n"
+    );
+}
