@@ -235,6 +235,33 @@ fn parse_size(v: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mul)
 }
 
+/// Everything the builder does with a Dockerfile's text before running it: parsing,
+/// expanding each stage's base and each step, the stage graph and the `--mount` flags.
+/// For the fuzzers (the seeded test and `fuzz/`): only the parse error is returned,
+/// the rest must merely not panic.
+#[doc(hidden)]
+pub fn exercise(text: &str) -> Result<(), crate::parse::ParseError> {
+    let df = crate::parse::parse(text)?;
+    let vars: BTreeMap<String, String> = [("HOME".to_string(), "/root".to_string())].into();
+    let same = |w: &str| w.to_string();
+    for (i, stage) in df.stages.iter().enumerate() {
+        let _ = crate::parse::expand(&stage.base, &vars, df.escape);
+        let _ = dependencies(&df, i, &same);
+        for step in &stage.steps {
+            let _ = crate::parse::expand(&step.original, &vars, df.escape);
+            if let Instruction::Run { flags, .. } = &step.instruction {
+                for m in flags.get("mount").into_iter().flatten() {
+                    let _ = RunMount::parse(m);
+                }
+            }
+        }
+    }
+    if !df.stages.is_empty() {
+        let _ = needed(&df, df.stages.len() - 1, &same);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
