@@ -332,6 +332,11 @@ pub async fn build(
         for dir in [&unpacked, &scratch, &secret_dir] {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
+        // The daemon's secrets directory goes once no build uses it (removing a
+        // directory that is not empty fails, so a running build keeps it).
+        if let Some(root) = secret_dir.parent().filter(|p| p.starts_with("/dev/shm")) {
+            let _ = tokio::fs::remove_dir(root).await;
+        }
         match result {
             Ok(img) => {
                 let id = img.config.to_string();
