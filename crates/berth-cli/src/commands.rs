@@ -3311,18 +3311,17 @@ async fn export_build(
     tag: Option<&String>,
     o: &BuildOutput,
 ) -> Result<(), Error> {
-    let files = |out: &Option<PathBuf>| -> Option<PathBuf> { out.clone() };
     match o {
         BuildOutput::Image | BuildOutput::Push => Ok(()),
         BuildOutput::Archive(dest) => {
             let name = tag.cloned().unwrap_or_else(|| id.to_string());
             let path = format!("/images/get?names={}", q(&name));
-            download(c, &path, files(dest).as_deref(), "exporting the image:").await?;
+            download(c, &path, dest.as_deref(), "exporting the image:").await?;
             Ok(())
         }
         BuildOutput::Tar(dest) => {
             with_image_files(c, id, |path| async move {
-                download(c, &path, files(dest).as_deref(), "exporting the image:").await?;
+                download(c, &path, dest.as_deref(), "exporting the image:").await?;
                 Ok(())
             })
             .await

@@ -1018,11 +1018,9 @@ fn argv(v: &Value) -> Result<Value, Error> {
     })
 }
 
-/// The create body for container `number` of service `name`.
-/// The secrets and configs of service `name` that come from `environment` or `content`
-/// rather than a file: (path in the container, bytes), written into it before it starts.
-fn inline_files(p: &Project, name: &str) -> Result<Vec<(String, Vec<u8>)>, Error> {
-    let s = &p.services()[name];
+/// The secrets and configs service `s` uses: (kind, source, path in the container), the
+/// path as compose resolves it (secrets under /run/secrets/, configs under /).
+fn secret_refs(s: &Value) -> Vec<(&'static str, String, String)> {
     let mut out = Vec::new();
     for (kind, default_dir) in [("secrets", "/run/secrets/"), ("configs", "/")] {
         for item in s[kind].as_array().into_iter().flatten() {
@@ -1037,24 +1035,34 @@ fn inline_files(p: &Project, name: &str) -> Result<Vec<(String, Vec<u8>)>, Error
                 ),
                 _ => continue,
             };
-            let def = &p.model[kind][&source];
-            let data = match (def["environment"].as_str(), def["content"].as_str()) {
-                (Some(var), _) => p.env.get(var).cloned().ok_or_else(|| {
-                    Error::Other(format!(
-                        "environment variable {var:?} of {} {source} is not set",
-                        &kind[..kind.len() - 1]
-                    ))
-                })?,
-                (None, Some(text)) => text.to_string(),
-                _ => continue,
-            };
             let target = match target {
                 Some(t) if t.starts_with('/') => t,
                 Some(t) => format!("{default_dir}{t}"),
                 None => format!("{default_dir}{source}"),
             };
-            out.push((target, data.into_bytes()));
+            out.push((kind, source, target));
         }
+    }
+    out
+}
+
+/// The secrets and configs of service `name` that come from `environment` or `content`
+/// rather than a file: (path in the container, bytes), written into it before it starts.
+fn inline_files(p: &Project, name: &str) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    let mut out = Vec::new();
+    for (kind, source, target) in secret_refs(&p.services()[name]) {
+        let def = &p.model[kind][&source];
+        let data = match (def["environment"].as_str(), def["content"].as_str()) {
+            (Some(var), _) => p.env.get(var).cloned().ok_or_else(|| {
+                Error::Other(format!(
+                    "environment variable {var:?} of {} {source} is not set",
+                    &kind[..kind.len() - 1]
+                ))
+            })?,
+            (None, Some(text)) => text.to_string(),
+            _ => continue,
+        };
+        out.push((target, data.into_bytes()));
     }
     Ok(out)
 }
@@ -1307,37 +1315,19 @@ fn create_body(
         }
     }
     // Secrets and configs from files, bound read-only: secrets under /run/secrets.
-    for (kind, default_dir) in [("secrets", "/run/secrets/"), ("configs", "/")] {
-        for item in s[kind].as_array().into_iter().flatten() {
-            let (source, target) = match item {
-                Value::String(n) => (n.clone(), None),
-                Value::Object(m) => (
-                    m.get("source")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    m.get("target").and_then(Value::as_str).map(String::from),
-                ),
-                _ => continue,
-            };
-            let def = &p.model[kind][&source];
-            let Some(file) = def["file"].as_str() else {
-                if def["environment"].is_string() || def["content"].is_string() {
-                    // Written into the container before it starts: see inline_files.
-                    continue;
-                }
-                return Err(Error::Other(format!(
-                    "service \"{name}\" refers to undefined {} {source}",
-                    &kind[..kind.len() - 1]
-                )));
-            };
-            let target = match target {
-                Some(t) if t.starts_with('/') => t,
-                Some(t) => format!("{default_dir}{t}"),
-                None => format!("{default_dir}{source}"),
-            };
-            binds.push(format!("{}:{target}:ro", resolve(file)));
-        }
+    for (kind, source, target) in secret_refs(s) {
+        let def = &p.model[kind][&source];
+        let Some(file) = def["file"].as_str() else {
+            if def["environment"].is_string() || def["content"].is_string() {
+                // Written into the container before it starts: see inline_files.
+                continue;
+            }
+            return Err(Error::Other(format!(
+                "service \"{name}\" refers to undefined {} {source}",
+                &kind[..kind.len() - 1]
+            )));
+        };
+        binds.push(format!("{}:{target}:ro", resolve(file)));
     }
     let mut tmpfs = Map::new();
     for t in strings(&s["tmpfs"]) {
