@@ -285,12 +285,14 @@ pub async fn build(
                 root,
                 ignore,
                 extras: Some(unpacked.clone()),
+                what: "build context",
             }
         }
         None => copy::Context {
             root: unpacked.clone(),
             ignore: None,
             extras: None,
+            what: "build context",
         },
     };
     let unique = berth_store::content::unique();
@@ -1529,51 +1531,24 @@ impl Build<'_> {
         let target = resolve_dest(&st.workdir, dest);
         let many = sources.len() > 1 || dest.ends_with('/');
         let srcs = sources.to_vec();
+        // Planned as a context COPY is, rooted in the source's files: a symlink there
+        // is not followed out of them.
         let tarball = crate::containers::with_rootfs(d, rec, false, move |root| {
+            let ctx = copy::Context {
+                root,
+                ignore: None,
+                extras: None,
+                what: "source image",
+            };
+            let entries = copy::plan(&ctx, &srcs, &[], &[], &target, many, false)
+                .map_err(ApiError::bad_request)?;
             let mut out = Vec::new();
-            {
-                let mut b = tar::Builder::new(&mut out);
-                b.follow_symlinks(false);
-                for s in &srcs {
-                    // Inside the source root; `..` cannot climb out of it.
-                    let rel: PathBuf = Path::new(s)
-                        .components()
-                        .filter(|c| matches!(c, std::path::Component::Normal(_)))
-                        .collect();
-                    let p = root.join(&rel);
-                    let meta = std::fs::symlink_metadata(&p).map_err(|_| {
-                        ApiError::bad_request(format!("COPY --from: {s} not found"))
-                    })?;
-                    if meta.is_dir() {
-                        b.append_dir_all(target.trim_start_matches('/'), &p)
-                            .map_err(ApiError::internal)?;
-                    } else {
-                        let name = if many {
-                            format!(
-                                "{}/{}",
-                                target.trim_end_matches('/'),
-                                rel.file_name()
-                                    .map(|f| f.to_string_lossy().into_owned())
-                                    .unwrap_or_default()
-                            )
-                        } else {
-                            target.clone()
-                        };
-                        b.append_path_with_name(&p, name.trim_start_matches('/'))
-                            .map_err(ApiError::internal)?;
-                    }
-                }
-                b.finish().map_err(ApiError::internal)?;
-            }
+            copy::write_tar(&entries, chmod, None, &mut out).map_err(ApiError::internal)?;
             Ok(out)
         })
         .await;
         remove(d, &src_cid).await;
         let tarball = tarball.map_err(|e| e.message)?;
-        let tarball = match chmod {
-            Some(m) => with_mode(&tarball, m)?,
-            None => tarball,
-        };
         let created_by = format!(
             "/bin/sh -c #(nop) COPY --from={from} {} in {dest} ",
             sources.join(" ")
@@ -1714,28 +1689,6 @@ fn healthcheck(
             .map_err(|_| format!("HEALTHCHECK --retries={r}: expected a number"))?);
     }
     Ok(h)
-}
-
-/// The tar with every entry's permission bits set to `mode` (COPY --chmod).
-fn with_mode(tarball: &[u8], mode: u32) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    {
-        let mut b = tar::Builder::new(&mut out);
-        let mut a = tar::Archive::new(tarball);
-        for entry in a.entries().map_err(|e| e.to_string())? {
-            let mut entry = entry.map_err(|e| e.to_string())?;
-            let mut head = entry.header().clone();
-            if head.entry_type() != tar::EntryType::Symlink {
-                head.set_mode(mode);
-                head.set_cksum();
-            }
-            let path = entry.path().map_err(|e| e.to_string())?.into_owned();
-            b.append_data(&mut head, path, &mut entry)
-                .map_err(|e| e.to_string())?;
-        }
-        b.finish().map_err(|e| e.to_string())?;
-    }
-    Ok(out)
 }
 
 fn image_config(d: &Shared, id: &str) -> Result<Value, String> {

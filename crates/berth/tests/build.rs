@@ -363,6 +363,22 @@ fn ignore_files_healthchecks_triggers_and_ownership() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("outside the build context"), "{err}");
+    // Nor one in a stage that COPY --from reads.
+    write(
+        c,
+        &[(
+            "Dockerfile.escape",
+            "FROM busybox AS evil\nRUN ln -s /etc /hostetc\nFROM busybox\nCOPY --from=evil /hostetc/passwd /stolen\n",
+        )],
+    );
+    let (code, _, err) = d.berth(&[
+        "build",
+        "-f",
+        c.join("Dockerfile.escape").to_str().unwrap(),
+        c.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("outside the source image"), "{err}");
 }
 
 /// `FROM` an image that is only in a registry: pulled, with the build's own progress.

@@ -22,6 +22,8 @@ pub struct Context {
     pub ignore: Option<Ignore>,
     /// Files the client sent beside an in-place context (a Dockerfile from stdin).
     pub extras: Option<PathBuf>,
+    /// What the root is, for messages: "build context", or the image of a `--from`.
+    pub what: &'static str,
 }
 
 impl Context {
@@ -74,7 +76,8 @@ pub fn glob(ctx: &Context, pattern: &str) -> Result<Vec<String>, String> {
         .collect();
     if clean.contains(&"..") {
         return Err(format!(
-            "COPY failed: forbidden path outside the build context: {pattern}"
+            "COPY failed: forbidden path outside the {}: {pattern}",
+            ctx.what
         ));
     }
     if clean.is_empty() {
@@ -114,7 +117,8 @@ pub fn glob(ctx: &Context, pattern: &str) -> Result<Vec<String>, String> {
             let real = parent.canonicalize().map_err(|e| e.to_string())?;
             if !real.starts_with(&base) {
                 return Err(format!(
-                    "COPY failed: forbidden path outside the build context: {m}"
+                    "COPY failed: forbidden path outside the {}: {m}",
+                    ctx.what
                 ));
             }
         }
@@ -215,7 +219,7 @@ pub fn plan(
     for s in sources {
         let matches = glob(ctx, s)?;
         if matches.is_empty() {
-            return Err(format!("COPY failed: file not found in build context: {s}"));
+            return Err(format!("COPY failed: file not found in {}: {s}", ctx.what));
         }
         for m in matches {
             let abs = if m == "." {
@@ -442,6 +446,7 @@ mod tests {
             root: root.to_path_buf(),
             ignore: Some(Ignore::parse(ignore)),
             extras: None,
+            what: "build context",
         }
     }
 
