@@ -12,7 +12,7 @@ pub mod containers;
 mod images;
 pub mod networks;
 mod system;
-pub mod tls;
+pub use berth_distribution::tls;
 pub mod volumes;
 
 use std::path::PathBuf;

@@ -1,7 +1,6 @@
-//! Registry client (pull, push, auth) and registry server.
-//!
-//! So far: first slices of both: [`client::pull`] from registries on this machine, and
-//! `berth registry serve` ([`server`]). See docs/STATUS.md.
+//! Registry client (pull, push, auth), registry server (`berth registry serve`) and the
+//! TLS listener both the daemon and the registry serve with. See docs/STATUS.md.
 
 pub mod client;
 pub mod server;
+pub mod tls;

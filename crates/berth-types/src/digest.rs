@@ -105,6 +105,7 @@ impl<'de> serde::Deserialize<'de> for Digest {
 }
 
 /// Incremental hashing for streams (downloads, layer tars).
+#[derive(Clone)]
 pub enum Hasher {
     Sha256(sha2::Sha256),
     Sha512(sha2::Sha512),

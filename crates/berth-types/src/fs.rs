@@ -5,10 +5,12 @@ use std::io::{self, Write};
 use std::path::Path;
 
 /// Writes `bytes` to `path` so that readers see the old content or the new, even after a
-/// crash: temp file (named per process, so concurrent writers never share one), fsync,
-/// rename, fsync of the directory.
+/// crash: temp file (named per process and call, so concurrent writers never share one),
+/// fsync, rename, fsync of the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

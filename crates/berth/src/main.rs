@@ -1,6 +1,7 @@
 //! `berth`: one binary, several roles. The first argument (or the name it was called by)
 //! picks the role; each role lives in its own crate.
 
+mod registry_cli;
 mod runtime_cli;
 
 use std::path::{Path, PathBuf};
@@ -117,51 +118,6 @@ fn daemon_main(bin: &str, args: &[String]) -> i32 {
     })
 }
 
-/// `berth registry serve [--addr 127.0.0.1:5000] [--root DIR]`.
-#[derive(Parser)]
-#[command(name = "berth registry", about = "An OCI distribution registry")]
-enum RegistryArgs {
-    /// Serve the registry API
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:5000")]
-        addr: std::net::SocketAddr,
-        /// Where blobs, manifests and uploads are kept.
-        #[arg(long, default_value = "/var/lib/berth/registry")]
-        root: PathBuf,
-    },
-}
-
-fn registry_main(args: &[String]) -> i32 {
-    let mut argv = vec!["berth registry".to_string()];
-    argv.extend_from_slice(args);
-    let RegistryArgs::Serve { addr, root } = match RegistryArgs::try_parse_from(&argv) {
-        Ok(a) => a,
-        Err(e) => {
-            let code = if e.use_stderr() { 125 } else { 0 };
-            let _ = e.print();
-            return code;
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth registry: {e}");
-            return 1;
-        }
-    };
-    match rt.block_on(berth_distribution::server::serve(addr, &root)) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("berth registry: {e}");
-            1
-        }
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args
@@ -184,7 +140,7 @@ fn main() {
         ("berthd", _) => daemon_main(&args[0], &args[1..]),
         (_, Some("daemon")) => daemon_main(&format!("{} daemon", args[0]), &args[2..]),
         (_, Some("shim-server")) => berth_shim::serve_inherited(),
-        (_, Some("registry")) => registry_main(&args[2..]),
+        (_, Some("registry")) => registry_cli::main(&args[2..]),
         _ => berth_cli::main(args),
     };
     std::process::exit(code);

@@ -1,4 +1,4 @@
-//! TLS for tcp hosts, as dockerd has it: `--tlsverify` serves TLS and requires a client
+//! TLS for tcp listeners. The daemon uses it as dockerd does: `--tlsverify` serves TLS and requires a client
 //! certificate signed by `--tlscacert` (the only way Berth listens beyond loopback, since
 //! the API is root on the machine); `--tls` serves TLS without asking for one.
 
