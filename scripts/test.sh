@@ -4,7 +4,7 @@
 # they report themselves skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs="busybox-static libseccomp-dev pkg-config containerd python3-venv skopeo nftables iproute2 iptables docker-compose openssl docker-registry apache2-utils"
+pkgs="busybox-static libseccomp-dev pkg-config containerd python3-venv skopeo nftables iproute2 iptables docker-compose openssl docker-registry apache2-utils curl"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

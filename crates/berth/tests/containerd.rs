@@ -238,3 +238,70 @@ fn containerd_runs_containers_with_berth_as_runc() {
         cd.shim_pids()
     );
 }
+
+/// containerd as a registry client: `ctr images push` to Berth's registry (token auth),
+/// `pull` back, and the pulled image runs with Berth as its runtime.
+#[test]
+fn containerd_pushes_to_and_pulls_from_berth_registry() {
+    require_root!();
+    let Some(cd) = Containerd::start() else {
+        eprintln!("skipped: containerd is not installed (apt-get install containerd)");
+        return;
+    };
+    let have = |p: &str| Command::new(p).arg("-h").output().is_ok();
+    if !have("htpasswd") {
+        eprintln!("skipped: needs htpasswd (apache2-utils)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let htpasswd = capture(Command::new("htpasswd").args(["-Bbn", "ctr", "pw"]));
+    std::fs::write(work.path().join("htpasswd"), &htpasswd.stdout).unwrap();
+    let reg = common::Registry::start_with(
+        None,
+        "127.0.0.1",
+        &[
+            "--htpasswd",
+            work.path().join("htpasswd").to_str().unwrap(),
+            "--token-auth",
+            "--access-log",
+            "off",
+        ],
+    );
+    let archive = work.path().join("busybox.tar");
+    let st = Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mkimage-archive.sh"),
+    )
+    .arg(common::template_rootfs())
+    .arg(&archive)
+    .arg("docker.io/library/busybox:latest")
+    .status()
+    .unwrap();
+    assert!(st.success());
+    cd.ok(&["image", "import", archive.to_str().unwrap()]);
+    let name = format!("127.0.0.1:{}/ctr/busybox:1", reg.port);
+    cd.ok(&["image", "tag", "docker.io/library/busybox:latest", &name]);
+    // Without credentials the push is refused.
+    let out = cd.ctr(&["image", "push", "--plain-http", &name]);
+    assert!(!out.status.success());
+    cd.ok(&["image", "push", "--plain-http", "--user", "ctr:pw", &name]);
+    cd.ok(&["image", "rm", &name, "docker.io/library/busybox:latest"]);
+    cd.ok(&["image", "pull", "--plain-http", "--user", "ctr:pw", &name]);
+    let runc = berth_runc(work.path());
+    let out = cd.ctr(&[
+        "run",
+        "--rm",
+        "--runc-binary",
+        runc.to_str().unwrap(),
+        &name,
+        "pulled",
+        "echo",
+        "pulled from berth's registry",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pulled from berth's registry",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_for(10, || cd.shim_pids().is_empty()));
+}

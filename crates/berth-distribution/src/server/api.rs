@@ -304,11 +304,11 @@ fn stream_body(store: Arc<dyn Driver>, key: String, offset: u64, len: u64) -> Bo
             }
         };
         loop {
-            let mut buf = vec![0u8; 1 << 20];
-            match r.read(&mut buf) {
+            // read_to_end fills spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(1 << 20);
+            match (&mut r).take(1 << 20).read_to_end(&mut buf) {
                 Ok(0) => return,
-                Ok(k) => {
-                    buf.truncate(k);
+                Ok(_) => {
                     if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                         return; // the client went away
                     }

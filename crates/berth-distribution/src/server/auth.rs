@@ -294,18 +294,70 @@ impl Auth {
         headers: &axum::http::HeaderMap,
         scopes: &[String],
     ) -> Result<serde_json::Value, Refusal> {
+        self.grant(Asker::Password(Self::basic(headers)), scopes, false)
+    }
+
+    /// `POST /token`, OAuth2's form (containerd's way): `grant_type=password` with
+    /// `username`/`password`, or `refresh_token`; `access_type=offline` asks for a refresh
+    /// token too.
+    pub fn issue_oauth(&self, form: &str) -> Result<serde_json::Value, Refusal> {
+        let field = |k: &str| super::api::query(Some(form), k);
+        let scopes: Vec<String> = super::api::query_all(Some(form), "scope");
+        let offline = field("access_type").as_deref() == Some("offline");
+        let asker = match field("grant_type").as_deref() {
+            Some("password") => Asker::Password(Some((
+                field("username").unwrap_or_default(),
+                field("password").unwrap_or_default(),
+            ))),
+            Some("refresh_token") => Asker::Refresh(field("refresh_token").unwrap_or_default()),
+            other => {
+                return Err(Refusal::Denied(format!(
+                    "unsupported grant_type {:?} (password, refresh_token)",
+                    other.unwrap_or("")
+                )))
+            }
+        };
+        self.grant(asker, scopes.as_slice(), offline)
+    }
+
+    fn sign(key: &[u8], claims: &serde_json::Value) -> String {
+        let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let payload = B64.encode(claims.to_string());
+        let signing = format!("{header}.{payload}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+        mac.update(signing.as_bytes());
+        format!("{signing}.{}", B64.encode(mac.finalize().into_bytes()))
+    }
+
+    fn grant(
+        &self,
+        asker: Asker,
+        scopes: &[String],
+        offline: bool,
+    ) -> Result<serde_json::Value, Refusal> {
         let Some((t, key)) = &self.token else {
             return Err(Refusal::Denied("this registry issues no tokens".into()));
         };
-        let account = match Self::basic(headers) {
-            Some((u, p)) if self.sign_in(&u, &p) => Some(u),
-            Some(_) => {
-                return Err(Refusal::Unauthorized {
-                    challenge: format!("Basic realm=\"{}\"", self.realm),
-                    message: "invalid username or password".into(),
-                })
+        let refused = |message: &str| Refusal::Unauthorized {
+            challenge: format!("Basic realm=\"{}\"", self.realm),
+            message: message.into(),
+        };
+        let account = match asker {
+            Asker::Password(Some((u, p))) if self.sign_in(&u, &p) => Some(u),
+            Asker::Password(Some(_)) => return Err(refused("invalid username or password")),
+            Asker::Password(None) => None,
+            Asker::Refresh(r) => {
+                let claims = self
+                    .verify_any(&r, key)
+                    .filter(|c| c["typ"] == "refresh")
+                    .ok_or_else(|| refused("invalid or expired refresh token"))?;
+                let sub = claims["sub"].as_str().unwrap_or_default();
+                // An account removed since keeps nothing.
+                if !self.users.contains_key(sub) {
+                    return Err(refused("invalid or expired refresh token"));
+                }
+                Some(sub.to_string())
             }
-            None => None,
         };
         let mut access = Vec::new();
         for s in scopes.iter().flat_map(|s| s.split(' ')) {
@@ -335,25 +387,31 @@ impl Auth {
             }
         }
         let now = super::now_secs();
-        let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let sub = account.clone().unwrap_or_default();
         let claims = json!({
-            "iss": t.issuer, "sub": account.clone().unwrap_or_default(), "aud": t.service,
+            "iss": t.issuer, "sub": sub, "aud": t.service,
             "iat": now, "nbf": now.saturating_sub(5), "exp": now + t.expiry,
             "jti": super::api::uuid(), "access": access,
         });
-        let payload = B64.encode(claims.to_string());
-        let signing = format!("{header}.{payload}");
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
-        mac.update(signing.as_bytes());
-        let token = format!("{signing}.{}", B64.encode(mac.finalize().into_bytes()));
-        let issued = berth_types::time::now_rfc3339();
-        Ok(
-            json!({"token": token, "access_token": token, "expires_in": t.expiry,
-            "issued_at": issued}),
-        )
+        let token = Self::sign(key, &claims);
+        let mut answer = json!({"token": token, "access_token": token, "expires_in": t.expiry,
+            "issued_at": berth_types::time::now_rfc3339()});
+        if offline && account.is_some() {
+            let refresh = json!({"iss": t.issuer, "sub": sub, "aud": t.service, "typ": "refresh",
+                "iat": now, "nbf": now.saturating_sub(5), "exp": now + 30 * 86400,
+                "jti": super::api::uuid()});
+            answer["refresh_token"] = json!(Self::sign(key, &refresh));
+        }
+        Ok(answer)
     }
 
+    /// An access token's claims (refresh tokens are not access tokens).
     fn verify(&self, token: &str, key: &[u8]) -> Option<serde_json::Value> {
+        self.verify_any(token, key)
+            .filter(|c| c["typ"] != "refresh")
+    }
+
+    fn verify_any(&self, token: &str, key: &[u8]) -> Option<serde_json::Value> {
         let (t, _) = self.token.as_ref()?;
         let (signing, sig) = token.rsplit_once('.')?;
         let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
@@ -367,6 +425,12 @@ impl Auth {
         (fresh && claims["aud"] == t.service.as_str() && claims["iss"] == t.issuer.as_str())
             .then_some(claims)
     }
+}
+
+/// Who asks the issuer for a token.
+enum Asker {
+    Password(Option<(String, String)>),
+    Refresh(String),
 }
 
 /// `repository:<name>:pull,push` scopes for a challenge, one per repository.
@@ -507,6 +571,29 @@ mod tests {
                 "http"
             )
             .is_ok());
+        // OAuth2's form, as containerd posts it, and a refresh token that works only as one.
+        let form = "grant_type=password&username=alice&password=secret&access_type=offline&scope=repository%3Aalice%2Fapp%3Apull%2Cpush";
+        let o = a.issue_oauth(form).unwrap();
+        assert!(a.check(&bearer(&o), &need, "h", "http").is_ok());
+        let refresh = o["refresh_token"].as_str().unwrap();
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            "authorization",
+            format!("Bearer {refresh}").parse().unwrap(),
+        );
+        assert!(a.check(&h, &need, "h", "http").is_err());
+        let again = a
+            .issue_oauth(&format!(
+                "grant_type=refresh_token&refresh_token={refresh}&scope=repository:alice/app:push"
+            ))
+            .unwrap();
+        assert!(a.check(&bearer(&again), &need, "h", "http").is_ok());
+        assert!(a
+            .issue_oauth("grant_type=password&username=alice&password=no")
+            .is_err());
+        assert!(a
+            .issue_oauth("grant_type=refresh_token&refresh_token=forged")
+            .is_err());
         // A token altered in any byte is no token.
         let t = alice["token"].as_str().unwrap();
         let parts: Vec<&str> = t.split('.').collect();

@@ -124,8 +124,15 @@ impl App {
                 let Some(a) = &self.auth else {
                     return (Route::Token, None, StatusCode::NOT_FOUND.into_response());
                 };
-                let scopes = api::query_all(q, "scope");
-                return match a.issue(headers, &scopes) {
+                let answer = if *method == Method::POST {
+                    match axum::body::to_bytes(body, 64 << 10).await {
+                        Ok(form) => a.issue_oauth(&String::from_utf8_lossy(&form)),
+                        Err(_) => Err(Refusal::Denied("token request too large".into())),
+                    }
+                } else {
+                    a.issue(headers, &api::query_all(q, "scope"))
+                };
+                return match answer {
                     Ok(t) => (Route::Token, None, axum::Json(t).into_response()),
                     Err(r) => (Route::Token, None, self.refuse(r)),
                 };

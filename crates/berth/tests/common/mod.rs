@@ -349,11 +349,29 @@ impl Registry {
     /// In the network namespace at `netns`, for a daemon that lives there. The registry
     /// picks its port (`:0`) and says which: no window for another socket to take it.
     pub fn start_in(netns: Option<&Path>) -> Registry {
-        use std::io::BufRead;
+        Registry::start_with(netns, "127.0.0.1", &[])
+    }
+
+    /// On `ip`, with more `serve` flags, its store in its own directory's `root`.
+    pub fn start_with(netns: Option<&Path>, ip: &str, extra: &[&str]) -> Registry {
         let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        Registry::start_on(dir, netns, ip, &root, extra)
+    }
+
+    /// On a store of its own choosing (a restart on the same store, say).
+    pub fn start_on(
+        dir: tempfile::TempDir,
+        netns: Option<&Path>,
+        ip: &str,
+        root: &Path,
+        extra: &[&str],
+    ) -> Registry {
+        use std::io::BufRead;
         let mut child = in_netns(netns, berth())
-            .args(["registry", "serve", "--addr", "127.0.0.1:0", "--root"])
-            .arg(dir.path().join("root"))
+            .args(["registry", "serve", "--addr", &format!("{ip}:0"), "--root"])
+            .arg(root)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -368,6 +386,22 @@ impl Registry {
         // Its later lines go nowhere, without blocking it.
         std::thread::spawn(move || lines.for_each(drop));
         Registry { dir, port, child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for it to exit (after a signal), for at most `secs`.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < until {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
     }
 }
 
