@@ -16,8 +16,8 @@ pub type ReqBody = BoxBody<Bytes, std::io::Error>;
 
 #[derive(Debug)]
 pub enum Error {
-    /// Nothing answers on the socket.
-    Connect(PathBuf, std::io::Error),
+    /// Nothing answers at the host (`unix:///path` or `tcp://addr`).
+    Connect(String, std::io::Error),
     /// The daemon answered with an error status and message.
     Daemon(u16, String),
     Other(String),
@@ -26,10 +26,9 @@ pub enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Connect(p, e) => write!(
+            Error::Connect(h, e) => write!(
                 f,
-                "Cannot connect to the Berth daemon at unix://{}. Is the berth daemon running? ({e})",
-                p.display()
+                "Cannot connect to the Berth daemon at {h}. Is the berth daemon running? ({e})"
             ),
             Error::Daemon(_, m) => write!(f, "Error response from daemon: {m}"),
             Error::Other(m) => f.write_str(m),
@@ -48,6 +47,17 @@ impl Error {
 
 fn other(e: impl std::fmt::Display) -> Error {
     Error::Other(e.to_string())
+}
+
+async fn handshake<T>(io: T) -> Result<hyper::client::conn::http1::SendRequest<ReqBody>, Error>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(other)?;
+    tokio::spawn(conn.with_upgrades());
+    Ok(sender)
 }
 
 /// A whole answer's body.
@@ -78,33 +88,49 @@ pub fn reader(r: impl tokio::io::AsyncRead + Send + Sync + 'static) -> ReqBody {
     BodyExt::boxed(StreamBody::new(s))
 }
 
+/// TLS to a tcp host: the configuration and the name its certificate must carry.
+pub type Tls = (
+    std::sync::Arc<rustls::ClientConfig>,
+    rustls_pki_types::ServerName<'static>,
+);
+
 #[derive(Clone)]
 pub struct Client {
     pub socket: PathBuf,
-    /// `tcp://127.0.0.1:PORT` hosts; the socket is unused then.
+    /// `tcp://HOST:PORT` hosts; the socket is unused then.
     pub tcp: Option<std::net::SocketAddr>,
+    pub tls: Option<Tls>,
 }
 
 impl Client {
+    pub fn unix(socket: PathBuf) -> Client {
+        Client {
+            socket,
+            tcp: None,
+            tls: None,
+        }
+    }
+
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<ReqBody>, Error> {
         if let Some(addr) = self.tcp {
+            let scheme = if self.tls.is_some() { "https" } else { "tcp" };
+            let shown = format!("{scheme}://{addr}");
             let s = tokio::net::TcpStream::connect(addr)
                 .await
-                .map_err(|e| Error::Connect(PathBuf::from(addr.to_string()), e))?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-                .await
-                .map_err(other)?;
-            tokio::spawn(conn.with_upgrades());
-            return Ok(sender);
+                .map_err(|e| Error::Connect(shown.clone(), e))?;
+            if let Some((cfg, name)) = &self.tls {
+                let s = tokio_rustls::TlsConnector::from(cfg.clone())
+                    .connect(name.clone(), s)
+                    .await
+                    .map_err(|e| other(format!("error during connect: {shown}: {e}")))?;
+                return handshake(TokioIo::new(s)).await;
+            }
+            return handshake(TokioIo::new(s)).await;
         }
         let s = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|e| Error::Connect(self.socket.clone(), e))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-            .await
-            .map_err(other)?;
-        tokio::spawn(conn.with_upgrades());
-        Ok(sender)
+            .map_err(|e| Error::Connect(format!("unix://{}", self.socket.display()), e))?;
+        handshake(TokioIo::new(s)).await
     }
 
     /// Sends a request; error statuses become [`Error::Daemon`] with the daemon's message.

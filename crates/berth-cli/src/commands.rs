@@ -25,6 +25,21 @@ pub struct Cli {
     /// Daemon socket to connect to (unix:///path).
     #[arg(short = 'H', long = "host", global = true)]
     host: Option<String>,
+    /// Use TLS; implied by --tlsverify
+    #[arg(long, global = true)]
+    tls: bool,
+    /// Use TLS and verify the remote
+    #[arg(long, global = true)]
+    tlsverify: bool,
+    /// Trust certs signed only by this CA
+    #[arg(long, global = true)]
+    tlscacert: Option<PathBuf>,
+    /// Path to TLS certificate file
+    #[arg(long, global = true)]
+    tlscert: Option<PathBuf>,
+    /// Path to TLS key file
+    #[arg(long, global = true)]
+    tlskey: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -1142,7 +1157,14 @@ async fn ensure_daemon(socket: &std::path::Path) -> Result<(), String> {
 }
 
 pub async fn run(cli: Cli) -> i32 {
-    let (c, explicit) = match crate::host(cli.host.as_deref()) {
+    let tls = crate::tls::TlsOptions {
+        tls: cli.tls,
+        verify: cli.tlsverify,
+        ca: cli.tlscacert.clone(),
+        cert: cli.tlscert.clone(),
+        key: cli.tlskey.clone(),
+    };
+    let (c, explicit) = match crate::host(cli.host.as_deref(), &tls) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("berth: {e}");
@@ -2220,9 +2242,12 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             containers,
         } => stats(c, all, no_stream, no_trunc, format, containers).await,
         Cmd::Version { format } => {
-            let v = c.json(Method::GET, "/version", None).await?;
+            let mut v = c.json(Method::GET, "/version", None).await?;
+            // Templates name the Go struct's fields (`.Server.APIVersion`), not the JSON's.
+            v["APIVersion"] = v["ApiVersion"].clone();
             let all = json!({
                 "Client": {"Version": env!("CARGO_PKG_VERSION"), "ApiVersion": "1.47",
+                           "APIVersion": "1.47", "DefaultAPIVersion": "1.47",
                            "Os": "linux", "Arch": std::env::consts::ARCH},
                 "Server": v
             });

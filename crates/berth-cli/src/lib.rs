@@ -12,6 +12,7 @@ mod compose;
 mod dockercfg;
 pub mod format;
 mod stream;
+pub mod tls;
 
 use std::path::PathBuf;
 
@@ -117,9 +118,10 @@ pub fn main(args: Vec<String>) -> i32 {
     code
 }
 
-/// Which daemon to talk to: `-H`, then `BERTH_HOST`, then `DOCKER_HOST`, then the default.
-/// Returns the client and whether the host was chosen explicitly.
-pub fn host(flag: Option<&str>) -> Result<(client::Client, bool), String> {
+/// Which daemon to talk to: `-H`, then `BERTH_HOST`, then `DOCKER_HOST`, then the default;
+/// TLS for tcp hosts as `tls` asks. Returns the client and whether the host was chosen
+/// explicitly.
+pub fn host(flag: Option<&str>, tls: &tls::TlsOptions) -> Result<(client::Client, bool), String> {
     let (h, explicit) = match flag {
         Some(h) => (h.to_string(), true),
         None => match std::env::var("BERTH_HOST").or_else(|_| std::env::var("DOCKER_HOST")) {
@@ -128,23 +130,42 @@ pub fn host(flag: Option<&str>) -> Result<(client::Client, bool), String> {
         },
     };
     if let Some(p) = h.strip_prefix("unix://") {
-        return Ok((
-            client::Client {
-                socket: PathBuf::from(p),
-                tcp: None,
-            },
-            explicit,
-        ));
+        return Ok((client::Client::unix(PathBuf::from(p)), explicit));
     }
     if let Some(a) = h.strip_prefix("tcp://") {
-        let addr = a
-            .trim_end_matches('/')
-            .parse()
-            .map_err(|e| format!("host {h}: {e}"))?;
+        let a = a.trim_end_matches('/');
+        let tls = tls.clone().resolve();
+        // Docker's default ports: 2376 with TLS, 2375 without.
+        let with_port = if a
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !a.ends_with(']')
+        {
+            a.to_string()
+        } else {
+            format!("{a}:{}", if tls.tls { 2376 } else { 2375 })
+        };
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+            .map_err(|e| format!("host {h}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("host {h}: no address"))?;
+        let tls = if tls.tls {
+            let name = with_port
+                .rsplit_once(':')
+                .map(|(n, _)| n.trim_start_matches('[').trim_end_matches(']'))
+                .unwrap_or_default()
+                .to_string();
+            let name = rustls_pki_types::ServerName::try_from(name)
+                .map_err(|e| format!("host {h}: {e}"))?;
+            Some((tls::client_config(&tls)?, name))
+        } else {
+            None
+        };
         return Ok((
             client::Client {
                 socket: PathBuf::new(),
                 tcp: Some(addr),
+                tls,
             },
             explicit,
         ));

@@ -61,6 +61,21 @@ impl Containerd {
         Some(c)
     }
 
+    /// busybox, made from the host's, as `docker.io/library/busybox:latest`.
+    fn import_busybox(&self, work: &Path) {
+        let archive = work.join("busybox.tar");
+        let st = Command::new(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mkimage-archive.sh"),
+        )
+        .arg(common::template_rootfs())
+        .arg(&archive)
+        .arg("docker.io/library/busybox:latest")
+        .status()
+        .unwrap();
+        assert!(st.success());
+        self.ok(&["image", "import", archive.to_str().unwrap()]);
+    }
+
     fn ctr(&self, args: &[&str]) -> std::process::Output {
         capture(
             Command::new("ctr")
@@ -153,17 +168,7 @@ fn containerd_runs_containers_with_berth_as_runc() {
         return;
     };
     let work = tempfile::tempdir().unwrap();
-    let archive = work.path().join("busybox.tar");
-    let st = Command::new(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mkimage-archive.sh"),
-    )
-    .arg(common::template_rootfs())
-    .arg(&archive)
-    .arg("docker.io/library/busybox:latest")
-    .status()
-    .unwrap();
-    assert!(st.success());
-    cd.ok(&["image", "import", archive.to_str().unwrap()]);
+    cd.import_busybox(work.path());
     assert!(cd
         .ok(&["image", "ls", "-q"])
         .contains("docker.io/library/busybox:latest"));
@@ -267,17 +272,7 @@ fn containerd_pushes_to_and_pulls_from_berth_registry() {
             "off",
         ],
     );
-    let archive = work.path().join("busybox.tar");
-    let st = Command::new(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mkimage-archive.sh"),
-    )
-    .arg(common::template_rootfs())
-    .arg(&archive)
-    .arg("docker.io/library/busybox:latest")
-    .status()
-    .unwrap();
-    assert!(st.success());
-    cd.ok(&["image", "import", archive.to_str().unwrap()]);
+    cd.import_busybox(work.path());
     let name = format!("127.0.0.1:{}/ctr/busybox:1", reg.port);
     cd.ok(&["image", "tag", "docker.io/library/busybox:latest", &name]);
     // Without credentials the push is refused.

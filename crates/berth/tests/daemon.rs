@@ -3240,20 +3240,22 @@ fn tls_hosts_verify_client_certificates() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, out, err) = docker(&[
+    let (ca, cert, key) = (f("ca.pem"), f("cert.pem"), f("key.pem"));
+    let verified = [
         "--tlsverify",
         "--tlscacert",
-        &f("ca.pem"),
+        &ca,
         "--tlscert",
-        &f("cert.pem"),
+        &cert,
         "--tlskey",
-        &f("key.pem"),
+        &key,
         "-H",
         "tcp://127.0.0.1:23761",
         "version",
         "-f",
         "{{.Server.APIVersion}}",
-    ]);
+    ];
+    let (code, out, err) = docker(&verified);
     assert_eq!((code, out.as_str()), (0, "1.47\n"), "{err}");
     // No client certificate: refused in the handshake.
     let (code, _, err) = docker(&[
@@ -3278,6 +3280,48 @@ fn tls_hosts_verify_client_certificates() {
         "{{.Server.APIVersion}}",
     ]);
     assert_ne!(code, 0);
+    // Berth's CLI the same ways: flags, then DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
+    let berth = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = d.host_cmd(common::berth());
+        c.env_remove("DOCKER_HOST").env_remove("BERTH_HOST");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = capture(c.args(args));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = berth(&verified, &[]);
+    assert_eq!((code, out.as_str()), (0, "1.47\n"), "{err}");
+    let env = [
+        ("DOCKER_TLS_VERIFY", "1"),
+        ("DOCKER_CERT_PATH", certs.to_str().unwrap()),
+    ];
+    let (code, out, err) = berth(&["-H", "tcp://127.0.0.1:23761", "ps", "-q"], &env);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    // A CA that did not sign the daemon's certificate: refused.
+    let (code, _, err) = berth(
+        &[
+            "--tlsverify",
+            "--tlscacert",
+            &f("cert.pem"),
+            "-H",
+            "tcp://127.0.0.1:23761",
+            "ps",
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // No client certificate: the daemon refuses the handshake.
+    let (code, _, err) = berth(
+        &["--tls", "-H", "tcp://127.0.0.1:23761", "ps"],
+        &[("HOME", "/nonexistent")],
+    );
+    assert_ne!(code, 0, "{err}");
     // Without --tlsverify, beyond loopback is still refused.
     let out = capture(Command::new(common::berth()).args([
         "daemon",

@@ -1167,25 +1167,11 @@ fn distribution_registry_plain_tls_basic_and_token_auth() {
         eprintln!("skipped: needs docker-registry, htpasswd (apache2-utils) and openssl");
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("berth-daemon-")
-        .tempdir()
-        .unwrap();
-    let conf = dir.path().join("etc");
-    std::fs::create_dir_all(conf.join("certs.d")).unwrap();
-    std::fs::write(conf.join("daemon.json"), "{}").unwrap();
-    let conf_file = conf.join("daemon.json");
-    let Some(d) = (if common::is_root() && docker_cli() {
-        Some(Daemon::start_with(
-            dir,
-            &["--config-file", conf_file.to_str().unwrap()],
-        ))
-    } else {
+    if !common::is_root() || !docker_cli() {
         eprintln!("skipped: needs root and the docker CLI");
-        None
-    }) else {
         return;
-    };
+    }
+    let (d, conf) = Daemon::start_with_config();
     let archive = busybox_archive(d.dir.path());
     d.ok(&["load", "-i", archive.to_str().unwrap()]);
 
@@ -1260,29 +1246,11 @@ fn distribution_registry_plain_tls_basic_and_token_auth() {
     );
     let login = |cli: &str, user: &str, pass: &str| {
         let mut cmd = match cli {
-            "docker" => {
-                let mut c = Command::new("docker");
-                c.env("DOCKER_HOST", format!("unix://{}", d.socket().display()))
-                    .env("DOCKER_CONFIG", d.docker_config());
-                c
-            }
+            "docker" => d.docker_cmd(),
             _ => d.berth_cmd(),
         };
         cmd.env("PATH", &path);
-        let mut child = cmd
-            .args(["login", "-u", user, "--password-stdin", &host])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), pass.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        d.login(cmd, &host, user, pass)
     };
     // Not trusted yet: the certificate is the error.
     let (code, _, err) = login("docker", "alice", "s3cret");

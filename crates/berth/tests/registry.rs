@@ -647,15 +647,7 @@ fn docker_cli_with_token_auth_and_tls() {
         eprintln!("skipped: needs root, the docker CLI, curl, htpasswd and openssl");
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("berth-daemon-")
-        .tempdir()
-        .unwrap();
-    let conf = dir.path().join("etc");
-    std::fs::create_dir_all(conf.join("certs.d")).unwrap();
-    let conf_file = conf.join("daemon.json");
-    std::fs::write(&conf_file, "{}").unwrap();
-    let d = Daemon::start_with(dir, &["--config-file", conf_file.to_str().unwrap()]);
+    let (d, conf) = Daemon::start_with_config();
     let archive = busybox_archive(d.dir.path());
     d.ok(&["load", "-i", archive.to_str().unwrap()]);
     // The registry on 192.0.2.2 (documentation range) on the daemon's namespace's lo.
@@ -694,26 +686,8 @@ fn docker_cli_with_token_auth_and_tls() {
     std::fs::create_dir_all(&ca_dir).unwrap();
     std::fs::copy(certs.join("ca.pem"), ca_dir.join("ca.crt")).unwrap();
     let login = |user: &str, pass: &str| {
-        let mut child = Command::new("docker")
-            .env("DOCKER_HOST", format!("unix://{}", d.socket().display()))
-            .env("DOCKER_CONFIG", d.docker_config())
-            .args(["login", "-u", user, "--password-stdin", &host])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(pass.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let (code, _, err) = d.login(d.docker_cmd(), &host, user, pass);
+        (code, err)
     };
     let (code, err) = login("alice", "wrong");
     assert_ne!(code, 0);

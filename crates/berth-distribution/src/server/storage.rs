@@ -37,6 +37,12 @@ pub trait Driver: Send + Sync + 'static {
     fn sync(&self, key: &str) -> io::Result<()>;
     /// Seconds since the epoch of its last change (for purging abandoned uploads).
     fn modified(&self, key: &str) -> io::Result<u64>;
+    /// The whole object as bytes that share the store's memory (a file mapping, the
+    /// map's own buffer), for sending without a copy; `None` where a driver cannot.
+    /// Only for objects that are never appended to (not uploads).
+    fn map(&self, _key: &str) -> io::Result<Option<bytes::Bytes>> {
+        Ok(None)
+    }
 }
 
 fn check(key: &str) -> io::Result<&str> {
@@ -162,6 +168,20 @@ impl Driver for Filesystem {
         std::fs::File::open(self.path(key)?)?.sync_all()
     }
 
+    fn map(&self, key: &str) -> io::Result<Option<bytes::Bytes>> {
+        let f = std::fs::File::open(self.path(key)?)?;
+        if f.metadata()?.len() == 0 {
+            return Ok(Some(bytes::Bytes::new()));
+        }
+        // SAFETY: a mapping is undefined behaviour if the file changes under it. Every
+        // object but an upload is written once, to a temporary file renamed into place
+        // (`put`, `rename`), so the mapped inode is never written again; deleting its name
+        // (gc, DELETE) leaves the mapping valid. Callers never map uploads.
+        let m = unsafe { memmap2::Mmap::map(&f)? };
+        let _ = m.advise(memmap2::Advice::Sequential);
+        Ok(Some(bytes::Bytes::from_owner(m)))
+    }
+
     fn modified(&self, key: &str) -> io::Result<u64> {
         let t = std::fs::metadata(self.path(key)?)?.modified()?;
         Ok(t.duration_since(std::time::UNIX_EPOCH)
@@ -210,6 +230,15 @@ impl Write for MemoryAppend {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// An object's bytes, shared with the map, as `Bytes` can own them.
+struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -315,6 +344,12 @@ impl Driver for Memory {
         Ok(())
     }
 
+    fn map(&self, key: &str) -> io::Result<Option<bytes::Bytes>> {
+        let m = self.lock();
+        let (d, _) = m.get(check(key)?).ok_or(io::ErrorKind::NotFound)?;
+        Ok(Some(bytes::Bytes::from_owner(Shared(d.clone()))))
+    }
+
     fn modified(&self, key: &str) -> io::Result<u64> {
         let m = self.lock();
         let (_, t) = m.get(check(key)?).ok_or(io::ErrorKind::NotFound)?;
@@ -353,6 +388,12 @@ pub fn suite(d: &dyn Driver) {
     assert_eq!(s, "world");
     assert_eq!(d.append("up/none").err().unwrap().kind(), NotFound);
     assert!(d.modified("up/1").unwrap() > 0);
+    // A mapping is the object whole, and outlives the object's removal.
+    d.put("m", b"mapped").unwrap();
+    if let Some(m) = d.map("m").unwrap() {
+        d.delete("m").unwrap();
+        assert_eq!(&m[..], b"mapped");
+    }
     // Rename replaces what was there.
     d.rename("up/1", "a/b").unwrap();
     assert_eq!(d.get("a/b").unwrap(), b"hello world");

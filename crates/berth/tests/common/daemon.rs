@@ -69,6 +69,21 @@ impl Daemon {
         Daemon::start_with(dir, &[])
     }
 
+    /// A daemon reading `etc/daemon.json` (empty) of its directory, with `etc/certs.d/`
+    /// for registry CAs; returns it and that `etc`.
+    pub fn start_with_config() -> (Daemon, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-daemon-")
+            .tempdir()
+            .unwrap();
+        let conf = dir.path().join("etc");
+        std::fs::create_dir_all(conf.join("certs.d")).unwrap();
+        let file = conf.join("daemon.json");
+        std::fs::write(&file, "{}").unwrap();
+        let d = Daemon::start_with(dir, &["--config-file", file.to_str().unwrap()]);
+        (d, conf)
+    }
+
     pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
         let child = spawn_daemon_with(dir.path(), extra);
         let d = Daemon { dir, child };
@@ -98,13 +113,40 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
+    /// The docker CLI, pointed at this daemon.
+    pub fn docker_cmd(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
+            .env("DOCKER_CONFIG", self.docker_config());
+        c
+    }
+
     /// Runs the docker CLI against this daemon: (exit code, stdout, stderr).
     pub fn docker(&self, args: &[&str]) -> (i32, String, String) {
-        self.client(
-            Command::new("docker")
-                .env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
-                .env("DOCKER_CONFIG", self.docker_config()),
-            args,
+        self.client(&mut self.docker_cmd(), args)
+    }
+
+    /// `login -u USER --password-stdin HOST` by a client (docker's or Berth's).
+    pub fn login(
+        &self,
+        mut cmd: Command,
+        host: &str,
+        user: &str,
+        pass: &str,
+    ) -> (i32, String, String) {
+        let mut child = cmd
+            .args(["login", "-u", user, "--password-stdin", host])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), pass.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
 
