@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod storage;
 #[cfg(test)]
 mod tests;
+pub mod zerocopy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -230,11 +231,10 @@ impl App {
 #[derive(Clone, Copy)]
 pub struct Peer(SocketAddr);
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, zerocopy::Listener>>
     for Peer
 {
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
+    fn connect_info(s: axum::serve::IncomingStream<'_, zerocopy::Listener>) -> Peer {
         Peer(*s.remote_addr())
     }
 }
@@ -384,7 +384,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string())
             }
-            None => axum::serve(listener, make)
+            None => axum::serve(zerocopy::Listener(listener), make)
                 .with_graceful_shutdown(stopping(stop_rx))
                 .await
                 .map_err(|e| e.to_string()),

@@ -169,17 +169,7 @@ impl Driver for Filesystem {
     }
 
     fn map(&self, key: &str) -> io::Result<Option<bytes::Bytes>> {
-        let f = std::fs::File::open(self.path(key)?)?;
-        if f.metadata()?.len() == 0 {
-            return Ok(Some(bytes::Bytes::new()));
-        }
-        // SAFETY: a mapping is undefined behaviour if the file changes under it. Every
-        // object but an upload is written once, to a temporary file renamed into place
-        // (`put`, `rename`), so the mapped inode is never written again; deleting its name
-        // (gc, DELETE) leaves the mapping valid. Callers never map uploads.
-        let m = unsafe { memmap2::Mmap::map(&f)? };
-        let _ = m.advise(memmap2::Advice::Sequential);
-        Ok(Some(bytes::Bytes::from_owner(m)))
+        super::zerocopy::map(std::fs::File::open(self.path(key)?)?).map(Some)
     }
 
     fn modified(&self, key: &str) -> io::Result<u64> {
