@@ -51,7 +51,7 @@ impl TlsOptions {
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let list: Vec<_> = CertificateDer::pem_file_iter(path)
         .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| format!("could not read CA certificate {:?}: {e}", path.display()))?;
+        .map_err(|e| format!("could not read certificate {:?}: {e}", path.display()))?;
     if list.is_empty() {
         return Err(format!("{}: no certificate in it", path.display()));
     }
@@ -155,8 +155,6 @@ mod tests {
             verify: true,
             ..Default::default()
         };
-        // (No DOCKER_CERT_PATH files in a fresh HOME.)
-        let o = TlsOptions { ca: None, ..o };
         assert!(client_config(&o).unwrap_err().contains("CA certificate"));
         let half = TlsOptions {
             tls: true,

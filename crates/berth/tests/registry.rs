@@ -465,11 +465,7 @@ fn fifty_concurrent_pushes_leave_a_consistent_store() {
     let (code, out) = registry_cmd(&["verify"], &root);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("stop it first"), "{out}");
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(r.pid() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    r.terminate();
     assert!(r.wait_exit(20).is_some_and(|s| s.success()));
     let (code, out) = registry_cmd(&["verify"], &root);
     assert_eq!(code, 0, "{out}");
@@ -495,11 +491,7 @@ fn sigterm_lets_uploads_finish_and_gc_frees_what_nothing_names() {
     .unwrap();
     s.flush().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(r.pid() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    r.terminate();
     std::thread::sleep(std::time::Duration::from_millis(300));
     // No new connections are taken...
     assert!(std::net::TcpStream::connect(("127.0.0.1", r.port)).is_err());
@@ -532,11 +524,7 @@ fn sigterm_lets_uploads_finish_and_gc_frees_what_nothing_names() {
         assert_eq!(status, 201, "{text}");
     }
     let stray = push_blob(&r, "g/app", b"pushed, never named");
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(r.pid() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    r.terminate();
     assert!(r.wait_exit(20).is_some());
     let blobs = || {
         std::fs::read_dir(root.join("blobs/sha256"))

@@ -38,11 +38,9 @@ pub trait Driver: Send + Sync + 'static {
     /// Seconds since the epoch of its last change (for purging abandoned uploads).
     fn modified(&self, key: &str) -> io::Result<u64>;
     /// The whole object as bytes that share the store's memory (a file mapping, the
-    /// map's own buffer), for sending without a copy; `None` where a driver cannot.
-    /// Only for objects that are never appended to (not uploads).
-    fn map(&self, _key: &str) -> io::Result<Option<bytes::Bytes>> {
-        Ok(None)
-    }
+    /// map's own buffer), for sending without a copy. Only for objects that are never
+    /// appended to (not uploads).
+    fn map(&self, key: &str) -> io::Result<bytes::Bytes>;
 }
 
 fn check(key: &str) -> io::Result<&str> {
@@ -168,8 +166,8 @@ impl Driver for Filesystem {
         std::fs::File::open(self.path(key)?)?.sync_all()
     }
 
-    fn map(&self, key: &str) -> io::Result<Option<bytes::Bytes>> {
-        super::zerocopy::map(std::fs::File::open(self.path(key)?)?).map(Some)
+    fn map(&self, key: &str) -> io::Result<bytes::Bytes> {
+        super::zerocopy::map(std::fs::File::open(self.path(key)?)?)
     }
 
     fn modified(&self, key: &str) -> io::Result<u64> {
@@ -334,10 +332,10 @@ impl Driver for Memory {
         Ok(())
     }
 
-    fn map(&self, key: &str) -> io::Result<Option<bytes::Bytes>> {
+    fn map(&self, key: &str) -> io::Result<bytes::Bytes> {
         let m = self.lock();
         let (d, _) = m.get(check(key)?).ok_or(io::ErrorKind::NotFound)?;
-        Ok(Some(bytes::Bytes::from_owner(Shared(d.clone()))))
+        Ok(bytes::Bytes::from_owner(Shared(d.clone())))
     }
 
     fn modified(&self, key: &str) -> io::Result<u64> {
@@ -380,10 +378,10 @@ pub fn suite(d: &dyn Driver) {
     assert!(d.modified("up/1").unwrap() > 0);
     // A mapping is the object whole, and outlives the object's removal.
     d.put("m", b"mapped").unwrap();
-    if let Some(m) = d.map("m").unwrap() {
-        d.delete("m").unwrap();
-        assert_eq!(&m[..], b"mapped");
-    }
+    let m = d.map("m").unwrap();
+    d.delete("m").unwrap();
+    assert_eq!(&m[..], b"mapped");
+    assert_eq!(d.map("m").unwrap_err().kind(), NotFound);
     // Rename replaces what was there.
     d.rename("up/1", "a/b").unwrap();
     assert_eq!(d.get("a/b").unwrap(), b"hello world");

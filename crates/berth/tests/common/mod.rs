@@ -388,8 +388,13 @@ impl Registry {
         Registry { dir, port, child }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// SIGTERM, as a service manager stops it.
+    pub fn terminate(&self) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.child.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
     }
 
     /// Waits for it to exit (after a signal), for at most `secs`.
