@@ -250,12 +250,15 @@ fn has_limits(r: &LinuxResources) -> bool {
         || r.unified().as_ref().is_some_and(|u| !u.is_empty())
 }
 
-/// Creates the cgroup, moves `pid` into it and applies the limits.
-pub fn apply(path: &Path, resources: Option<&LinuxResources>, pid: i32) -> Result<()> {
+/// Creates the cgroup, moves `pid` into it (`None`: the process was born there, see
+/// [`enter`]) and applies the limits.
+pub fn apply(path: &Path, resources: Option<&LinuxResources>, pid: Option<i32>) -> Result<()> {
     if layout() == Layout::V2 {
         let m = manager(path)?;
-        m.add_task(nix::unistd::Pid::from_raw(pid))
-            .map_err(cg_err)?;
+        if let Some(pid) = pid {
+            m.add_task(nix::unistd::Pid::from_raw(pid))
+                .map_err(cg_err)?;
+        }
         if let Some(r) = resources {
             apply_limits(&m, r)?;
         }
@@ -264,9 +267,11 @@ pub fn apply(path: &Path, resources: Option<&LinuxResources>, pid: i32) -> Resul
     for (controllers, dir) in v1_dirs(path) {
         let cpuset = controllers.iter().any(|c| c == "cpuset");
         create_cpuset_aware(&dir, cpuset)?;
-        let procs = dir.join("cgroup.procs");
-        std::fs::write(&procs, pid.to_string())
-            .map_err(io_err(format!("writing {}", procs.display())))?;
+        if let Some(pid) = pid {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string())
+                .map_err(io_err(format!("writing {}", procs.display())))?;
+        }
         if controllers.iter().any(|c| c == "devices") {
             for (allow, rule) in resources.map(device_rules).unwrap_or_default() {
                 let f = dir.join(if allow {
@@ -340,6 +345,164 @@ pub fn manager(path: &Path) -> Result<AnyCgroupManager> {
         container_name: String::new(),
     })
     .map_err(cg_err)
+}
+
+/// The calling thread's cgroup in each v1 hierarchy, to go back to once it has forked
+/// inside a container's cgroup (see [`enter`]). Dropped without [`Visit::leave`], it still
+/// goes back.
+#[derive(Debug)]
+pub struct Visit {
+    home: Vec<PathBuf>,
+    gone: bool,
+}
+
+impl Visit {
+    /// Moves the calling thread back to where it was.
+    pub fn leave(mut self) -> Result<()> {
+        self.gone = true;
+        move_self(&self.home)
+    }
+}
+
+impl Drop for Visit {
+    fn drop(&mut self) {
+        if !self.gone {
+            let _ = move_self(&self.home);
+        }
+    }
+}
+
+/// Moves the calling thread into each of these `tasks` files by writing "0".
+fn move_self(tasks: &[PathBuf]) -> Result<()> {
+    for t in tasks {
+        std::fs::write(t, "0").map_err(io_err(format!("writing {}", t.display())))?;
+    }
+    Ok(())
+}
+
+/// Creates the container's cgroup and moves the calling thread into it, so that a process
+/// it forks next is born there; the caller then leaves with [`Visit::leave`].
+///
+/// Why: moving another process (its pid written to `cgroup.procs`) takes the kernel's
+/// global threadgroup lock for writing, and after an idle spell that waits for an RCU grace
+/// period (~8 ms on this kind of VM, paid by every container start and every exec). A
+/// thread that moves itself by writing "0" to `tasks` skips that lock.
+///
+/// v1 only: v2 has no per-thread move into a domain cgroup. `None` (the caller forks
+/// first and moves the child with [`apply`] or [`add_task`]) on v2, when the cgroup is
+/// frozen (the thread would freeze with it), or when the way back is not certain (a
+/// hierarchy mounted from below its root, a home without a `tasks` file).
+pub fn enter(path: &Path) -> Result<Option<Visit>> {
+    if layout() != Layout::V1 {
+        return Ok(None);
+    }
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Ok(None);
+    };
+    if !v1_mounts_at_their_roots(&info) {
+        return Ok(None);
+    }
+    let own = std::fs::read_to_string("/proc/thread-self/cgroup").unwrap_or_default();
+    let mounts = parse_v1_mounts(&info);
+    let mut home = Vec::new();
+    for (controllers, mount) in &mounts {
+        let Some(at) = own_cgroup(&own, controllers) else {
+            return Ok(None);
+        };
+        let tasks = join(mount, Path::new(at)).join("tasks");
+        if !tasks.exists() {
+            return Ok(None);
+        }
+        home.push(tasks);
+    }
+    let mut there = Vec::new();
+    for (controllers, mount) in &mounts {
+        let dir = join(mount, path);
+        create_cpuset_aware(&dir, controllers.iter().any(|c| c == "cpuset"))?;
+        there.push(dir.join("tasks"));
+    }
+    if is_frozen(path) {
+        return Ok(None);
+    }
+    let visit = Visit { home, gone: false };
+    move_self(&there)?;
+    Ok(Some(visit))
+}
+
+/// v2: the container's cgroup, created if missing, opened for CLONE_INTO_CGROUP (the child
+/// is then born in it, and no process is moved: see [`enter`] for why that matters).
+/// `None` on v1, or when the cgroup is frozen.
+pub fn open_v2(path: &Path) -> Result<Option<std::os::fd::OwnedFd>> {
+    if layout() != Layout::V2 || is_frozen(path) {
+        return Ok(None);
+    }
+    create_v2(Path::new(ROOT), path).map(Some)
+}
+
+/// Creates `path` below the v2 hierarchy at `root` as libcgroups does (every available
+/// controller enabled on the way down, best effort, but not in the leaf, which holds
+/// processes) and opens it.
+fn create_v2(root: &Path, path: &Path) -> Result<std::os::fd::OwnedFd> {
+    let leaf = join(root, path);
+    if !leaf.exists() {
+        let controllers =
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let enable = |dir: &Path| {
+            for c in controllers.split_whitespace() {
+                let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+            }
+        };
+        enable(root);
+        let mut dir = root.to_path_buf();
+        let parts: Vec<_> = path
+            .strip_prefix("/")
+            .unwrap_or(path)
+            .components()
+            .collect();
+        for (i, part) in parts.iter().enumerate() {
+            dir.push(part);
+            match std::fs::create_dir(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(io_err(format!("creating {}", dir.display()))(e))
+                }
+                _ => {}
+            }
+            if i + 1 < parts.len() {
+                enable(&dir);
+            }
+        }
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(&leaf)
+        .map(Into::into)
+        .map_err(io_err(format!("opening {}", leaf.display())))
+}
+
+/// Whether every v1 hierarchy is mounted at its root, so that the paths of
+/// /proc/self/cgroup name directories below the mount points.
+fn v1_mounts_at_their_roots(info: &str) -> bool {
+    info.lines()
+        .filter(|l| {
+            l.split_once(" - ")
+                .is_some_and(|(_, r)| r.starts_with("cgroup "))
+        })
+        .all(|l| l.split(' ').nth(3) == Some("/"))
+}
+
+/// The path of the line of /proc/self/cgroup for the hierarchy of these controllers.
+fn own_cgroup<'a>(own: &'a str, controllers: &[String]) -> Option<&'a str> {
+    own.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, names, path) = (f.next()?, f.next()?, f.next()?);
+        let mut a: Vec<&str> = names.split(',').collect();
+        let mut b: Vec<&str> = controllers.iter().map(String::as_str).collect();
+        a.sort_unstable();
+        b.sort_unstable();
+        (a == b).then_some(path)
+    })
 }
 
 /// Moves `pid` into an existing container cgroup (exec).
@@ -461,7 +624,12 @@ fn remove_tree(dir: &Path) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(_) => {
                 if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                    // Never this process: a thread of it may be visiting (see `enter`).
+                    let me = std::process::id() as i32;
                     for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                        if pid == me {
+                            continue;
+                        }
                         let _ = crate::sys::kill(pid, libc::SIGKILL);
                     }
                 }
@@ -538,6 +706,119 @@ mod tests {
         );
         assert!(resolve_path(Some(Path::new("/plain/path")), true, "x").is_err());
         assert!(resolve_path(Some(Path::new("bad:p:n")), true, "x").is_err());
+    }
+
+    #[test]
+    fn own_cgroup_matches_the_whole_controller_set() {
+        let own = "9:name=systemd:/user.slice\n4:cpuacct,cpu:/a\n3:cpu:/wrong\n0::/\n";
+        let c = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(own_cgroup(own, &c(&["cpu", "cpuacct"])), Some("/a"));
+        assert_eq!(own_cgroup(own, &c(&["cpu"])), Some("/wrong"));
+        assert_eq!(own_cgroup(own, &c(&["name=systemd"])), Some("/user.slice"));
+        assert_eq!(own_cgroup(own, &c(&["memory"])), None);
+    }
+
+    #[test]
+    fn visits_need_hierarchies_mounted_at_their_roots() {
+        let good = "\
+31 30 0:27 /sub /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+33 30 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+        assert!(v1_mounts_at_their_roots(good));
+        // A container's view: the host's hierarchy bound from below its root.
+        let nested = "33 30 0:29 /docker/abc /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert!(!v1_mounts_at_their_roots(nested));
+    }
+
+    /// As root on a v1 host: a child forked during a visit is born in the container's
+    /// cgroup in every hierarchy, and the visiting thread goes home; a frozen cgroup is
+    /// not visited. On v2 there is no visit.
+    #[test]
+    fn a_visit_places_children_and_comes_back() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let path = PathBuf::from(format!("/berth-unit/visit-{}", std::process::id()));
+        if layout() == Layout::V2 {
+            assert!(enter(&path).unwrap().is_none());
+            return;
+        }
+        let before = std::fs::read_to_string("/proc/thread-self/cgroup").unwrap();
+        let visit = enter(&path).unwrap().expect("a visit on a v1 host");
+        let spawned = std::process::Command::new("sleep").arg("30").spawn();
+        visit.leave().unwrap();
+        let mut child = spawned.unwrap();
+        let after = std::fs::read_to_string("/proc/thread-self/cgroup").unwrap();
+        let theirs = std::fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
+        freeze(&path, true).unwrap();
+        let frozen = enter(&path).unwrap();
+        freeze(&path, false).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        remove(&path).unwrap();
+        for (c, m) in v1_mounts() {
+            let _ = std::fs::remove_dir(join(&m, Path::new("/berth-unit")));
+            let line = theirs
+                .lines()
+                .find(|l| own_cgroup(l, &c).is_some())
+                .unwrap_or_else(|| panic!("no line for {c:?} in {theirs}"));
+            assert!(line.ends_with(path.to_str().unwrap()), "{c:?}: {line}");
+        }
+        assert_eq!(before, after);
+        assert!(frozen.is_none(), "a frozen cgroup must not be visited");
+    }
+
+    /// As root, in the host's v2 hierarchy (pure v2, or the controller-less one a hybrid
+    /// host mounts at `unified`): a cgroup made as libcgroups makes it, and a child born in
+    /// it by CLONE_INTO_CGROUP.
+    #[test]
+    fn clone_into_a_v2_cgroup() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let root = [Path::new(ROOT), &Path::new(ROOT).join("unified")]
+            .into_iter()
+            .find(|r| r.join("cgroup.controllers").exists())
+            .map(Path::to_path_buf);
+        let Some(root) = root else {
+            eprintln!("skipped: no cgroup v2 hierarchy on this host");
+            return;
+        };
+        let path = PathBuf::from(format!("/berth-unit/v2-{}/leaf", std::process::id()));
+        let fd = create_v2(&root, &path).unwrap();
+        use std::os::fd::AsFd;
+        let pid = crate::sys::clone_into_cgroup(0, fd.as_fd()).unwrap();
+        if pid == 0 {
+            // SAFETY: only async-signal-safe calls in the child of a threaded test process.
+            unsafe {
+                libc::pause();
+                libc::_exit(0);
+            }
+        }
+        let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        crate::sys::kill(pid, libc::SIGKILL).unwrap();
+        crate::sys::waitpid(pid, false).unwrap();
+        let top = join(&root, Path::new("/berth-unit"));
+        let mut dir = join(&root, &path);
+        while dir != root {
+            let mut tries = 0;
+            while std::fs::remove_dir(&dir).is_err() && tries < 100 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                tries += 1;
+            }
+            dir.pop();
+            if !dir.starts_with(&top) {
+                break;
+            }
+        }
+        assert!(
+            theirs
+                .lines()
+                .any(|l| l == format!("0::{}", path.display())),
+            "{theirs}"
+        );
     }
 
     #[test]

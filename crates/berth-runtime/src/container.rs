@@ -393,7 +393,9 @@ impl Runtime {
         if new_timens {
             enter_new_time_namespace(&linux)?;
         }
-        let pid = sys::clone_process(flags).ctx(|| "cloning the container init".into())?;
+        guard.cgroup = Some(cgroup_path.clone());
+        let (pid, born_inside) =
+            clone_in_cgroup(&cgroup_path, flags).ctx(|| "cloning the container init".into())?;
         if pid == 0 {
             drop(parent_sock);
             enter_sealed(child_sock, view.as_ref(), &inherit, new_userns);
@@ -410,8 +412,11 @@ impl Runtime {
         }
         // The child execs the sealed image while we set up its cgroup.
         send_plan(&mut chan, &plan)?;
-        guard.cgroup = Some(cgroup_path.clone());
-        cgroups::apply(&cgroup_path, linux.resources().as_ref(), pid)?;
+        cgroups::apply(
+            &cgroup_path,
+            linux.resources().as_ref(),
+            (!born_inside).then_some(pid),
+        )?;
         if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
             std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
                 .ctx(|| format!("setting oom_score_adj {adj}"))?;
@@ -733,7 +738,8 @@ impl Runtime {
         };
         let view = sealed_view(&self.root);
         let inherit = plan.inherited_fds();
-        let pid = sys::clone_process(0).ctx(|| "forking the exec process".into())?;
+        let (pid, born_inside) =
+            clone_in_cgroup(&c.cgroup_path, 0).ctx(|| "forking the exec process".into())?;
         if pid == 0 {
             drop(parent_sock);
             enter_sealed(child_sock, view.as_ref(), &inherit, false);
@@ -747,8 +753,10 @@ impl Runtime {
             e
         };
         send_plan(&mut chan, &plan).map_err(fail)?;
-        // The exec'd process joins the container's cgroup before it runs anything.
-        cgroups::add_task(&c.cgroup_path, pid).map_err(fail)?;
+        if !born_inside {
+            // The exec'd process joins the container's cgroup before it runs anything.
+            cgroups::add_task(&c.cgroup_path, pid).map_err(fail)?;
+        }
         chan.send("go")
             .ctx(|| "talking to the exec process".into())
             .map_err(fail)?;
@@ -775,6 +783,53 @@ impl Runtime {
             return Ok(0);
         }
         forward_signals_and_wait(pid)
+    }
+}
+
+/// Forks (with `flags`) from inside the container's cgroup when [`cgroups::enter`] can
+/// take this thread there, so the child is born in it; otherwise, or when the cgroup's
+/// pids limit leaves no room for the visit, forks here and the caller moves the child.
+/// Returns the pid (0 in the child) and whether the child was born in the cgroup.
+fn clone_in_cgroup(cgroup: &Path, flags: i32) -> std::io::Result<(i32, bool)> {
+    if let Some(dir) = cgroups::open_v2(cgroup).map_err(std::io::Error::other)? {
+        use std::os::fd::AsFd;
+        match sys::clone_into_cgroup(flags, dir.as_fd()) {
+            Ok(pid) => return Ok((pid, true)),
+            // No clone3 (old kernel, or a seccomp filter around this runtime) or no room
+            // under the pids limit: fork here and move the child.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::E2BIG | libc::EAGAIN)
+                ) =>
+            {
+                return sys::clone_process(flags).map(|pid| (pid, false));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let visit = cgroups::enter(cgroup).map_err(std::io::Error::other)?;
+    let Some(visit) = visit else {
+        return sys::clone_process(flags).map(|pid| (pid, false));
+    };
+    let forked = sys::clone_process(flags);
+    if let Ok(0) = forked {
+        // The child stays where it was born.
+        std::mem::forget(visit);
+        return Ok((0, true));
+    }
+    let left = visit.leave();
+    match (forked, left) {
+        (Ok(pid), Ok(())) => Ok((pid, true)),
+        (Ok(pid), Err(e)) => {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::waitpid(pid, false);
+            Err(std::io::Error::other(e))
+        }
+        (Err(e), Ok(())) if e.raw_os_error() == Some(libc::EAGAIN) => {
+            sys::clone_process(flags).map(|pid| (pid, false))
+        }
+        (Err(e), _) => Err(e),
     }
 }
 
