@@ -369,6 +369,25 @@ pub fn clone_into_cgroup(flags: i32, cgroup: BorrowedFd<'_>) -> Result<i32> {
     }
 }
 
+/// Caps glibc's malloc at `n` arenas. glibc gives threads that allocate at the same time
+/// arenas of their own (up to 8 per core), each keeping the pages it once used; a daemon
+/// of a few mostly idle threads gains nothing from them but resident memory.
+pub fn limit_malloc_arenas(n: i32) {
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any other
+    // thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+}
+
+/// Gives the free pages of malloc's heap back to the kernel.
+pub fn trim_malloc() {
+    // SAFETY: malloc_trim takes the allocator's own locks; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Gives the program about to be executed the signal state a fresh process has: Rust
 /// ignores SIGPIPE at start-up, and ignored signals survive execve (`yes | head` would
 /// then see EPIPE instead of dying quietly).
