@@ -1,6 +1,7 @@
 //! `berth`: one binary, several roles. The first argument (or the name it was called by)
 //! picks the role; each role lives in its own crate.
 
+mod math;
 mod registry_cli;
 mod runtime_cli;
 

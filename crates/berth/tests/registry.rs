@@ -351,6 +351,55 @@ fn uploads_and_manifests_are_checked() {
     assert_eq!(status, 400);
 }
 
+/// Blobs above 4 MiB go out by blocking sendfile on a thread of their own, falling back to
+/// non-blocking sends when the client stalls: the bytes are the same either way, in full
+/// and in ranges, for a reader that drains at once and for one that stops for longer than
+/// a blocking send may wait (200 ms).
+#[test]
+fn large_blobs_arrive_whole_fast_or_slow() {
+    let r = Registry::start();
+    let data: Vec<u8> = (0..9u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let d = push_blob(&r, "big/blob", &data);
+    let get = |range: Option<(usize, usize)>, stall: bool| -> Vec<u8> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+        let extra = range.map_or(String::new(), |(a, b)| format!("Range: bytes={a}-{b}\r\n"));
+        write!(
+            s,
+            "GET /v2/big/blob/blobs/{d} HTTP/1.1\r\nHost: r\r\n{extra}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut stalled = !stall;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if !stalled && out.len() > 1 << 20 {
+                // Long enough for the server's blocking send to give up waiting.
+                std::thread::sleep(std::time::Duration::from_millis(700));
+                stalled = true;
+            }
+        }
+        let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        out.split_off(at)
+    };
+    for stall in [false, true] {
+        let body = get(None, stall);
+        assert_eq!(body.len(), data.len(), "stall {stall}");
+        assert!(body == data, "stall {stall}: the bytes differ");
+        let (a, b) = (1_234_567, 8_765_432);
+        assert!(
+            get(Some((a, b)), stall) == data[a..=b],
+            "stall {stall}: range differs"
+        );
+    }
+}
+
 fn header<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;

@@ -103,6 +103,17 @@ impl AsyncWrite for Stream {
         };
         if let Some((file, offset)) = lookup(&bufs[first]) {
             let len = bufs[first].len();
+            if len >= BLOCKING_AT_LEAST
+                && tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::MultiThread
+            {
+                let sock = &self.0;
+                let sent = tokio::task::block_in_place(|| send_blocking(sock, &file, offset, len));
+                match sent {
+                    Ok(0) => {}
+                    other => return Poll::Ready(other),
+                }
+            }
             loop {
                 ready!(self.0.poll_write_ready(cx))?;
                 let sock = &self.0;
@@ -134,6 +145,44 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Large bodies are sent by blocking `sendfile` on a thread of their own: the kernel then
+/// waits for room in the socket itself, where a non-blocking send returns at every full
+/// buffer and costs a trip through epoll and the scheduler of tokio each time.
+const BLOCKING_AT_LEAST: usize = 4 << 20;
+
+/// How long one blocking send may wait for the client; after that the connection goes back
+/// to non-blocking sends, so a slow reader never holds a thread for long.
+const BLOCKING_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Sends up to `len` bytes of `file` from `offset` with the socket in blocking mode, until
+/// all is sent or the client stops taking data for [`BLOCKING_WAIT`]. Ok(0): nothing went.
+fn send_blocking(sock: &TcpStream, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+    use rustix::net::sockopt::{set_socket_timeout, Timeout};
+    set_socket_timeout(sock, Timeout::Send, Some(BLOCKING_WAIT))?;
+    rustix::io::ioctl_fionbio(sock, false)?;
+    let mut sent = 0;
+    let mut result = Ok(());
+    while sent < len {
+        let mut at = offset + sent as u64;
+        match rustix::fs::sendfile(sock, file, Some(&mut at), len - sent) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => {
+                result = Err(io::Error::from(e));
+                break;
+            }
+        }
+    }
+    // Back to what tokio expects of its sockets, whatever happened.
+    rustix::io::ioctl_fionbio(sock, true)?;
+    match result {
+        Err(e) if sent == 0 => Err(e),
+        _ => Ok(sent),
     }
 }
 
