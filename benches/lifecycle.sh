@@ -25,6 +25,8 @@ bash "$ANCHORS" >/dev/null
 berth_bin=$PWD/target/release/berth
 work=$(mktemp -d /tmp/berth-lifecycle.XXXXXX)
 sock="$work/berth.sock"
+# What the daemon makes on the host (berth0, its nftables tables) goes with it unless it was there.
+had_bridge=$(ip link show berth0 >/dev/null 2>&1 && echo yes || true)
 "$berth_bin" daemon -H "unix://$sock" --data-root "$work/data" --exec-root "$work/exec" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
 label="berth-bench=$$"
@@ -33,6 +35,11 @@ cleanup() {
   docker ps -aq --filter "label=$label" | xargs -r docker rm -f >/dev/null 2>&1 || true
   podman ps -aq --filter "label=$label" | xargs -r podman rm -f -t 0 >/dev/null 2>&1 || true
   kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
+  if [ -z "$had_bridge" ]; then
+    ip link del berth0 2>/dev/null || true
+    nft delete table ip berth 2>/dev/null || true
+    nft delete table ip6 berth 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
