@@ -373,7 +373,8 @@ async fn trim_when_quiet() {
     }
 }
 
-/// One line per request, at debug level (method, path, status, time).
+/// One line per request, at debug level (method, path, status, time), and the count of
+/// requests in flight that [`trim_when_quiet`] waits on.
 async fn log_request(req: Request<Body>, next: axum::middleware::Next) -> Response {
     use std::sync::atomic::Ordering;
     let (method, path) = (req.method().clone(), req.uri().path().to_string());

@@ -352,23 +352,20 @@ pub fn manager(path: &Path) -> Result<AnyCgroupManager> {
 /// goes back.
 #[derive(Debug)]
 pub struct Visit {
+    /// The `tasks` files to go back to; emptied once gone.
     home: Vec<PathBuf>,
-    gone: bool,
 }
 
 impl Visit {
     /// Moves the calling thread back to where it was.
     pub fn leave(mut self) -> Result<()> {
-        self.gone = true;
-        move_self(&self.home)
+        move_self(&std::mem::take(&mut self.home))
     }
 }
 
 impl Drop for Visit {
     fn drop(&mut self) {
-        if !self.gone {
-            let _ = move_self(&self.home);
-        }
+        let _ = move_self(&self.home);
     }
 }
 
@@ -424,7 +421,7 @@ pub fn enter(path: &Path) -> Result<Option<Visit>> {
     if is_frozen(path) {
         return Ok(None);
     }
-    let visit = Visit { home, gone: false };
+    let visit = Visit { home };
     move_self(&there)?;
     Ok(Some(visit))
 }
@@ -730,6 +727,43 @@ mod tests {
         assert!(!v1_mounts_at_their_roots(nested));
     }
 
+    /// Kills the test's child and removes its cgroups however the test ends.
+    struct Scratch {
+        /// The v2 hierarchy the cgroup is in, or `None` for every v1 one.
+        v2_root: Option<PathBuf>,
+        path: PathBuf,
+        pid: i32,
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            // Thawed first: a frozen child takes SIGKILL only once it thaws.
+            if self.v2_root.is_none() {
+                let _ = freeze(&self.path, false);
+            }
+            if self.pid > 0 {
+                let _ = crate::sys::kill(self.pid, libc::SIGKILL);
+                let _ = crate::sys::waitpid(self.pid, false);
+            }
+            let dirs: Vec<PathBuf> = match &self.v2_root {
+                Some(root) => vec![root.clone()],
+                None => v1_mounts().into_iter().map(|(_, m)| m).collect(),
+            };
+            for root in dirs {
+                // Leaf first, up to /berth-unit; a dead child may take a moment to leave.
+                for dir in self.path.ancestors().filter(|a| a.parent().is_some()) {
+                    let dir = join(&root, dir);
+                    for _ in 0..100 {
+                        if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+    }
+
     /// As root on a v1 host: a child forked during a visit is born in the container's
     /// cgroup in every hierarchy, and the visiting thread goes home; a frozen cgroup is
     /// not visited. On v2 there is no visit.
@@ -744,29 +778,31 @@ mod tests {
             assert!(enter(&path).unwrap().is_none());
             return;
         }
+        let mut scratch = Scratch {
+            v2_root: None,
+            path: path.clone(),
+            pid: 0,
+        };
         let before = std::fs::read_to_string("/proc/thread-self/cgroup").unwrap();
         let visit = enter(&path).unwrap().expect("a visit on a v1 host");
         let spawned = std::process::Command::new("sleep").arg("30").spawn();
         visit.leave().unwrap();
-        let mut child = spawned.unwrap();
+        scratch.pid = spawned.unwrap().id() as i32;
         let after = std::fs::read_to_string("/proc/thread-self/cgroup").unwrap();
-        let theirs = std::fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
-        freeze(&path, true).unwrap();
-        let frozen = enter(&path).unwrap();
-        freeze(&path, false).unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
-        remove(&path).unwrap();
-        for (c, m) in v1_mounts() {
-            let _ = std::fs::remove_dir(join(&m, Path::new("/berth-unit")));
+        assert_eq!(before, after);
+        let theirs = std::fs::read_to_string(format!("/proc/{}/cgroup", scratch.pid)).unwrap();
+        for (c, _) in v1_mounts() {
             let line = theirs
                 .lines()
                 .find(|l| own_cgroup(l, &c).is_some())
                 .unwrap_or_else(|| panic!("no line for {c:?} in {theirs}"));
             assert!(line.ends_with(path.to_str().unwrap()), "{c:?}: {line}");
         }
-        assert_eq!(before, after);
-        assert!(frozen.is_none(), "a frozen cgroup must not be visited");
+        freeze(&path, true).unwrap();
+        assert!(
+            enter(&path).unwrap().is_none(),
+            "a frozen cgroup must not be visited"
+        );
     }
 
     /// As root, in the host's v2 hierarchy (pure v2, or the controller-less one a hybrid
@@ -787,6 +823,11 @@ mod tests {
             return;
         };
         let path = PathBuf::from(format!("/berth-unit/v2-{}/leaf", std::process::id()));
+        let mut scratch = Scratch {
+            v2_root: Some(root.clone()),
+            path: path.clone(),
+            pid: 0,
+        };
         let fd = create_v2(&root, &path).unwrap();
         use std::os::fd::AsFd;
         let pid = crate::sys::clone_into_cgroup(0, fd.as_fd()).unwrap();
@@ -797,22 +838,8 @@ mod tests {
                 libc::_exit(0);
             }
         }
+        scratch.pid = pid;
         let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-        crate::sys::kill(pid, libc::SIGKILL).unwrap();
-        crate::sys::waitpid(pid, false).unwrap();
-        let top = join(&root, Path::new("/berth-unit"));
-        let mut dir = join(&root, &path);
-        while dir != root {
-            let mut tries = 0;
-            while std::fs::remove_dir(&dir).is_err() && tries < 100 {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-                tries += 1;
-            }
-            dir.pop();
-            if !dir.starts_with(&top) {
-                break;
-            }
-        }
         assert!(
             theirs
                 .lines()
