@@ -15,6 +15,9 @@
 #   - 10,000 HEAD requests of a small blob over 32 keep-alive connections (ab; wrk 4.1
 #     waits for a body after HEAD and counts none), requests/s;
 # and each server's resident memory when idle: just started, and after the round's load.
+# Each round also pulls the four blobs, with curl and with httpget.py, from
+# benches/sendfile-server.py, a bare sendfile loop with no registry in it: the ceiling of
+# any blob server here. Its ratio to distribution is the most any registry could show.
 # Both servers log nothing per request (Berth: --access-log off; distribution: access log
 # off, level error). Berth fsyncs every blob before it becomes visible; distribution does
 # not. Ratios are of the medians, Berth over distribution (memory: distribution over Berth).
@@ -125,6 +128,18 @@ digest() { echo "${dig[$1]:-sha256:$(sha256sum "$1" | cut -d' ' -f1)}"; }
 
 mbps() { awk -v b="$total" -v ms="$1" 'BEGIN {printf "%.0f", b / 1e6 / (ms / 1000)}'; }
 
+bare_port=$(free_port)
+python3 benches/sendfile-server.py "$work/img" "$bare_port" &
+pids+=($!)
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$bare_port/config" && break; sleep 0.05; done
+bare_urls=()
+for l in "${layers[@]}"; do bare_urls+=("http://127.0.0.1:$bare_port/$(basename "$l")"); done
+pull_bare() {
+  local ps=() u
+  for u in "${bare_urls[@]}"; do curl -sf -o /dev/null "$u" & ps+=($!); done
+  for p in "${ps[@]}"; do wait "$p"; done
+}
+
 declare -A res
 for r in $(seq "$ROUNDS"); do
   for kind in berth dist; do
@@ -148,7 +163,11 @@ for r in $(seq "$ROUNDS"); do
     stop_server
     rm -rf "$work/root-$kind"
   done
-  echo "round $r: push MB/s berth ${res[berth-push]##* } / dist ${res[dist-push]##* }" >&2
+  res[bare-pull]+="$(mbps "$(ms pull_bare)") "
+  res[bare-lean]+="$(python3 benches/httpget.py "${bare_urls[@]}") "
+  last() { awk '{print $NF}' <<<"$1"; }
+  echo "round $r: push MB/s berth $(last "${res[berth-push]}") / dist $(last "${res[dist-push]}")," \
+    "pull berth $(last "${res[berth-pull]}") / dist $(last "${res[dist-pull]}") / bare $(last "${res[bare-pull]}")" >&2
 done
 
 med() { tr ' ' '\n' <<<"$1" | grep . | median; }
@@ -167,6 +186,14 @@ row() {
 row "push 1 GiB (MB/s)" push
 row "pull 1 GiB (MB/s)" pull
 row "pull, lean client (MB/s)" lean
+ceiling() {
+  local b d
+  b=$(med "${res[bare-$2]}")
+  d=$(med "${res[dist-$2]}")
+  printf '%-34s %12s %14s %7.2fx\n' "$1" "$b" "$d" "$(awk -v b="$b" -v d="$d" 'BEGIN {print b / d}')"
+}
+ceiling "ceiling: bare sendfile, curl" pull
+ceiling "ceiling: bare sendfile, lean" lean
 row "HEAD blob, 32 connections (req/s)" head
 row "idle RSS at start (KiB; ratio d/b)" idle invert
 row "RSS after the load (KiB; ratio d/b)" loaded invert

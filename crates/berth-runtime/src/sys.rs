@@ -690,15 +690,35 @@ pub fn sealed_self_copy() -> Result<OwnedFd> {
     Ok(memfd)
 }
 
-/// A read-only view of this executable that nothing can write through: the binary's
+/// Whether this process already runs from an executable nothing can write through: one on
+/// a read-only mount (such as the view [`overlay_view`] makes) or a memfd sealed against
+/// writes. Such a process needs no sealed copy of itself for the container's sake.
+pub fn self_is_sealed() -> bool {
+    let Ok(exe) = std::fs::File::open("/proc/self/exe") else {
+        return false;
+    };
+    if rustix::fs::fstatvfs(&exe)
+        .is_ok_and(|st| st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+    {
+        return true;
+    }
+    rustix::fs::fcntl_get_seals(&exe).is_ok_and(|s| s.contains(rustix::fs::SealFlags::WRITE))
+}
+
+/// A read-only view of this executable that nothing can write through: see
+/// [`overlay_view`].
+pub fn overlay_self_view(spare_lower: Option<&Path>) -> Result<OwnedFd> {
+    overlay_view(&std::fs::read_link("/proc/self/exe")?, spare_lower)
+}
+
+/// A read-only view of the executable at `exe` that nothing can write through: its
 /// directory as the lower layer of a detached overlay mount (no upper layer, so read-only;
 /// attached nowhere, so unreachable by path). Costs no copy, unlike [`sealed_self_copy`].
-pub fn overlay_self_view(spare_lower: Option<&Path>) -> Result<OwnedFd> {
+pub fn overlay_view(exe: &Path, spare_lower: Option<&Path>) -> Result<OwnedFd> {
     use rustix::mount::{
         fsconfig_create, fsconfig_set_string, fsmount, fsopen, FsMountFlags, FsOpenFlags,
         MountAttrFlags,
     };
-    let exe = std::fs::read_link("/proc/self/exe")?;
     let (Some(dir), Some(name)) = (exe.parent(), exe.file_name()) else {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     };

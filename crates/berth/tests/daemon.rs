@@ -1172,6 +1172,51 @@ fn healthchecks_follow_the_probe() {
 }
 
 #[test]
+fn containers_and_shims_run_from_a_sealed_view() {
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    // The most capable container cannot write the runtime through its pid 1 (under --init
+    // pid 1 is Berth's code, forked from a shim without a re-exec).
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--init",
+        "--privileged",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /proc/1/comm; echo x >> /proc/1/exe || echo refused",
+    ]);
+    assert_eq!(out, "berth-init\nrefused\n");
+    // That is because the shim server (the daemon's child, started with the first
+    // container) runs from a read-only view of the binary, not from the file on disk, and
+    // so do the shims and container processes it forks.
+    // (Each thread lists the children it made: the server's came from a worker thread.)
+    let daemon = d.child.id();
+    let children: String = std::fs::read_dir(format!("/proc/{daemon}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let server = children
+        .split_whitespace()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"shim-server"))
+        })
+        .expect("the daemon runs a shim server once a container ran");
+    let exe = std::fs::read_link(format!("/proc/{server}/exe")).unwrap();
+    let host = Path::new(common::berth()).canonicalize().unwrap();
+    assert_ne!(exe, host, "the shim server runs the host binary itself");
+    let err = std::fs::OpenOptions::new()
+        .append(true)
+        .open(format!("/proc/{server}/exe"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+}
+
+#[test]
 fn init_reaps_and_forwards_signals() {
     let Some(d) = daemon_with_busybox() else {
         return;

@@ -4,7 +4,9 @@
 
 use std::io::{BufRead, BufReader, IoSlice};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
@@ -27,7 +29,19 @@ fn start_server() -> Result<(OwnedFd, Child), String> {
         None,
     )
     .map_err(|e| format!("socketpair: {e}"))?;
-    let child = Command::new(super::shim_binary()?)
+    let binary = super::shim_binary()?;
+    // The server runs from a read-only view of the binary, so every shim it forks, and each
+    // container process a shim forks in turn, is already out of reach of CVE-2019-5736 and
+    // needs no sealed re-exec of its own (one exec fewer per container start and per exec).
+    // The view lives as long as the server runs from it. Without one (no overlayfs), each
+    // child seals itself as before.
+    let view = berth_runtime::sys::overlay_view(&binary, None).ok();
+    let program = match &view {
+        Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        None => binary.clone(),
+    };
+    let child = Command::new(program)
+        .arg0(&binary)
         .arg("shim-server")
         .stdin(Stdio::from(theirs))
         .stdout(Stdio::null())

@@ -156,10 +156,15 @@ impl Driver for Filesystem {
     }
 
     fn append(&self, key: &str) -> io::Result<Box<dyn Write + Send>> {
-        let f = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .append(true)
             .open(self.path(key)?)?;
-        Ok(Box::new(f))
+        let pos = file.metadata()?.len();
+        Ok(Box::new(Appender {
+            file,
+            pos,
+            kicked: pos,
+        }))
     }
 
     fn sync(&self, key: &str) -> io::Result<()> {
@@ -176,6 +181,50 @@ impl Driver for Filesystem {
             .map(|d| d.as_secs())
             .unwrap_or(0))
     }
+}
+
+/// Bytes an upload may have written before the kernel is asked to start putting them on
+/// disk.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// The end of an upload being written. Every [`WRITEBACK_STEP`] bytes it starts the
+/// writeback of what it wrote, so the disk works while the network does, and the fsync that
+/// makes the finished blob durable waits for the last few megabytes rather than the whole
+/// blob (a 1 GiB push spent ~0.4 s in it here).
+struct Appender {
+    file: std::fs::File,
+    pos: u64,
+    kicked: u64,
+}
+
+impl Write for Appender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.pos += n as u64;
+        if self.pos - self.kicked >= WRITEBACK_STEP {
+            start_writeback(&self.file, self.kicked, self.pos - self.kicked);
+            self.kicked = self.pos;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Asks the kernel to begin writing a range of the file's dirty pages, without waiting. A
+/// hint: when it fails the final fsync still does all the work.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range takes a descriptor, owned by `file` and open for the whole
+    // call, and plain integers; no memory of ours is passed or kept.
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
 }
 
 /// Key → (bytes, seconds of the last change).
