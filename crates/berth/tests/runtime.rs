@@ -1358,3 +1358,35 @@ fn the_binary_does_not_need_libm() {
     assert!(dynamic.contains("libc.so"), "{dynamic}");
     assert!(!dynamic.contains("libm.so"), "{dynamic}");
 }
+
+/// build.rs hands crates/berth/text-order.txt to lld, so the functions the daemon runs lead
+/// .text (scripts/order-text.sh explains why): the binary's first functions by address are
+/// nearly all in the file. (Not all: the linker moves whole sections, and a few functions,
+/// such as crtbegin.o's, share one with a listed function; a debug build also lacks some
+/// of the listed names.)
+#[test]
+fn the_daemons_functions_lead_the_text() {
+    let order = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/text-order.txt"))
+        .expect("crates/berth/text-order.txt");
+    let listed: std::collections::HashSet<&str> = order.lines().collect();
+    let out = std::process::Command::new("nm")
+        .args(["-n", "--defined-only", common::berth()])
+        .output()
+        .expect("nm (binutils)");
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    let first: Vec<&str> = symbols
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, kind, name) = (f.next()?, f.next()?, f.next()?);
+            matches!(kind, "t" | "T").then_some(name)
+        })
+        .take(50)
+        .collect();
+    assert_eq!(first.len(), 50, "{symbols:.2000}");
+    let stray: Vec<&&str> = first.iter().filter(|s| !listed.contains(**s)).collect();
+    assert!(
+        stray.len() <= 10,
+        "functions ahead of the ordered ones: {stray:?}"
+    );
+}
