@@ -1111,6 +1111,11 @@ fn create_body(a: &RunArgs) -> Result<Value, String> {
     if body["HostConfig"]["NetworkMode"] == "default" {
         body["HostConfig"]["NetworkMode"] = json!("bridge");
     }
+    // The pty starts at the terminal's size, as with Docker's CLI: a program that asks for
+    // it at once must not see 0x0 before the first resize arrives.
+    if let (true, Some((h, w))) = (a.tty, crate::stream::terminal_size()) {
+        body["HostConfig"]["ConsoleSize"] = json!([h, w]);
+    }
     if a.ip.is_some() || a.ip6.is_some() || !a.network_alias.is_empty() {
         let mode = body["HostConfig"]["NetworkMode"].clone();
         let mode = mode.as_str().unwrap_or("bridge");
@@ -2867,6 +2872,7 @@ async fn exec(c: &Client, a: ExecArgs) -> Result<i32, Error> {
         "WorkingDir": a.workdir.unwrap_or_default(),
         "Privileged": a.privileged,
         "DetachKeys": a.detach_keys.unwrap_or_default(),
+        "ConsoleSize": a.tty.then(crate::stream::terminal_size).flatten().map(|(h, w)| [h, w]),
     });
     let v = c
         .json(

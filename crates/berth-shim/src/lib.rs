@@ -155,6 +155,8 @@ fn become_shim(opts: &Options, report: File) -> ! {
 
 /// [`serve`] on stdin, where the daemon puts the control socket of `berth shim-server`.
 pub fn serve_inherited() -> i32 {
+    // Started from /proc/self/fd/N (the daemon's sealed view), its name would be "N".
+    let _ = rustix::thread::set_name(c"berth-shim-srv");
     let is_socket = rustix::fs::fstat(std::io::stdin())
         .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
         .unwrap_or(false);

@@ -175,7 +175,9 @@ fn containerd_runs_containers_with_berth_as_runc() {
     let runc = berth_runc(work.path());
     let runc = runc.to_str().unwrap();
 
-    // Foreground: output and exit code come back through containerd.
+    // Foreground: output and exit code come back through containerd. (The pause before the
+    // exit is for containerd: its shim can drop what a process printed just before exiting,
+    // a race of its own between the exit and the copy of the output.)
     let out = cd.ctr(&[
         "run",
         "--rm",
@@ -185,7 +187,7 @@ fn containerd_runs_containers_with_berth_as_runc() {
         "fg",
         "sh",
         "-c",
-        "echo hello from pid $$; exit 3",
+        "echo hello from pid $$; sleep 0.2; exit 3",
     ]);
     assert_eq!(
         out.status.code(),

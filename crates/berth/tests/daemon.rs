@@ -1216,6 +1216,107 @@ fn containers_and_shims_run_from_a_sealed_view() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
 }
 
+/// `run -it` on a terminal (util-linux's `script` gives it one): the container gets a pty of
+/// the terminal's size, its exit code comes back, and ctrl-p ctrl-q detaches, leaving it
+/// running.
+#[test]
+fn run_it_on_a_terminal_sizes_and_detaches() {
+    use std::io::Write;
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: needs util-linux's script");
+        return;
+    }
+    let cli = format!(
+        "BERTH_HOST=unix://{} {}",
+        d.socket().display(),
+        common::berth()
+    );
+    let line =
+        format!("stty rows 30 cols 100; {cli} run -it --rm busybox sh -c 'tty; stty size; exit 3'");
+    let out = capture(Command::new("script").args(["-q", "-e", "-c", &line, "/dev/null"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("/dev/pts/0") && text.contains("30 100"),
+        "{text:?}"
+    );
+
+    let line = format!("{cli} run -it --name det busybox sh");
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(10, || d
+            .docker(&["inspect", "-f", "{{.State.Running}}", "det"])
+            .1
+            == "true\n"),
+        "the container did not start"
+    );
+    // The shell is up and the CLI's terminal raw once the prompt is out; then detach.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"\x10\x11").unwrap();
+    assert!(
+        wait_for(10, || matches!(child.try_wait(), Ok(Some(_)))),
+        "ctrl-p ctrl-q did not detach"
+    );
+    drop(stdin);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Running}}", "det"]),
+        "true\n",
+        "detaching stopped the container"
+    );
+    // An exec's pty starts at the terminal's size too.
+    let line = format!("stty rows 40 cols 120; {cli} exec -it det stty size");
+    let out = capture(Command::new("script").args(["-q", "-e", "-c", &line, "/dev/null"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("40 120"), "{text:?}");
+    d.ok(&["rm", "-f", "det"]);
+}
+
+/// A first command with no daemon listening on the default socket starts `berth daemon`
+/// there (default data root, its log in it) and is then served by it. In namespaces of its
+/// own (mount, network, pid) with tmpfs on /run and /var/lib, the default paths are the
+/// test's; when its shell ends, the pid namespace takes the daemon with it.
+#[test]
+fn the_cli_starts_a_daemon_when_none_answers() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = busybox_archive(dir.path());
+    let berth = common::berth();
+    let script = format!(
+        "set -e
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/lib
+ip link set lo up
+{berth} load -i {} >/dev/null
+{berth} run --rm --network none busybox echo hello
+test -S /run/berth/berth.sock && echo socket
+grep -q 'berth daemon serving' /var/lib/berth/daemon.log && echo logged",
+        archive.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--net", "--pid", "--fork", "--mount-proc"])
+        .args(["--propagation", "private", "sh", "-c", &script])
+        .env_remove("BERTH_HOST")
+        .env_remove("DOCKER_HOST")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello\nsocket\nlogged\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn init_reaps_and_forwards_signals() {
     let Some(d) = daemon_with_busybox() else {

@@ -31,6 +31,8 @@ pub struct ExecConfig {
     pub user: String,
     pub working_dir: String,
     pub detach_keys: String,
+    /// [height, width], as for containers.
+    pub console_size: Option<Vec<u16>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -134,6 +136,14 @@ fn process_json(d: &Shared, exec: &Exec) -> Result<Value, String> {
     let c = &exec.config;
     p["args"] = json!(c.cmd);
     p["terminal"] = json!(c.tty);
+    match super::spec::console_size(c.tty, c.console_size.as_deref()) {
+        Some(size) => p["consoleSize"] = size,
+        None => {
+            if let Some(o) = p.as_object_mut() {
+                o.remove("consoleSize");
+            }
+        }
+    }
     if let Some(env) = p["env"].as_array_mut() {
         for e in &c.env {
             let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
@@ -159,7 +169,6 @@ fn process_json(d: &Shared, exec: &Exec) -> Result<Value, String> {
         })?;
         p["capabilities"] = json!({"bounding": all, "effective": all, "permitted": all});
     }
-    p.as_object_mut().map(|o| o.remove("consoleSize"));
     Ok(p)
 }
 

@@ -138,6 +138,9 @@ pub struct HostConfig {
     pub mounts: Option<Vec<Value>>,
     pub group_add: Option<Vec<String>>,
     pub devices: Option<Vec<DeviceMapping>>,
+    /// [height, width] of the terminal the client runs on, for a pty of that size from the
+    /// first byte (resizes come later, after the program may have asked).
+    pub console_size: Option<Vec<u16>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -82,6 +82,15 @@ fn cap_name(s: &str) -> String {
 
 /// The capability set after `--cap-add`/`--cap-drop` (names with or without `CAP_`, and
 /// `ALL`), as Docker computes it.
+/// The OCI `consoleSize` for a terminal of `[height, width]` (Docker's `ConsoleSize`); none
+/// without a terminal or for a size of zero (clients that do not know send [0, 0]).
+pub fn console_size(tty: bool, size: Option<&[u16]>) -> Option<Value> {
+    match size {
+        Some(&[h, w]) if tty && h > 0 && w > 0 => Some(json!({"height": h, "width": w})),
+        _ => None,
+    }
+}
+
 pub fn capabilities(hc: &HostConfig) -> Result<Vec<String>, String> {
     if hc.privileged {
         return Ok(ALL_CAPS.iter().map(|s| s.to_string()).collect());
@@ -383,6 +392,9 @@ pub fn build(
         "noNewPrivileges": nnp,
         "oomScoreAdj": 0
     });
+    if let Some(size) = console_size(c.tty, hc.console_size.as_deref()) {
+        spec["process"]["consoleSize"] = size;
+    }
     spec["root"] = json!({"path": rootfs, "readonly": hc.readonly_rootfs});
     spec["hostname"] = json!(hostname(rec));
     if !c.domainname.is_empty() {
