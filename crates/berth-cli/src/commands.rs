@@ -200,6 +200,35 @@ enum Cmd {
     Rename { container: String, new_name: String },
     /// Display the running processes of a container
     Top { container: String },
+    /// Attach local standard input, output, and error streams to a running container
+    Attach {
+        /// Do not attach STDIN
+        #[arg(long = "no-stdin")]
+        no_stdin: bool,
+        /// Proxy all received signals to the process (accepted; the terminal's signals
+        /// reach the container through its pty, as ctrl-c does in raw mode)
+        #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
+        sig_proxy: bool,
+        /// Override the key sequence for detaching a container
+        #[arg(long = "detach-keys")]
+        detach_keys: Option<String>,
+        container: String,
+    },
+    /// Show the history of an image
+    History {
+        /// Print sizes and dates in human readable format (`-H` is the daemon host here)
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        human: bool,
+        /// Don't truncate output
+        #[arg(long = "no-trunc")]
+        no_trunc: bool,
+        /// Only show image IDs
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long)]
+        format: Option<String>,
+        image: String,
+    },
     /// Remove all stopped containers
     #[command(name = "container-prune", hide = true)]
     ContainerPrune {
@@ -1632,6 +1661,36 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
             print!("{}", format::table(&rows));
             Ok(0)
         }
+        Cmd::Attach {
+            no_stdin,
+            sig_proxy: _,
+            detach_keys,
+            container,
+        } => attach(c, &container, no_stdin, detach_keys).await,
+        Cmd::History {
+            human,
+            no_trunc,
+            quiet,
+            format,
+            image,
+        } => {
+            let v = c
+                .json(Method::GET, &format!("/images/{}/history", q(&image)), None)
+                .await?;
+            let items: Vec<Value> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|h| history_view(h, human, no_trunc))
+                .collect();
+            let default = if quiet {
+                "{{.ID}}"
+            } else {
+                "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
+            };
+            let fmt = if quiet { None } else { format.as_deref() };
+            print_list(&items, fmt, default, history_title)
+        }
         Cmd::ContainerPrune { force } => {
             if !force && !confirm("WARNING! This will remove all stopped containers.") {
                 return Ok(0);
@@ -2897,20 +2956,7 @@ async fn exec(c: &Client, a: ExecArgs) -> Result<i32, Error> {
             Some(&stream::exec_start_body(false, a.tty)),
         )
         .await?;
-    let raw = if a.tty && a.interactive && stream::is_terminal(std::io::stdin()) {
-        stream::RawMode::enter()
-    } else {
-        None
-    };
-    let resize = a
-        .tty
-        .then(|| stream::follow_resize(c, format!("/exec/{id}/resize")));
-    let ended = stream::pump(conn, a.tty, a.interactive).await;
-    drop(raw);
-    if let Some(r) = resize {
-        r.abort();
-    }
-    if let Ended::Detached = ended {
+    if pump_terminal(c, conn, a.tty, a.interactive, format!("/exec/{id}/resize")).await {
         return Ok(0);
     }
     let v = c
@@ -3015,6 +3061,122 @@ fn ps_title(f: &str) -> String {
         other => return other.to_uppercase(),
     }
     .to_string()
+}
+
+/// One line of `history`, with Docker's fields: the 12-character ID (or `<missing>` for
+/// steps of another image's making), CreatedBy cut to 45 characters unless `--no-trunc`,
+/// and with `--human=false` the time in RFC 3339 and the size in bytes.
+fn history_view(h: &Value, human: bool, no_trunc: bool) -> Value {
+    let id = h["Id"].as_str().unwrap_or("<missing>");
+    let id = if no_trunc || id == "<missing>" {
+        id.to_string()
+    } else {
+        id.trim_start_matches("sha256:").chars().take(12).collect()
+    };
+    let created = h["Created"].as_i64().unwrap_or(0);
+    let at = berth_types::time::rfc3339(created, 0).replace(".000000000Z", "Z");
+    let by = h["CreatedBy"]
+        .as_str()
+        .unwrap_or("")
+        .replace(['\t', '\n'], " ");
+    let by = if !no_trunc && by.chars().count() > 45 {
+        format!("{}…", by.chars().take(44).collect::<String>())
+    } else {
+        by
+    };
+    let size = h["Size"].as_i64().unwrap_or(0);
+    json!({
+        "ID": id,
+        "CreatedSince": if created <= 0 {
+            "N/A".to_string()
+        } else if human {
+            format!("{} ago", berth_types::time::human_duration(now() - created))
+        } else {
+            at.clone()
+        },
+        "CreatedAt": at,
+        "CreatedBy": by,
+        "Size": if human { human_size(size as f64) } else { size.to_string() },
+        "Comment": h["Comment"].as_str().unwrap_or(""),
+    })
+}
+
+fn history_title(f: &str) -> String {
+    match f {
+        "ID" => "IMAGE",
+        "CreatedSince" => "CREATED",
+        "CreatedAt" => "CREATED AT",
+        "CreatedBy" => "CREATED BY",
+        "Size" => "SIZE",
+        "Comment" => "COMMENT",
+        other => return other.to_uppercase(),
+    }
+    .to_string()
+}
+
+/// `attach`: the container's streams here until it exits (its exit code) or the detach
+/// keys are typed (0); stdin only when the container keeps it open and `--no-stdin` is
+/// not given, as Docker does.
+async fn attach(
+    c: &Client,
+    name: &str,
+    no_stdin: bool,
+    detach_keys: Option<String>,
+) -> Result<i32, Error> {
+    let info = c
+        .json(Method::GET, &format!("/containers/{}/json", q(name)), None)
+        .await?;
+    let id = info["Id"].as_str().unwrap_or(name).to_string();
+    if info["State"]["Paused"].as_bool() == Some(true) {
+        return Err(Error::Other(
+            "You cannot attach to a paused container, unpause it first".into(),
+        ));
+    }
+    if info["State"]["Running"].as_bool() != Some(true) {
+        return Err(Error::Other(
+            "You cannot attach to a stopped container, start it first".into(),
+        ));
+    }
+    let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+    let stdin = !no_stdin && info["Config"]["OpenStdin"].as_bool().unwrap_or(false);
+    let mut path = format!(
+        "/containers/{id}/attach?stream=1&stdout=1&stderr=1{}",
+        if stdin { "&stdin=1" } else { "" }
+    );
+    if let Some(k) = detach_keys {
+        path.push_str(&format!("&detachKeys={}", q(&k)));
+    }
+    let conn = c.hijack(&path, None).await?;
+    if pump_terminal(c, conn, tty, stdin, format!("/containers/{id}/resize")).await {
+        return Ok(0);
+    }
+    let v = c
+        .json(Method::POST, &format!("/containers/{id}/wait"), None)
+        .await?;
+    Ok(v["StatusCode"].as_i64().unwrap_or(0) as i32)
+}
+
+/// Copies a hijacked connection to and from this terminal, raw while input goes to a pty,
+/// telling `resize` the terminal's size as it changes. True when the detach keys ended it.
+async fn pump_terminal(
+    c: &Client,
+    conn: hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
+    tty: bool,
+    stdin: bool,
+    resize: String,
+) -> bool {
+    let raw = if tty && stdin && stream::is_terminal(std::io::stdin()) {
+        stream::RawMode::enter()
+    } else {
+        None
+    };
+    let resize = tty.then(|| stream::follow_resize(c, resize));
+    let ended = stream::pump(conn, tty, stdin).await;
+    drop(raw);
+    if let Some(r) = resize {
+        r.abort();
+    }
+    matches!(ended, Ended::Detached)
 }
 
 fn image_title(f: &str) -> String {

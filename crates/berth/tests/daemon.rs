@@ -558,6 +558,57 @@ fn berth_cli_everyday_workflow() {
         "REPOSITORY   TAG       IMAGE ID       CREATED        SIZE"
     );
     assert!(lines.next().unwrap().starts_with("busybox      latest    "));
+    // history: Docker's columns, one line per step of the image (the archive's one layer).
+    let history = d.berth_ok(&["history", "busybox"]);
+    let mut lines = history.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "IMAGE          CREATED   CREATED BY                         SIZE      COMMENT"
+    );
+    let step = lines.next().unwrap();
+    assert!(
+        step.contains("berth scripts/mkimage-archive.sh"),
+        "{history}"
+    );
+    assert_eq!(lines.next(), None, "{history}");
+    let id = d.berth_ok(&["image", "history", "-q", "--no-trunc", "busybox"]);
+    assert!(id.starts_with("sha256:") && id.trim().len() == 71, "{id}");
+    assert_eq!(
+        d.berth_ok(&[
+            "history",
+            "--human=false",
+            "--format",
+            "{{.Size}}",
+            "busybox"
+        ])
+        .trim()
+        .parse::<u64>()
+        .map(|n| n > 1_000_000),
+        Ok(true)
+    );
+    // attach: the running container's output until it exits, then its exit code; a
+    // stopped one is refused with Docker's message.
+    d.berth_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 0.5; echo tick; exit 5",
+    ]);
+    assert_eq!(
+        d.berth(&["attach", "ticker"]),
+        (5, "tick\n".into(), String::new())
+    );
+    let (code, _, err) = d.berth(&["attach", "ticker"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("You cannot attach to a stopped container, start it first"),
+        "{err}"
+    );
+    d.berth_ok(&["rm", "ticker"]);
     // run: output, separate streams, exit codes 0/3/127/126/125.
     assert_eq!(
         d.berth(&["run", "--rm", "busybox", "echo", "hi"]),
