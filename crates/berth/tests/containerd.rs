@@ -13,7 +13,13 @@ use common::{capture, wait_for};
 struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
+    /// Held until this containerd is gone: its drop reaps any child of the test process
+    /// (the shims it adopted), which would take the children of a test running beside it.
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
+
+/// One containerd test at a time.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Containerd {
     fn start() -> Option<Containerd> {
@@ -24,6 +30,7 @@ impl Containerd {
         {
             return None;
         }
+        let alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
         // containerd's shims daemonize; as a subreaper this test process (a binary of its
         // own) gets them back when they exit and reaps them, instead of leaving zombies on
         // a host whose pid 1 does not reap.
@@ -52,7 +59,11 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .unwrap();
-        let c = Containerd { dir, child };
+        let c = Containerd {
+            dir,
+            child,
+            _alone: alone,
+        };
         assert!(
             wait_for(20, || c.ctr(&["version"]).status.success()),
             "containerd did not come up: {}",
