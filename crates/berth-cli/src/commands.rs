@@ -205,8 +205,8 @@ enum Cmd {
         /// Do not attach STDIN
         #[arg(long = "no-stdin")]
         no_stdin: bool,
-        /// Proxy all received signals to the process (accepted; the terminal's signals
-        /// reach the container through its pty, as ctrl-c does in raw mode)
+        /// Proxy all received signals to the process (without a terminal; with one,
+        /// ctrl-c and the like reach it through its pty)
         #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
         sig_proxy: bool,
         /// Override the key sequence for detaching a container
@@ -647,6 +647,9 @@ struct RunArgs {
     help: Option<bool>,
     #[arg(short, long)]
     detach: bool,
+    /// Proxy received signals to the process (without a terminal)
+    #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
+    sig_proxy: bool,
     #[arg(short, long)]
     interactive: bool,
     #[arg(short, long)]
@@ -1512,7 +1515,7 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
                     .await?;
                 let id = info["Id"].as_str().unwrap_or(name).to_string();
                 let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
-                return attach_start_wait(c, &id, tty, interactive, "next-exit").await;
+                return attach_start_wait(c, &id, tty, interactive, "next-exit", true).await;
             }
             simple_each(c, &containers, "start").await
         }
@@ -1663,10 +1666,10 @@ async fn dispatch(c: &Client, cmd: Cmd) -> Result<i32, Error> {
         }
         Cmd::Attach {
             no_stdin,
-            sig_proxy: _,
+            sig_proxy,
             detach_keys,
             container,
-        } => attach(c, &container, no_stdin, detach_keys).await,
+        } => attach(c, &container, no_stdin, sig_proxy, detach_keys).await,
         Cmd::History {
             human,
             no_trunc,
@@ -2875,7 +2878,7 @@ async fn run_container(c: &Client, a: RunArgs) -> Result<i32, Error> {
         return Ok(0);
     }
     let cond = if a.rm { "removed" } else { "next-exit" };
-    attach_start_wait(c, &id, a.tty, a.interactive, cond).await
+    attach_start_wait(c, &id, a.tty, a.interactive, cond, a.sig_proxy).await
 }
 
 /// attach, wait, start, pump, and the container's exit status.
@@ -2885,8 +2888,10 @@ pub(crate) async fn attach_start_wait(
     tty: bool,
     stdin: bool,
     condition: &str,
+    sig_proxy: bool,
 ) -> Result<i32, Error> {
     let conn = stream::attach(c, id, stdin).await?;
+    let _proxy = (sig_proxy && !tty).then(|| stream::proxy_signals(c, id));
     let waiter = stream::wait_for_exit(c, id, condition);
     let raw = if tty && stdin && stream::is_terminal(std::io::stdin()) {
         stream::RawMode::enter()
@@ -3121,6 +3126,7 @@ async fn attach(
     c: &Client,
     name: &str,
     no_stdin: bool,
+    sig_proxy: bool,
     detach_keys: Option<String>,
 ) -> Result<i32, Error> {
     let info = c
@@ -3147,6 +3153,7 @@ async fn attach(
         path.push_str(&format!("&detachKeys={}", q(&k)));
     }
     let conn = c.hijack(&path, None).await?;
+    let _proxy = (sig_proxy && !tty).then(|| stream::proxy_signals(c, &id));
     if pump_terminal(c, conn, tty, stdin, format!("/containers/{id}/resize")).await {
         return Ok(0);
     }

@@ -90,6 +90,52 @@ pub fn follow_resize(client: &Client, path: String) -> tokio::task::JoinHandle<(
     })
 }
 
+/// Docker's signal proxy, for a container attached without a terminal: the signals this
+/// CLI gets (interrupt, terminate, hangup, quit, user 1 and 2) go to the container through
+/// the kill API instead of ending the CLI, which then ends with the container. Stops when
+/// dropped. (With a terminal, ctrl-c and the like reach the container through its pty.)
+pub struct SignalProxy(tokio::task::JoinHandle<()>);
+
+impl Drop for SignalProxy {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub fn proxy_signals(client: &Client, id: &str) -> SignalProxy {
+    use tokio::signal::unix::{signal, SignalKind};
+    let c = client.clone();
+    let path = format!("/containers/{id}/kill?signal=");
+    // The handlers are in place before this returns, so no signal is missed after start.
+    let streams = (|| {
+        Some([
+            (signal(SignalKind::interrupt()).ok()?, "SIGINT"),
+            (signal(SignalKind::terminate()).ok()?, "SIGTERM"),
+            (signal(SignalKind::hangup()).ok()?, "SIGHUP"),
+            (signal(SignalKind::quit()).ok()?, "SIGQUIT"),
+            (signal(SignalKind::user_defined1()).ok()?, "SIGUSR1"),
+            (signal(SignalKind::user_defined2()).ok()?, "SIGUSR2"),
+        ])
+    })();
+    SignalProxy(tokio::spawn(async move {
+        let Some(mut streams) = streams else {
+            return;
+        };
+        loop {
+            let waits = streams
+                .iter_mut()
+                .map(|(s, name)| Box::pin(async move { s.recv().await.map(|_| *name) }));
+            let (got, _, _) = futures_util::future::select_all(waits).await;
+            let Some(name) = got else {
+                return;
+            };
+            let _ = c
+                .json(hyper::Method::POST, &format!("{path}{name}"), None)
+                .await;
+        }
+    }))
+}
+
 async fn resize_once(c: &Client, path: &str) {
     if let Some((h, w)) = terminal_size() {
         let _ = c

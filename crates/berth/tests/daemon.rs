@@ -1332,6 +1332,61 @@ fn run_it_on_a_terminal_sizes_and_detaches() {
     d.ok(&["rm", "-f", "det"]);
 }
 
+/// Docker's signal proxy: a signal to `run` attached without a terminal goes to the
+/// container, and the CLI ends with the container's exit code.
+#[test]
+fn attached_run_proxies_signals_to_the_container() {
+    use std::io::BufRead;
+    let Some(d) = daemon_with_busybox() else {
+        return;
+    };
+    let mut child = d
+        .berth_cmd()
+        .args(["run", "--rm", "busybox", "sh", "-c"])
+        .arg("trap 'echo got INT; exit 7' INT; echo ready; while true; do sleep 0.1; done")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "got INT\n");
+    assert_eq!(child.wait().unwrap().code(), Some(7));
+    // --sig-proxy=false: the signal is the CLI's own (it dies of it), the container runs on.
+    let mut child = d
+        .berth_cmd()
+        .args([
+            "run",
+            "--sig-proxy=false",
+            "--name",
+            "np",
+            "busybox",
+            "sh",
+            "-c",
+        ])
+        .arg("trap 'exit 7' INT; echo ready; while true; do sleep 0.1; done")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    assert_eq!(child.wait().unwrap().code(), None, "killed by the signal");
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Running}}", "np"]),
+        "true\n"
+    );
+    d.ok(&["rm", "-f", "np"]);
+}
+
 /// A first command with no daemon listening on the default socket starts `berth daemon`
 /// there (default data root, its log in it) and is then served by it. In namespaces of its
 /// own (mount, network, pid) with tmpfs on /run and /var/lib, the default paths are the

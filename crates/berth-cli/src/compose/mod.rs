@@ -652,7 +652,7 @@ pub async fn run(c: &Client, a: ComposeArgs) -> Result<i32, Error> {
             // Waiting for "removed" (as docker run --rm does) means the one-off is gone
             // when compose run returns.
             let cond = if rm { "removed" } else { "next-exit" };
-            crate::commands::attach_start_wait(c, &id, tty, !no_tty, cond).await
+            crate::commands::attach_start_wait(c, &id, tty, !no_tty, cond, true).await
         }
         ComposeCmd::Build { services } => {
             build_images(c, &p, &services, true).await?;
