@@ -58,7 +58,8 @@ assemble() {
   } >"$1"
 }
 
-# profile ROLE: records $work/bin's page faults and samples while the role's workload runs.
+# start_profiled ARGS...: $work/bin ARGS under perf (its page faults and clock samples);
+# collect ROLE then stops it and adds the functions seen to ROLE's list.
 start_profiled() {
   perf record -q -e page-faults/period=1/ -e cpu-clock/freq=20000/ -d -o "$work/perf.data" -- \
     "$work/bin" "$@" >"$work/role.log" 2>&1 &

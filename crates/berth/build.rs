@@ -4,10 +4,11 @@
 //!   (binutils 2.38+, glibc 2.36+): the relocation table the loader reads at every exec
 //!   shrinks from most of a megabyte to a few kilobytes, which every role pays at start (the
 //!   runtime once per container, the registry and daemon in resident memory);
-//! - the functions the daemon runs placed together at the start of .text, in the order of
-//!   `text-order.txt` (made by scripts/order-text.sh), when rustc's own lld is there to take
-//!   it: the kernel maps 64 KiB of text around each page fault, so scattered hot code makes
-//!   most of the binary resident; packed, the idle daemon's text is a fraction of that.
+//! - the functions the daemon and the registry run placed together at the start of .text,
+//!   in the order of `text-order.txt` (made by scripts/order-text.sh), when rustc's own lld
+//!   is there to take it: the kernel maps 64 KiB of text around each page fault, so
+//!   scattered hot code makes most of the binary resident; packed, an idle server's text is
+//!   a fraction of that.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

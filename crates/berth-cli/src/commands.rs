@@ -2890,7 +2890,7 @@ pub(crate) async fn attach_start_wait(
     condition: &str,
     sig_proxy: bool,
 ) -> Result<i32, Error> {
-    let conn = stream::attach(c, id, stdin).await?;
+    let conn = stream::attach(c, id, stdin, None).await?;
     let _proxy = (sig_proxy && !tty).then(|| stream::proxy_signals(c, id));
     let waiter = stream::wait_for_exit(c, id, condition);
     let raw = if tty && stdin && stream::is_terminal(std::io::stdin()) {
@@ -3145,14 +3145,7 @@ async fn attach(
     }
     let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
     let stdin = !no_stdin && info["Config"]["OpenStdin"].as_bool().unwrap_or(false);
-    let mut path = format!(
-        "/containers/{id}/attach?stream=1&stdout=1&stderr=1{}",
-        if stdin { "&stdin=1" } else { "" }
-    );
-    if let Some(k) = detach_keys {
-        path.push_str(&format!("&detachKeys={}", q(&k)));
-    }
-    let conn = c.hijack(&path, None).await?;
+    let conn = stream::attach(c, &id, stdin, detach_keys.as_deref()).await?;
     let _proxy = (sig_proxy && !tty).then(|| stream::proxy_signals(c, &id));
     if pump_terminal(c, conn, tty, stdin, format!("/containers/{id}/resize")).await {
         return Ok(0);

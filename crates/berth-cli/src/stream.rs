@@ -229,16 +229,21 @@ pub fn wait_for_exit(
     })
 }
 
-/// Attaches to a created container before starting it.
+/// Attaches to a container's streams (a created one before starting it, or a running one),
+/// with other detach keys than the daemon's if given.
 pub async fn attach(
     client: &Client,
     id: &str,
     stdin: bool,
+    detach_keys: Option<&str>,
 ) -> Result<TokioIo<Upgraded>, crate::client::Error> {
-    let path = format!(
+    let mut path = format!(
         "/containers/{id}/attach?stream=1&stdout=1&stderr=1{}",
         if stdin { "&stdin=1" } else { "" }
     );
+    if let Some(k) = detach_keys {
+        path.push_str(&format!("&detachKeys={}", crate::commands::q(k)));
+    }
     client.hijack(&path, None).await
 }
 

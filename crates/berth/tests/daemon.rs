@@ -1340,45 +1340,38 @@ fn attached_run_proxies_signals_to_the_container() {
     let Some(d) = daemon_with_busybox() else {
         return;
     };
-    let mut child = d
-        .berth_cmd()
-        .args(["run", "--rm", "busybox", "sh", "-c"])
-        .arg("trap 'echo got INT; exit 7' INT; echo ready; while true; do sleep 0.1; done")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    // `berth run ARGS... busybox sh -c SCRIPT` attached; SIGINT to the CLI once the script
+    // says "ready". The CLI and the rest of its output come back.
+    let interrupt = |args: &[&str], script: &str| {
+        let mut child = d
+            .berth_cmd()
+            .arg("run")
+            .args(args)
+            .args(["busybox", "sh", "-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+        (child, out)
+    };
+    let (mut child, mut out) = interrupt(
+        &["--rm"],
+        "trap 'echo got INT; exit 7' INT; echo ready; while true; do sleep 0.1; done",
+    );
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-    line.clear();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "got INT\n");
     assert_eq!(child.wait().unwrap().code(), Some(7));
     // --sig-proxy=false: the signal is the CLI's own (it dies of it), the container runs on.
-    let mut child = d
-        .berth_cmd()
-        .args([
-            "run",
-            "--sig-proxy=false",
-            "--name",
-            "np",
-            "busybox",
-            "sh",
-            "-c",
-        ])
-        .arg("trap 'exit 7' INT; echo ready; while true; do sleep 0.1; done")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let (mut child, _) = interrupt(
+        &["--sig-proxy=false", "--name", "np"],
+        "trap 'exit 7' INT; echo ready; while true; do sleep 0.1; done",
+    );
     assert_eq!(child.wait().unwrap().code(), None, "killed by the signal");
     assert_eq!(
         d.ok(&["inspect", "-f", "{{.State.Running}}", "np"]),

@@ -1359,8 +1359,8 @@ fn the_binary_does_not_need_libm() {
     assert!(!dynamic.contains("libm.so"), "{dynamic}");
 }
 
-/// build.rs hands crates/berth/text-order.txt to lld, so the functions the daemon runs lead
-/// .text (scripts/order-text.sh explains why): the binary's first functions by address are
+/// build.rs hands crates/berth/text-order.txt to lld, so the functions the daemon and the
+/// registry run lead .text (scripts/order-text.sh explains why): the binary's first functions by address are
 /// nearly all in the file. (Not all: the linker moves whole sections, and a few functions,
 /// such as crtbegin.o's, share one with a listed function; a debug build also lacks some
 /// of the listed names.)

@@ -136,13 +136,10 @@ fn process_json(d: &Shared, exec: &Exec) -> Result<Value, String> {
     let c = &exec.config;
     p["args"] = json!(c.cmd);
     p["terminal"] = json!(c.tty);
-    match super::spec::console_size(c.tty, c.console_size.as_deref()) {
-        Some(size) => p["consoleSize"] = size,
-        None => {
-            if let Some(o) = p.as_object_mut() {
-                o.remove("consoleSize");
-            }
-        }
+    // The container's terminal size is not the exec's.
+    p.as_object_mut().map(|o| o.remove("consoleSize"));
+    if let Some(size) = super::spec::console_size(c.tty, c.console_size.as_deref()) {
+        p["consoleSize"] = size;
     }
     if let Some(env) = p["env"].as_array_mut() {
         for e in &c.env {

@@ -80,8 +80,6 @@ fn cap_name(s: &str) -> String {
     }
 }
 
-/// The capability set after `--cap-add`/`--cap-drop` (names with or without `CAP_`, and
-/// `ALL`), as Docker computes it.
 /// The OCI `consoleSize` for a terminal of `[height, width]` (Docker's `ConsoleSize`); none
 /// without a terminal or for a size of zero (clients that do not know send [0, 0]).
 pub fn console_size(tty: bool, size: Option<&[u16]>) -> Option<Value> {
@@ -91,6 +89,8 @@ pub fn console_size(tty: bool, size: Option<&[u16]>) -> Option<Value> {
     }
 }
 
+/// The capability set after `--cap-add`/`--cap-drop` (names with or without `CAP_`, and
+/// `ALL`), as Docker computes it.
 pub fn capabilities(hc: &HostConfig) -> Result<Vec<String>, String> {
     if hc.privileged {
         return Ok(ALL_CAPS.iter().map(|s| s.to_string()).collect());
