@@ -571,6 +571,9 @@ fn berth_cli_everyday_workflow() {
         "{history}"
     );
     assert_eq!(lines.next(), None, "{history}");
+    let (code, _, err) = d.berth(&["history", "nosuch"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("No such image: nosuch"), "{err}");
     let id = d.berth_ok(&["image", "history", "-q", "--no-trunc", "busybox"]);
     assert!(id.starts_with("sha256:") && id.trim().len() == 71, "{id}");
     assert_eq!(
